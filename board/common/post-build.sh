@@ -1,0 +1,60 @@
+#!/bin/sh
+# Post-build step shared by every board and by both ways of producing the base
+# (Buildroot, or the Debian packages of ci/build-qemu-image.sh).
+# Usage: post-build.sh TARGET_DIR BOARD   (BOARD: ot2 | qemu)
+# Environment:
+#   OT2_VERSION       version string of this image (default: git describe of the tree)
+#   OT2_KEYRING_DIR   directory of trusted bundle-signing public keys (*.pem); required
+#   SOURCE_DATE_EPOCH build time (default: now)
+set -eu
+
+target=$1
+board=$2
+tree=$(cd "$(dirname "$0")/../.." && pwd)
+
+case "$board" in
+ot2) compatible=ot2-rpi3 ;;
+qemu) compatible=ot2-qemu-x86_64 ;;
+*) echo "post-build.sh: unknown board '$board'" >&2; exit 1 ;;
+esac
+
+version=${OT2_VERSION:-$(git -C "$tree" describe --always --dirty 2>/dev/null || echo dev)}
+build_time=$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+
+mkdir -p "$target/etc/ot2/keyring"
+printf '{"version": "%s", "compatible": "%s", "board": "%s", "build_time": "%s"}\n' \
+	"$version" "$compatible" "$board" "$build_time" > "$target/etc/ot2/version.json"
+
+# An image that trusts no key could never be updated again: refuse to build it.
+if [ -z "${OT2_KEYRING_DIR:-}" ] || ! ls "$OT2_KEYRING_DIR"/*.pem >/dev/null 2>&1; then
+	echo "post-build.sh: OT2_KEYRING_DIR must name a directory with at least one *.pem key" >&2
+	exit 1
+fi
+rm -f "$target"/etc/ot2/keyring/*.pem
+cp "$OT2_KEYRING_DIR"/*.pem "$target/etc/ot2/keyring/"
+
+# Mount points of the read-only root; everything written lives in /data or tmpfs.
+mkdir -p "$target/data" "$target/boot/firmware"
+rm -rf "$target/root/.ssh"
+ln -s /data/ssh "$target/root/.ssh"
+# Empty machine-id: systemd puts a transient one on tmpfs, ot2-persist keeps it in /data.
+: > "$target/etc/machine-id"
+echo ot2 > "$target/etc/hostname"
+
+# The bootloaders load /boot/vmlinuz and /boot/initrd.img from the slot.
+for k in bzImage zImage Image; do
+	if [ -e "$target/boot/$k" ] && [ ! -e "$target/boot/vmlinuz" ]; then
+		ln -s "$k" "$target/boot/vmlinuz"
+	fi
+done
+
+# Enable the units of the overlay (what `systemctl enable` would do, without a running systemd).
+wants="$target/etc/systemd/system/multi-user.target.wants"
+mkdir -p "$wants"
+for unit in ot2-persist.service ot2-update-server.service ot2-robot-server.service \
+	ot2-boot-check.service ot2-dropbear.service systemd-networkd.service; do
+	ln -sf "/usr/lib/systemd/system/$unit" "$wants/$unit"
+done
+mkdir -p "$target/etc/systemd/system/local-fs.target.wants"
+ln -sf /usr/lib/systemd/system/ot2-grow-data.service \
+	"$target/etc/systemd/system/local-fs.target.wants/ot2-grow-data.service"

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Build the Debian base root filesystem of the QEMU board as a tarball.
+# Usage: ci/build-base.sh OUT.tar
+# Uses the host's apt sources (Debian packages only), no network beyond them.
+set -euo pipefail
+out=$1
+here=$(cd "$(dirname "$0")" && pwd)
+packages=$(grep -v '^#' "$here/base-packages.txt" | paste -sd, -)
+
+# The initramfs must mount a squashfs root from a virtio disk; MODULES=list keeps it
+# small and independent of the build host's hardware.
+initramfs_setup='mkdir -p "$1/etc/initramfs-tools/conf.d" &&
+  printf "squashfs\nvirtio_pci\nvirtio_blk\next4\n" >> "$1/etc/initramfs-tools/modules" &&
+  echo MODULES=list > "$1/etc/initramfs-tools/conf.d/ot2.conf"'
+
+mmdebstrap --variant=minbase --include="$packages" \
+  --dpkgopt='path-exclude=/usr/share/doc/*' \
+  --dpkgopt='path-exclude=/usr/share/man/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+  --essential-hook="$initramfs_setup" \
+  --customize-hook='chroot "$1" apt-get clean' \
+  bookworm "$out"

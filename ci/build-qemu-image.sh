@@ -1,0 +1,130 @@
+#!/bin/bash
+# Offline build of the QEMU board's image from Debian packages: the Debian base root
+# (ci/build-base.sh), then the same overlay, post-build and post-image scripts as the
+# Buildroot build, the two Python projects, squashfs, genimage, and a signed bundle.
+#
+# Usage: ci/build-qemu-image.sh [--version V] [--fault robot-server] [--out DIR]
+# Prints the output directory (holding disk.img, rootfs.squashfs, rootfs.bundle) on its
+# last line. Results are cached in $OT2_CACHE (default ~/.cache/ot2) keyed by a hash of
+# every input, so a second run with the same inputs takes a second.
+set -euo pipefail
+
+tree=$(cd "$(dirname "$0")/.." && pwd)
+cache=${OT2_CACHE:-$HOME/.cache/ot2}
+venv=${OT2_VENV:-$tree/.venv}
+version=$(git -C "$tree" describe --always --dirty 2>/dev/null || echo dev)
+fault=""
+out=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--version) version=$2; shift 2 ;;
+	--fault) fault=$2; shift 2 ;;
+	--out) out=$2; shift 2 ;;
+	*) echo "usage: $0 [--version V] [--fault robot-server] [--out DIR]" >&2; exit 2 ;;
+	esac
+done
+mkdir -p "$cache"
+log() { echo "[build-qemu-image] $*" >&2; }
+
+# The development signing key: made once per machine, kept outside the repository.
+keys=$cache/keys
+if [ ! -s "$keys/dev.key" ]; then
+	mkdir -p "$keys/keyring"
+	"$venv/bin/update-server" bundle keygen --out "$keys/dev.key"
+	cp "$keys/dev.pem" "$keys/keyring/dev.pem"
+fi
+
+hash_of() { sha256sum | cut -c1-16; }
+base_key=$(cat "$tree/ci/base-packages.txt" "$tree/ci/build-base.sh" | hash_of)
+base=$cache/base-$base_key.tar
+if [ ! -s "$base" ]; then
+	log "building the Debian base root ($base)"
+	"$tree/ci/build-base.sh" "$base.tmp"
+	mv "$base.tmp" "$base"
+fi
+
+image_key=$( (
+	echo "$base_key $version $fault"
+	cat "$keys/dev.pem"
+	cd "$tree" && tar c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+		--exclude=__pycache__ --exclude='*.egg-info' --exclude=tests --exclude=bench \
+		ci/build-qemu-image.sh board/common board/qemu overlay \
+		update_server/pyproject.toml update_server/update_server \
+		robot_server/pyproject.toml robot_server/robot_server
+) | hash_of)
+result=$cache/image-$image_key
+if [ -s "$result/disk.img" ]; then
+	log "cached: $result"
+	[ -n "$out" ] && { mkdir -p "$out"; cp --sparse=always "$result"/* "$out/"; result=$out; }
+	echo "$result"
+	exit 0
+fi
+
+start=$(date +%s)
+work=$(mktemp -d "$cache/work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+binaries=$work/images
+mkdir -p "$root" "$binaries/efi-part/EFI/BOOT"
+
+log "unpacking the base"
+tar -C "$root" -xf "$base"
+
+# Only the kernel modules a virtio machine needs (and their dependencies) stay.
+kver=$(ls "$root/usr/lib/modules")
+keep=$work/modules.keep
+for m in virtio_blk virtio_pci virtio_net virtio_console virtio_rng squashfs ext4 vfat \
+	nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 autofs4 binfmt_misc loop af_packet ipv6 crc32c_generic; do
+	chroot "$root" modprobe -S "$kver" --show-depends "$m" 2>/dev/null |
+		awk '/^insmod/ {sub(".*/modules/[^/]*/", "", $2); print $2}'
+done | sort -u > "$keep"
+(cd "$root/usr/lib/modules/$kver" && find kernel -name '*.ko*') | while read -r ko; do
+	grep -qxF "$ko" "$keep" || rm -f "$root/usr/lib/modules/$kver/$ko"
+done
+chroot "$root" depmod "$kver"
+ln -sf "vmlinuz-$kver" "$root/boot/vmlinuz"
+ln -sf "initrd.img-$kver" "$root/boot/initrd.img"
+rm -f "$root/boot/System.map-$kver"
+
+log "installing the overlays and the Python projects"
+cp -a "$tree/overlay/." "$root/"
+cp -a "$tree/board/qemu/rootfs-overlay/." "$root/"
+"$venv/bin/pip" install --quiet --no-deps --no-compile \
+	--target "$root/usr/lib/python3/dist-packages" "$tree/update_server" "$tree/robot_server"
+rm -rf "$root/usr/lib/python3/dist-packages/bin"
+chroot "$root" python3 -m compileall -q /usr/lib/python3/dist-packages/update_server \
+	/usr/lib/python3/dist-packages/robot_server
+
+OT2_VERSION=$version OT2_KEYRING_DIR=$keys/keyring "$tree/board/common/post-build.sh" "$root" qemu
+
+# Fault injection for the end-to-end rollback test: an image whose robot server never starts.
+if [ "$fault" = robot-server ]; then
+	mkdir -p "$root/etc/systemd/system/ot2-robot-server.service.d"
+	printf '[Service]\nExecStart=\nExecStart=/bin/false\n' \
+		> "$root/etc/systemd/system/ot2-robot-server.service.d/fault.conf"
+fi
+
+log "making the squashfs"
+mksquashfs "$root" "$binaries/rootfs.squashfs" -comp gzip -noappend -no-progress -quiet
+
+log "making the GRUB EFI binary"
+grub-mkimage -O x86_64-efi -p /EFI/BOOT -o "$binaries/efi-part/EFI/BOOT/bootx64.efi" \
+	part_msdos fat squash4 ext2 normal linux loadenv test echo configfile search \
+	regexp reboot sleep gzio xzio efi_gop all_video
+
+log "assembling the disk image"
+"$tree/board/common/post-image.sh" "$binaries" qemu
+
+log "signing the bundle"
+"$venv/bin/update-server" bundle create --key "$keys/dev.key" --compatible ot2-qemu-x86_64 \
+	--version "$version" --image "rootfs=$binaries/rootfs.squashfs" -o "$binaries/rootfs.bundle"
+
+mkdir -p "$result.tmp"
+cp --sparse=always "$binaries/disk.img" "$binaries/rootfs.squashfs" "$binaries/rootfs.bundle" "$result.tmp/"
+rm -rf "$result"
+mv "$result.tmp" "$result"
+elapsed=$(( $(date +%s) - start ))
+log "image $version: disk.img $(du -h --apparent-size "$result/disk.img" | cut -f1)," \
+	"rootfs $(du -h "$result/rootfs.squashfs" | cut -f1), bundle $(du -h "$result/rootfs.bundle" | cut -f1), built in ${elapsed}s"
+[ -n "$out" ] && { mkdir -p "$out"; cp --sparse=always "$result"/* "$out/"; result=$out; }
+echo "$result"

@@ -1,0 +1,27 @@
+#!/bin/bash
+# Boots a disk image of the QEMU board under software emulation (TCG).
+# Usage: ci/qemu-run.sh DISK.img [CONSOLE_LOG]
+# Environment (host ports on 127.0.0.1 forwarded to the guest):
+#   OT2_PORT_UPDATE (34000)  OT2_PORT_ROBOT (31950)  OT2_PORT_BRIDGE (7887)  OT2_PORT_SSH (2222)
+#   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's /dev/ttyS1 is
+#                    wired to (QEMU connects to it and reconnects if it goes away); unset: none
+#   OT2_QEMU_MEM     guest memory in MiB (1024)
+set -euo pipefail
+disk=$1
+console=${2:-/dev/stdout}
+fwd="hostfwd=tcp:127.0.0.1:${OT2_PORT_UPDATE:-34000}-:34000"
+fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_ROBOT:-31950}-:31950"
+fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_BRIDGE:-7887}-:7887"
+fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_SSH:-2222}-:22"
+if [ -n "${OT2_UART_PORT:-}" ]; then
+	uart=(-chardev "socket,id=motorboard,host=127.0.0.1,port=$OT2_UART_PORT,reconnect=1"
+		-serial chardev:motorboard)
+else
+	uart=(-serial null)
+fi
+exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 \
+	-bios /usr/share/ovmf/OVMF.fd \
+	-drive "file=$disk,if=virtio,format=raw" \
+	-netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0 \
+	-display none -monitor none \
+	-serial "file:$console" "${uart[@]}"
