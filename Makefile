@@ -1,0 +1,64 @@
+# Top-level entry points. The two that matter most:
+#   make run    build the QEMU board's image offline and boot it, servers on localhost
+#   make test   every test: unit, static checks of the Buildroot tree, image boot and OTA end to end
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+OT2_CACHE ?= $(HOME)/.cache/ot2
+export OT2_CACHE
+
+.PHONY: help deps venv qemu-image run test test-unit test-e2e bench bench-e2e bench-boot clean
+
+help:
+	@echo "make deps        install the Debian packages the build and tests need (root)"
+	@echo "make run         build the QEMU image and boot it (servers forwarded to localhost)"
+	@echo "make test        unit tests, Buildroot tree checks, image boot and OTA end-to-end tests"
+	@echo "make test-unit   only the tests that need no QEMU"
+	@echo "make test-e2e    only the image boot and OTA end-to-end tests"
+	@echo "make qemu-image  build the QEMU board's image and signed bundle from Debian packages"
+	@echo "make bench       update-server install and robot-server API benchmarks"
+	@echo "make bench-e2e   boot, OTA throughput and reboot figures from a QEMU run"
+	@echo "make ot2         Buildroot build for the Raspberry Pi 3 (needs internet)"
+	@echo "make qemu-ot2    Buildroot build for the emulated board (needs internet)"
+
+deps:
+	ci/install-deps.sh
+
+$(VENV)/.done: update_server/pyproject.toml robot_server/pyproject.toml ci/requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r ci/requirements-dev.txt \
+		-e 'update_server[test]' -e 'robot_server[test]'
+	touch $@
+
+venv: $(VENV)/.done
+
+qemu-image: venv
+	ci/build-qemu-image.sh --out build/qemu
+
+run: venv
+	ci/run-qemu.sh
+
+test: test-unit test-e2e
+
+test-unit: venv
+	$(PYTEST) -q update_server/tests
+	$(PYTEST) -q robot_server/tests
+	$(PYTEST) -q tests --ignore=tests/e2e
+
+test-e2e: venv
+	$(PYTEST) -q -s tests/e2e
+
+bench: venv
+	$(PY) update_server/bench/bench_install.py
+	$(PY) robot_server/bench/bench_api.py
+
+bench-e2e bench-boot: venv
+	$(PYTEST) -q -s tests/e2e -k "$@"
+
+clean:
+	rm -rf build $(VENV)
+
+include mk/buildroot.mk

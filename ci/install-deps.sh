@@ -1,0 +1,15 @@
+#!/bin/sh
+# Installs the Debian packages that the offline image build, QEMU and the tests need.
+set -eu
+packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub-common mmdebstrap genimage
+squashfs-tools dosfstools mtools e2fsprogs fdisk u-boot-tools libubootenv-tool bmap-tools
+openssh-client python3-venv"
+missing=""
+for p in $packages; do
+	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "installing:$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi

@@ -1,0 +1,249 @@
+"""Boot the QEMU board's image and talk to it.
+
+The harness behind `make run` (ci/run-qemu.py) and the end-to-end tests (tests/e2e):
+builds images with ci/build-qemu-image.sh, boots a copy of one under QEMU (software
+emulation) with the guest's ports forwarded to free ports on 127.0.0.1 and its
+motor-board UART wired to the Smoothieware emulator on the host, and speaks HTTP and
+SSH to it. Only loopback addresses are ever contacted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(os.environ.get("OT2_VENV", ROOT / ".venv")) / "bin"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def build_image(version: str | None = None, fault: str | None = None) -> Path:
+    """Builds (or takes from the cache) a QEMU board image; returns its directory.
+
+    The directory holds `disk.img`, `rootfs.squashfs` and the signed `rootfs.bundle`.
+    """
+    cmd = [str(ROOT / "ci" / "build-qemu-image.sh")]
+    if version:
+        cmd += ["--version", version]
+    if fault:
+        cmd += ["--fault", fault]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def dev_key_dir() -> Path:
+    """The development signing key's directory (`dev.key`, `dev.pem`), outside the repo."""
+    return Path(os.environ.get("OT2_CACHE", Path.home() / ".cache" / "ot2")) / "keys"
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, body: dict):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Guest:
+    """One emulated robot: a disk image under QEMU plus the motor-board emulator.
+
+    QEMU keeps running across guest reboots (a reboot restarts the virtual machine
+    inside the same process); `kill()` is a power cut.
+    """
+
+    def __init__(self, disk: Path, workdir: Path, ports: dict[str, int] | None = None):
+        self.disk = disk
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = ports or {name: free_port() for name in ("update", "robot", "bridge", "ssh", "uart")}
+        self.console = workdir / "console.log"
+        self.qemu: subprocess.Popen | None = None
+        self.emulator: subprocess.Popen | None = None
+        self.ssh_key = workdir / "id_ed25519"
+
+    # -- processes ---------------------------------------------------------------
+
+    def start_emulator(self) -> None:
+        """Starts the Smoothieware emulator on the UART port (once; it outlives reboots)."""
+        if self.emulator and self.emulator.poll() is None:
+            return
+        log = open(self.workdir / "emulator.log", "ab")
+        self.emulator = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "robot_server.emulator", "--tcp", f"{HOST}:{self.ports['uart']}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((HOST, self.ports["uart"]), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("the Smoothieware emulator did not start listening")
+
+    def boot(self) -> None:
+        """Powers the machine on (QEMU must not be running)."""
+        assert self.qemu is None or self.qemu.poll() is not None, "already running"
+        self.start_emulator()
+        env = dict(os.environ,
+                   OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
+                   OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
+                   OT2_UART_PORT=str(self.ports["uart"]))
+        with open(self.console, "ab") as log:
+            log.write(b"\n==== power on ====\n")
+        self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
+                                     env=env, stdout=open(self.workdir / "qemu.log", "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL to QEMU, no shutdown."""
+        if self.qemu and self.qemu.poll() is None:
+            os.killpg(self.qemu.pid, signal.SIGKILL)
+            self.qemu.wait()
+
+    def stop(self) -> None:
+        self.kill()
+        if self.emulator and self.emulator.poll() is None:
+            self.emulator.terminate()
+            self.emulator.wait(10)
+
+    # -- HTTP --------------------------------------------------------------------
+
+    def request(self, port: str, method: str, path: str, body: dict | None = None,
+                timeout: float = 30) -> dict:
+        """JSON request to a guest server (`port` is "update" or "robot"); raises HTTPError on 4xx/5xx."""
+        conn = http.client.HTTPConnection(HOST, self.ports[port], timeout=timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            parsed = json.loads(raw) if raw else {}
+            if resp.status >= 400:
+                raise HTTPError(resp.status, parsed)
+            return parsed
+        finally:
+            conn.close()
+
+    def health(self, port: str = "update") -> dict | None:
+        """`/health` of a server, or None while it does not answer."""
+        try:
+            return self.request(port, "GET", "/health", timeout=5)
+        except (OSError, HTTPError, http.client.HTTPException, json.JSONDecodeError):
+            return None
+
+    def wait_healthy(self, timeout: float = 600, not_boot_id: str | None = None) -> dict:
+        """Waits until both servers answer `/health` (on a boot other than `not_boot_id`).
+
+        Returns the update server's health. Raises TimeoutError.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.qemu is not None and self.qemu.poll() is not None:
+                raise RuntimeError(f"QEMU exited with {self.qemu.returncode}; see {self.console}")
+            update = self.health("update")
+            if update and update.get("bootId") != not_boot_id and self.health("robot"):
+                return update
+            time.sleep(2)
+        raise TimeoutError(f"guest not healthy after {timeout} s; see {self.console}")
+
+    def wait_boot_check(self, timeout: float = 300) -> dict:
+        """Waits until the booted slot has been marked good (its tries are back to the maximum)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if health and health["slots"][health["booted_slot"]]["state"] == "good":
+                return health
+            time.sleep(2)
+        raise TimeoutError("the booted slot was not marked good")
+
+    def restart(self, timeout: float = 900) -> dict:
+        """Reboots through the update server's API; returns health on the new boot."""
+        boot_id = self.health()["bootId"]
+        self.request("update", "POST", "/server/restart")
+        return self.wait_healthy(timeout, not_boot_id=boot_id)
+
+    def upload(self, bundle: Path, *, stop_at: float | None = None,
+               chunk: int = 1 << 20) -> tuple[str, int, dict]:
+        """Begins a session and streams `bundle` to it.
+
+        With `stop_at` (0..1), returns as soon as the install's progress reaches it,
+        leaving the upload running (for power-cut tests). Returns (token, HTTP status,
+        reply body); status 0 when stopped early.
+        """
+        token = self.request("update", "POST", "/server/update/begin")["token"]
+        size = bundle.stat().st_size
+        result: dict = {}
+
+        def send() -> None:
+            conn = http.client.HTTPConnection(HOST, self.ports["update"], timeout=600)
+            try:
+                conn.putrequest("POST", f"/server/update/{token}/file")
+                conn.putheader("Content-Type", "application/octet-stream")
+                conn.putheader("Content-Length", str(size))
+                conn.endheaders()
+                with open(bundle, "rb") as f:
+                    while block := f.read(chunk):
+                        conn.send(block)
+                resp = conn.getresponse()
+                raw = resp.read()
+                result["status"] = resp.status
+                result["body"] = json.loads(raw) if raw else {}
+            except OSError as exc:
+                result["status"] = 0
+                result["body"] = {"error": "connection", "message": str(exc)}
+            finally:
+                conn.close()
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        if stop_at is not None:
+            while sender.is_alive():
+                status = self.request("update", "GET", f"/server/update/{token}/status")
+                if status.get("progress", 0) >= stop_at:
+                    return token, 0, status
+                time.sleep(0.2)
+        sender.join()
+        return token, result["status"], result["body"]
+
+    # -- SSH ---------------------------------------------------------------------
+
+    def ensure_ssh_key(self) -> str:
+        """Makes the test's SSH key pair once; returns the public key line."""
+        if not self.ssh_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ot2-e2e",
+                            "-f", str(self.ssh_key)], check=True)
+        return (self.ssh_key.with_suffix(".pub")).read_text().strip()
+
+    def ssh(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`)."""
+        return subprocess.run(
+            ["ssh", "-i", str(self.ssh_key), "-p", str(self.ports["ssh"]), "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"root@{HOST}", command],
+            check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def copy_disk(src: Path, dst: Path) -> Path:
+    """Sparse copy of a disk image (the cache's copy stays pristine)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    return dst
+
+
+def which(tool: str) -> bool:
+    return shutil.which(tool) is not None

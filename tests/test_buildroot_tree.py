@@ -1,0 +1,239 @@
+"""Static checks of the Buildroot external tree (offline, no Buildroot needed).
+
+- every package directory has its Config.in and .mk, is sourced from the
+  top Config.in and included by external.mk;
+- every Config.in parses with kconfiglib, the Buildroot symbols it uses
+  being stubbed (the stubs are derived from the files themselves);
+- every symbol of this tree that a defconfig names exists, and can be set;
+- every $(BR2_EXTERNAL_OT2_PATH)/... path a defconfig names exists.
+
+The real resolution against the pinned Buildroot is mk/check-defconfig.py
+(make br-check).
+"""
+
+import glob
+import os
+import re
+
+import kconfiglib
+import pytest
+
+TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXTERNAL_NAME = "OT2"
+PATH_VAR = "BR2_EXTERNAL_{}_PATH".format(EXTERNAL_NAME)
+
+PACKAGES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(TREE, "package", "*"))
+                  if os.path.isdir(p))
+DEFCONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(TREE, "configs", "*_defconfig")))
+
+# Files of the lead's part of the tree that a defconfig may name before they are written.
+LEAD_OWNED = ("board/common/post-build.sh", "board/common/post-image.sh", "board/qemu/", "overlay")
+
+SYMBOL_RE = re.compile(r"\bBR2_\w+")
+CONFIG_RE = re.compile(r"^\s*(?:menu)?config\s+(BR2_\w+)", re.M)
+SOURCE_RE = re.compile(r'^\s*source\s+"([^"]+)"', re.M)
+DEFCONFIG_LINE_RE = re.compile(r"^(BR2_\w+)=(.*)$|^# (BR2_\w+) is not set$")
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def package_symbol(package):
+    return "BR2_PACKAGE_" + package.upper().replace("-", "_")
+
+
+def config_in_files():
+    """The top Config.in and every file it sources, recursively."""
+    seen = []
+    todo = [os.path.join(TREE, "Config.in")]
+    while todo:
+        path = todo.pop(0)
+        if path in seen:
+            continue
+        seen.append(path)
+        for target in SOURCE_RE.findall(read(path)):
+            todo.append(expand(target))
+    return seen
+
+
+def expand(path):
+    return path.replace("$" + PATH_VAR, TREE).replace("$(" + PATH_VAR + ")", TREE)
+
+
+def parse_defconfig(name):
+    values = {}
+    for line in read(os.path.join(TREE, "configs", name)).splitlines():
+        m = DEFCONFIG_LINE_RE.match(line.strip())
+        if m:
+            if m.group(1):
+                values[m.group(1)] = m.group(2)
+            else:
+                values[m.group(3)] = "n"
+    return values
+
+
+def tree_symbols():
+    symbols = set()
+    for path in config_in_files():
+        symbols.update(CONFIG_RE.findall(read(path)))
+    return symbols
+
+
+def load_kconfig(tmp_path, with_stubs=True):
+    """Parse the tree's Config.in under a wrapper that stubs Buildroot's symbols."""
+    defined = tree_symbols()
+    used = set()
+    for path in config_in_files():
+        for line in read(path).splitlines():
+            if re.match(r"^\s*(select|depends on|imply|default|if|visible if)\b", line) \
+                    or re.match(r"^\s*(bool|tristate|string|int|hex)\s+\".*\"\s+if\b", line):
+                used.update(SYMBOL_RE.findall(line.split("#", 1)[0]))
+    stubs = sorted(used - defined) if with_stubs else []
+    wrapper = ["mainmenu \"stub\""]
+    for symbol in stubs:
+        wrapper += ["config " + symbol, "\tbool", "\tdefault y"]
+    wrapper.append('source "$' + PATH_VAR + '/Config.in"')
+    kconfig = tmp_path / "Kconfig"
+    kconfig.write_text("\n".join(wrapper) + "\n")
+    os.environ[PATH_VAR] = TREE
+    os.environ["KCONFIG_WARN_UNDEF"] = "y"
+    return kconfiglib.Kconfig(str(kconfig), warn_to_stderr=False), stubs
+
+
+def test_external_desc():
+    desc = read(os.path.join(TREE, "external.desc"))
+    assert re.search(r"^name: {}$".format(EXTERNAL_NAME), desc, re.M)
+    assert re.search(r"^desc: \S", desc, re.M)
+
+
+def test_there_are_packages():
+    assert "python-ot2-update-server" in PACKAGES
+    assert "python-ot2-robot-server" in PACKAGES
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_has_config_in_and_mk(package):
+    directory = os.path.join(TREE, "package", package)
+    assert os.path.isfile(os.path.join(directory, "Config.in"))
+    mk = os.path.join(directory, package + ".mk")
+    assert os.path.isfile(mk)
+    assert re.search(r"^config {}$".format(package_symbol(package)),
+                     read(os.path.join(directory, "Config.in")), re.M)
+    # Buildroot's naming: every variable of the .mk starts with the package's prefix.
+    prefix = package.upper().replace("-", "_") + "_"
+    for m in re.finditer(r"^(\w+)\s*[+:?]?=", read(mk), re.M):
+        assert m.group(1).startswith(prefix), m.group(1)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_is_sourced_from_top_config_in(package):
+    wanted = os.path.join(TREE, "package", package, "Config.in")
+    assert wanted in config_in_files()
+    assert '"$' + PATH_VAR + '/package/' + package + '/Config.in"' in read(os.path.join(TREE, "Config.in"))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_is_included_by_external_mk(package):
+    wanted = os.path.join(TREE, "package", package, package + ".mk")
+    included = set()
+    for m in re.finditer(r"^-?include\s+(.+)$", read(os.path.join(TREE, "external.mk")), re.M):
+        spec = m.group(1).strip()
+        w = re.fullmatch(r"\$\(sort \$\(wildcard (.+)\)\)|\$\(wildcard (.+)\)", spec)
+        for pattern in (w.group(1) or w.group(2)).split() if w else spec.split():
+            included.update(glob.glob(expand(pattern)))
+    assert wanted in included
+
+
+def test_config_in_files_parse_with_kconfiglib(tmp_path):
+    kconf, stubs = load_kconfig(tmp_path)
+    assert kconf.warnings == []
+    for symbol in tree_symbols():
+        assert symbol in kconf.syms and kconf.syms[symbol].nodes
+    # The stubs are what the files reference: without them kconfiglib sees undefined symbols.
+    assert "BR2_PACKAGE_PYTHON3" in stubs
+    bare, _ = load_kconfig(tmp_path, with_stubs=False)
+    assert any("undefined symbol" in w for w in bare.warnings)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_can_be_enabled(tmp_path, package):
+    kconf, _ = load_kconfig(tmp_path)
+    symbol = kconf.syms[package_symbol(package)]
+    assert symbol.set_value(2)
+    assert symbol.tri_value == 2
+    assert symbol.nodes[0].help, "Config.in of {} has no help text".format(package)
+
+
+@pytest.mark.parametrize("defconfig", DEFCONFIGS)
+def test_defconfig_symbols_of_this_tree_exist(defconfig):
+    ours = tree_symbols()
+    prefixes = tuple(package_symbol(p) for p in PACKAGES) + ("BR2_OT2_", "BR2_PACKAGE_PYTHON_OT2_")
+    named = parse_defconfig(defconfig)
+    for symbol in named:
+        if symbol.startswith(prefixes):
+            assert symbol in ours, "{} names {}, which this tree does not define".format(defconfig, symbol)
+    # Both boards run both servers.
+    for package in PACKAGES:
+        if package.startswith("python-ot2-"):
+            assert named.get(package_symbol(package)) == "y", (defconfig, package)
+
+
+@pytest.mark.parametrize("defconfig", DEFCONFIGS)
+def test_defconfig_paths_exist(defconfig):
+    missing = []
+    for symbol, value in parse_defconfig(defconfig).items():
+        for rel in re.findall(r"\$\(" + PATH_VAR + r"\)/([^\s\"]+)", value):
+            if os.path.exists(os.path.join(TREE, rel)):
+                continue
+            if rel.startswith(LEAD_OWNED):
+                continue
+            missing.append("{}: {}".format(symbol, rel))
+    assert missing == []
+
+
+@pytest.mark.parametrize("defconfig", DEFCONFIGS)
+def test_defconfig_post_script_args_name_a_board(defconfig):
+    values = parse_defconfig(defconfig)
+    board = values["BR2_ROOTFS_POST_SCRIPT_ARGS"].strip('"')
+    assert os.path.isdir(os.path.join(TREE, "board", board))
+    assert "board/{}/rootfs-overlay".format(board) in values["BR2_ROOTFS_OVERLAY"]
+    assert values.get("BR2_TARGET_ROOTFS_SQUASHFS") == "y"
+    assert "BR2_TARGET_ROOTFS_EXT2" not in values or values["BR2_TARGET_ROOTFS_EXT2"] == "n"
+    assert values.get("BR2_TARGET_GENERIC_REMOUNT_ROOTFS_RW") == "n"
+    assert values.get("BR2_LINUX_KERNEL_INSTALL_TARGET") == "y"
+    assert values.get("BR2_INIT_SYSTEMD") == "y"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_local_python_package_site_is_a_setuptools_project(package):
+    mk = read(os.path.join(TREE, "package", package, package + ".mk"))
+    prefix = package.upper().replace("-", "_")
+    method = re.search(r"^{}_SITE_METHOD = (\S+)$".format(prefix), mk, re.M)
+    if not method or method.group(1) != "local":
+        pytest.skip("not a local package")
+    site = re.search(r"^{}_SITE = (\S+)$".format(prefix), mk, re.M).group(1)
+    project = expand(site.replace("$(" + PATH_VAR + ")", "$" + PATH_VAR))
+    pyproject = read(os.path.join(project, "pyproject.toml"))
+    setup_type = re.search(r"^{}_SETUP_TYPE = (\S+)$".format(prefix), mk, re.M).group(1)
+    if setup_type == "setuptools":
+        assert "setuptools.build_meta" in pyproject
+
+
+def test_pi_boot_files():
+    board = os.path.join(TREE, "board", "ot2")
+    env = dict(line.split("=", 1) for line in read(os.path.join(board, "uboot-env.txt")).split("\n") if line)
+    assert env == {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
+    config = read(os.path.join(board, "config.txt"))
+    for line in ("kernel=u-boot.bin", "enable_uart=1", "dtoverlay=disable-bt"):
+        assert re.search("^" + line + "$", config, re.M)
+    script = read(os.path.join(board, "boot.cmd"))
+    for word in ("uboot.env", "uboot.env.bak", "sqfsload", "bootz", "ot2.slot=", "rootfstype=squashfs",
+                 "${fdt_addr}", "env import -c", "env export -c -s"):
+        assert word in script
+    assert "setexpr" not in re.sub(r"#.*", "", script)
+    fragment = read(os.path.join(board, "uboot.fragment"))
+    assert "CONFIG_CMD_SQUASHFS=y" in fragment
+    assert re.search(r"^/boot/firmware/uboot.env\s+0x0+\s+0x4000$",
+                     read(os.path.join(board, "rootfs-overlay", "etc", "fw_env.config")), re.M)
