@@ -30,6 +30,7 @@ $(VENV)/.done: update_server/pyproject.toml robot_server/pyproject.toml ci/requi
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r ci/requirements-dev.txt \
+		--config-settings editable_mode=compat \
 		-e 'update_server[test]' -e 'robot_server[test]'
 	touch $@
 
@@ -39,7 +40,7 @@ qemu-image: venv
 	ci/build-qemu-image.sh --out build/qemu
 
 run: venv
-	ci/run-qemu.sh
+	$(PY) ci/run-qemu.py
 
 test: test-unit test-e2e
 

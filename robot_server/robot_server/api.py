@@ -1,0 +1,251 @@
+"""HTTP API (aiohttp, port 31950): health, lights, home, move, positions, motors, door,
+an event stream (server-sent events) and ``/openapi.json``.
+
+Every error is a 4xx JSON body ``{"error": code, "message": text}``: 400 ``invalid-json``,
+404 ``not-found``, 405 ``method-not-allowed``, 413 ``request-too-large``, 422 validation
+(``invalid-request``, ``unknown-axis``, ``soft-limit``, ``invalid-speed``), 409 robot state
+(``not-homed``, ``door-open``, ``board-not-connected``, ``board-timeout``, ``board-alarm``,
+``board-halted``, ``board-error``, ``board-disconnected``). Written for aiohttp 3.8
+(Debian bookworm) and newer: no ``web.AppKey``, nothing stored on the app.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+
+from . import __version__
+from .service import ApiError, RobotService
+
+log = logging.getLogger("robot_server.api")
+
+MAX_BODY = 64 * 1024
+SSE_KEEPALIVE_S = 15.0
+
+_AXIS = {"type": "string", "enum": list("XYZABCxyzabc")}
+_MOUNT = {"type": "string", "enum": ["left", "right"]}
+_SPEED = {"type": "number", "exclusiveMinimum": 0, "maximum": 600, "description": "mm/s"}
+_ERROR = {"type": "object", "required": ["error", "message"],
+          "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
+
+
+@dataclass
+class Op:
+    """One operation: HTTP method + path, and the service coroutine behind it. ``body`` /
+    ``query`` are JSON schemas (OpenAPI 3.0 subset) of its parameters."""
+
+    op_id: str
+    method: str
+    path: str
+    func: Callable[[Any], Any]
+    summary: str
+    body: dict | None = None
+    query: dict = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+def operations(svc: RobotService) -> list[Op]:
+    """The operation table shared by HTTP routes, ``/openapi.json`` and the TCP bridge."""
+    return [
+        Op("health", "GET", "/health", svc.health,
+           "Server and motor-board health; 200 whenever the HTTP server is up"),
+        Op("getLights", "GET", "/robot/lights", svc.get_lights, "Frame lights and button LED"),
+        Op("setLights", "POST", "/robot/lights", svc.set_lights, "Switch frame lights / button LED",
+           body={"type": "object", "additionalProperties": False, "properties": {
+               "on": {"type": "boolean"},
+               "button": {"type": "object", "additionalProperties": False, "properties": {
+                   "red": {"type": "boolean"}, "green": {"type": "boolean"}, "blue": {"type": "boolean"}}}}}),
+        Op("home", "POST", "/robot/home", svc.home,
+           "Home all axes, one mount (target pipette/mount + mount) or named axes",
+           body={"type": "object", "additionalProperties": False, "properties": {
+               "target": {"type": "string", "enum": ["robot", "pipette", "mount"]},
+               "mount": _MOUNT, "axis": _AXIS,
+               "axes": {"type": "array", "items": _AXIS, "minItems": 1}}}),
+        Op("move", "POST", "/robot/move", svc.move,
+           "Move a mount to a deck point [x, y, z] (mm) or axes to machine positions (mm)",
+           body={"oneOf": [
+               {"type": "object", "additionalProperties": False, "required": ["mount", "point"],
+                "properties": {
+                    "target": {"type": "string", "enum": ["mount", "pipette"]},
+                    "mount": _MOUNT,
+                    "point": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3,
+                              "description": "[x, y, z] deck coordinates, mm"},
+                    "speed": _SPEED,
+                    "strategy": {"type": "string", "enum": ["direct", "arc"]}}},
+               {"type": "object", "additionalProperties": False, "required": ["axes"],
+                "properties": {
+                    "axes": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                             "properties": {ax: {"type": "number", "description": "mm"} for ax in "XYZABC"}},
+                    "speed": _SPEED}}]}),
+        Op("positions", "GET", "/robot/positions", svc.positions,
+           "Current position (mm, machine and per-mount deck coordinates), homed, engaged",
+           query={"refresh": {"type": "boolean"}}),
+        Op("endstops", "GET", "/robot/endstops", svc.endstops, "Endstop switches (M119)"),
+        Op("engaged", "GET", "/motors/engaged", svc.engaged, "Which motors are energised"),
+        Op("disengage", "POST", "/motors/disengage", svc.disengage, "De-energise motors (M18)",
+           body={"type": "object", "additionalProperties": False, "properties": {
+               "axes": {"type": "array", "items": _AXIS}}}),
+        Op("door", "GET", "/robot/door", svc.door, "Door switch and motion pause state",
+           aliases=("/robot/door/status",)),
+        Op("identify", "POST", "/identify", svc.identify, "Blink the frame lights",
+           query={"seconds": {"type": "number", "minimum": 1, "maximum": 60}}),
+        Op("simGpio", "POST", "/robot/sim/gpio", svc.sim_gpio,
+           "Simulated GPIO only: set door / button inputs",
+           body={"type": "object", "additionalProperties": False, "properties": {
+               "door_open": {"type": "boolean"}, "button": {"type": "boolean"}}}),
+    ]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "error"
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Turn every failure into a JSON error body; client-caused ones are always 4xx."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
+            exc.status, _slug(exc.reason))
+        return error_response(exc.status, code, exc.reason if exc.status != 413 else
+                              f"request body larger than {MAX_BODY} bytes")
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # noqa: BLE001 - a bug; still answer in JSON, and log it
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal-error", "internal server error (see the server log)")
+
+
+async def _params(request: web.Request, op: Op) -> Any:
+    params: dict[str, Any] = {}
+    for key, val in request.query.items():
+        if key in op.query:          # unknown query parameters (cache busters) are ignored
+            params[key] = val
+    if request.method == "GET":
+        return params
+    raw = await request.read()
+    if not raw.strip():
+        return params or {}
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid-json", f"request body is not valid JSON: {exc}") from None
+    if params:
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid-request", "the request must be a JSON object")
+        body = {**params, **body}
+    return body
+
+
+def _handler(op: Op) -> Callable:
+    async def handle(request: web.Request) -> web.Response:
+        params = await _params(request, op)
+        result = await op.func(params)
+        return web.json_response(result)
+
+    handle.__doc__ = op.func.__doc__
+    return handle
+
+
+def openapi(ops: list[Op]) -> dict:
+    """The OpenAPI 3.0 document describing :func:`operations` plus ``/events``."""
+    paths: dict[str, dict] = {}
+    errors = {str(s): {"description": d, "content": {"application/json": {"schema": _ERROR}}}
+              for s, d in ((400, "malformed JSON"), (409, "robot state conflict"),
+                           (422, "invalid request"))}
+    for op in ops:
+        entry: dict[str, Any] = {"operationId": op.op_id, "summary": op.summary,
+                                 "description": (op.func.__doc__ or "").strip(),
+                                 "responses": {"200": {"description": "OK", "content": {
+                                     "application/json": {"schema": {"type": "object"}}}}, **errors}}
+        if op.query:
+            entry["parameters"] = [{"name": k, "in": "query", "required": False, "schema": v}
+                                   for k, v in op.query.items()]
+        if op.body is not None:
+            entry["requestBody"] = {"required": False,
+                                    "content": {"application/json": {"schema": op.body}}}
+        for path in (op.path, *op.aliases):
+            paths.setdefault(path, {})[op.method.lower()] = entry
+    paths["/events"] = {"get": {"operationId": "events", "summary": "Server-sent events: "
+                                "position, door, button, lights, motors, board",
+                                "responses": {"200": {"description": "text/event-stream",
+                                                      "content": {"text/event-stream": {}}}}}}
+    paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3.0"}}}}
+    return {"openapi": "3.0.3",
+            "info": {"title": "OT-2 robot server", "version": __version__},
+            "paths": paths}
+
+
+class EventStream:
+    """``GET /events``: server-sent events. Each event is ``event: <name>`` and
+    ``data: {"event", "seq", "time", "data"}``; a comment line is sent every 15 s."""
+
+    def __init__(self, svc: RobotService) -> None:
+        self.svc = svc
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        q = self.svc.events.subscribe()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        try:
+            await resp.prepare(request)
+            await resp.write(b": robot-server events\n\n")
+            initial = [{"event": "door", "data": self.svc._door_state()},
+                       {"event": "position", "data": self.svc._positions()}]
+            for ev in initial:
+                await resp.write(self._frame(ev))
+            while True:
+                try:
+                    ev = await asyncio.wait_for(q.get(), SSE_KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if ev is None:
+                    break
+                await resp.write(self._frame(ev))
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self.svc.events.unsubscribe(q)
+        return resp
+
+    @staticmethod
+    def _frame(ev: dict) -> bytes:
+        return f"event: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode()
+
+
+def make_app(svc: RobotService) -> web.Application:
+    """Build the aiohttp application for ``svc`` (routes from :func:`operations`)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    ops = operations(svc)
+    for op in ops:
+        for path in (op.path, *op.aliases):
+            app.router.add_route(op.method, path, _handler(op))
+    doc = openapi(ops)
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app.router.add_get("/openapi.json", openapi_json)
+    stream = EventStream(svc)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        return await stream(request)
+
+    app.router.add_get("/events", events)
+    return app

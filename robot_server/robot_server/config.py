@@ -1,0 +1,117 @@
+"""Robot server configuration: a flat TOML file (default ``/etc/ot2/robot-server.toml``).
+
+Every key is optional; unknown keys and wrong types are errors (a typo must not silently
+fall back to a default on a robot).
+
+=====================  ====================  ==================================================
+key                    default               meaning
+=====================  ====================  ==================================================
+``listen``             ``"0.0.0.0"``         HTTP and bridge listen address
+``port``               ``31950``             HTTP port
+``bridge_port``        ``7887``              raw TCP JSON bridge port (0: any free port, like ``port``)
+``bridge_enabled``     ``true``              serve the raw TCP bridge at all
+``serial_port``        ``"/dev/ttyAMA0"``    motor board device or pyserial URL
+                                             (``socket://127.0.0.1:PORT``)
+``baudrate``           ``115200``            UART speed
+``gpio_backend``       ``"rpi"``             ``"rpi"`` (RPi.GPIO) or ``"sim"`` (simulated)
+``data_dir``           ``"/data"``           persistent data; the server uses ``<data_dir>/robot-server``
+``lock_file``          ``"/run/robot-server.lock"``  single-owner lock
+``ack_timeout``        ``5.0``               seconds to wait for the board's acknowledgement
+``reconnect_interval`` ``2.0``               seconds between attempts to (re)open the board
+``bridge_max_message`` ``65536``             bytes; a longer bridge message is refused and closed
+``left_mount_offset``  ``[-34.0, 0.0, 0.0]`` left mount position relative to the right (mm)
+=====================  ====================  ==================================================
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_PATH = "/etc/ot2/robot-server.toml"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+@dataclass
+class Config:
+    listen: str = "0.0.0.0"
+    port: int = 31950
+    bridge_port: int = 7887
+    bridge_enabled: bool = True
+    serial_port: str = "/dev/ttyAMA0"
+    baudrate: int = 115200
+    gpio_backend: str = "rpi"
+    data_dir: str = "/data"
+    lock_file: str = "/run/robot-server.lock"
+    ack_timeout: float = 5.0
+    reconnect_interval: float = 2.0
+    bridge_max_message: int = 65536
+    left_mount_offset: list = field(default_factory=lambda: [-34.0, 0.0, 0.0])
+
+    def validate(self) -> "Config":
+        if self.gpio_backend not in ("rpi", "sim"):
+            raise ConfigError(f"gpio_backend must be 'rpi' or 'sim', not {self.gpio_backend!r}")
+        for name in ("port", "bridge_port"):
+            val = getattr(self, name)
+            if not 0 <= val <= 65535:
+                raise ConfigError(f"{name} out of range: {val}")
+        if self.baudrate <= 0:
+            raise ConfigError("baudrate must be positive")
+        if not 0 < self.ack_timeout <= 600:
+            raise ConfigError("ack_timeout must be in (0, 600] seconds")
+        if self.reconnect_interval <= 0:
+            raise ConfigError("reconnect_interval must be positive")
+        if self.bridge_max_message < 256:
+            raise ConfigError("bridge_max_message must be at least 256 bytes")
+        if (len(self.left_mount_offset) != 3
+                or not all(isinstance(v, (int, float)) for v in self.left_mount_offset)):
+            raise ConfigError("left_mount_offset must be three numbers [x, y, z]")
+        self.left_mount_offset = [float(v) for v in self.left_mount_offset]
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.data_dir) / "robot-server"
+
+
+def from_dict(data: dict) -> Config:
+    """Build a :class:`Config` from parsed TOML. Raises :class:`ConfigError`."""
+    known = {f.name: f for f in fields(Config)}
+    kwargs = {}
+    for key, val in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r}")
+        default = getattr(Config(), key)
+        if isinstance(default, bool) or isinstance(val, bool):
+            ok = type(val) is type(default)
+        elif isinstance(default, float):
+            ok = isinstance(val, (int, float))
+            val = float(val) if ok else val
+        else:
+            ok = isinstance(val, type(default))
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {type(default).__name__}, got {val!r}")
+        kwargs[key] = val
+    return Config(**kwargs).validate()
+
+
+def load(path: str | None = None, *, required: bool = False) -> Config:
+    """Load the config file. A missing file at the default path gives the defaults;
+    a missing file given explicitly (``required``) is an error."""
+    p = Path(path or DEFAULT_PATH)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {p} does not exist") from None
+        return Config().validate()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return from_dict(data)

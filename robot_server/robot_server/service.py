@@ -1,0 +1,525 @@
+"""The robot as a set of operations, shared by the HTTP API and the raw TCP bridge.
+
+Every operation takes a ``params`` dict (HTTP: JSON body or query; bridge: ``params``),
+validates it strictly (unknown fields are refused), and returns a JSON-able dict, or
+raises :class:`ApiError` (``status`` 4xx, ``code``, ``message``).
+
+Units: positions in mm, speeds in mm/s, durations in s. Deck coordinates of a mount are
+machine coordinates (identity deck calibration) plus the mount offset: the right mount
+is the reference, the left one is at ``left_mount_offset`` (config) from it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
+
+from . import __version__
+from .config import Config
+from .driver import (AXES, MAX_SPEED, SOFT_LIMITS, BoardError, BoardNotConnected, DriverError, MotionError,
+                     MotorDriver, NotHomedError, check_axes, check_speed)
+from .gpio import GPIOBackend, SimulatedGPIO
+
+log = logging.getLogger("robot_server.service")
+
+MOUNT_AXES = {"left": ("Z", "B"), "right": ("A", "C")}   # (mount axis, plunger axis)
+
+
+class ApiError(Exception):
+    """An error reply: HTTP ``status`` (always 4xx for anything a client can cause),
+    machine-readable ``code`` and a human ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict:
+        return {"error": self.code, "message": self.message}
+
+
+def from_driver_error(exc: DriverError) -> ApiError:
+    """Map driver exceptions: bad motion requests -> 422; not homed, board missing,
+    timeouts, alarms, halts, board errors -> 409 (the request conflicts with the
+    robot's state; retrying after homing/reconnecting can succeed)."""
+    if isinstance(exc, NotHomedError):
+        return ApiError(409, exc.code, str(exc))
+    if isinstance(exc, MotionError):
+        return ApiError(422, exc.code, str(exc))
+    return ApiError(409, exc.code, str(exc))
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid-request", message)
+
+
+# ---------------------------------------------------------------- param helpers
+def _obj(params: Any, allowed: set[str]) -> dict:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise invalid("the request must be a JSON object")
+    extra = sorted(set(params) - allowed)
+    if extra:
+        raise invalid(f"unknown field(s): {', '.join(map(str, extra))}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+    return params
+
+
+def _bool(params: dict, key: str, required: bool = False, default: bool | None = None) -> bool | None:
+    if key not in params:
+        if required:
+            raise invalid(f"field {key!r} is required")
+        return default
+    val = params[key]
+    if isinstance(val, str) and val.lower() in ("true", "false", "1", "0"):   # query strings
+        return val.lower() in ("true", "1")
+    if not isinstance(val, bool):
+        raise invalid(f"field {key!r} must be true or false")
+    return val
+
+
+def _number(params: dict, key: str, lo: float, hi: float, default: float | None = None,
+            code: str = "invalid-request") -> float | None:
+    if key not in params or params[key] is None:
+        return default
+    val = params[key]
+    if isinstance(val, str):
+        try:
+            val = float(val)
+        except ValueError:
+            raise ApiError(422, code, f"field {key!r} must be a number") from None
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+        raise ApiError(422, code, f"field {key!r} must be a finite number")
+    if not lo <= val <= hi:
+        raise ApiError(422, code, f"field {key!r} must be in [{lo:g}, {hi:g}], got {val:g}")
+    return float(val)
+
+
+def _mount(params: dict, required: bool = True) -> str | None:
+    mount = params.get("mount")
+    if mount is None:
+        if required:
+            raise invalid("field 'mount' is required ('left' or 'right')")
+        return None
+    if not isinstance(mount, str) or mount not in MOUNT_AXES:
+        raise invalid("field 'mount' must be 'left' or 'right'")
+    return mount
+
+
+def _speed(params: dict, axes: str) -> float | None:
+    if "speed" not in params or params["speed"] is None:
+        return None
+    try:
+        return check_speed(params["speed"], axes)
+    except DriverError as exc:
+        raise from_driver_error(exc) from None
+
+
+# ---------------------------------------------------------------- events
+class EventHub:
+    """Fan-out of events ``(name, data)`` to subscriber queues. A subscriber that falls
+    more than ``maxsize`` events behind loses the oldest ones (it never blocks others)."""
+
+    def __init__(self) -> None:
+        self._subs: set[asyncio.Queue] = set()
+        self.seq = 0
+
+    def subscribe(self, maxsize: int = 1000) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize)
+        self._subs.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subs.discard(q)
+
+    def publish(self, name: str, data: dict) -> None:
+        self.seq += 1
+        event = {"event": name, "seq": self.seq, "time": time.time(), "data": data}
+        for q in list(self._subs):
+            if q.full():
+                try:
+                    q.get_nowait()
+                except asyncio.QueueEmpty:
+                    pass
+            q.put_nowait(event)
+
+    def close(self) -> None:
+        for q in list(self._subs):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(None)
+
+
+# ---------------------------------------------------------------- the robot
+class RobotService:
+    """Owns the driver (run in one worker thread), the GPIO backend and the event hub."""
+
+    #: Longest a paused motion waits for the door to close before failing (s).
+    door_wait_timeout = 600.0
+
+    def __init__(self, config: Config, gpio: GPIOBackend, driver: MotorDriver | None = None) -> None:
+        self.config = config
+        self.gpio = gpio
+        self.driver = driver or MotorDriver(config.serial_port, config.baudrate, config.ack_timeout,
+                                            reset_hook=gpio.pulse_reset)
+        self.events = EventHub()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motor-board")
+        self._motion: asyncio.Lock | None = None
+        self._door_closed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self.paused = False
+        self.moving = False
+        self.board_error: str | None = None
+        self.started = time.time()
+        self.system_version = _system_version()
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Set up GPIO (pulse the board's reset line once, as at power-up) and start the
+        background task that connects (and reconnects) to the motor board. Returns at
+        once: the server is healthy without a board."""
+        self._loop = asyncio.get_running_loop()
+        self._motion = asyncio.Lock()
+        self._door_closed = asyncio.Event()
+        self.gpio.setup()
+        if not self.gpio.door_open():
+            self._door_closed.set()
+        self.gpio.on_door(lambda state: self._loop.call_soon_threadsafe(self._door_changed, state))
+        self.gpio.on_button(lambda state: self._loop.call_soon_threadsafe(self._button_changed, state))
+        self.gpio.set_button_light(False, False, True)
+        await self._run(self.gpio.pulse_reset)
+        self._tasks.append(asyncio.ensure_future(self._connect_loop()))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self.events.close()
+        await self._run(self.driver.disconnect)
+        self._executor.shutdown(wait=True)
+        self.gpio.close()
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _connect_loop(self) -> None:
+        was = False
+        while not self._stopping:
+            if not self.driver.connected:
+                if was:
+                    was = False
+                    self.events.publish("board", {"connected": False, "error": self.board_error})
+                try:
+                    await self._run(self.driver.connect)
+                    self.board_error = None
+                    was = True
+                    self.events.publish("board", {"connected": True, "firmware": self.driver.firmware})
+                    self._publish_position()
+                except BoardError as exc:
+                    if exc.args and str(exc) != self.board_error:
+                        log.warning("motor board: %s", exc)
+                    self.board_error = str(exc)
+            await asyncio.sleep(self.config.reconnect_interval)
+
+    # ------------------------------------------------------------ gpio events
+    def _door_changed(self, is_open: bool) -> None:
+        if is_open:
+            self._door_closed.clear()
+            if self.moving:
+                self.paused = True
+        else:
+            self._door_closed.set()
+            self.paused = False
+        self.events.publish("door", self._door_state())
+
+    def _button_changed(self, pressed: bool) -> None:
+        self.events.publish("button", {"pressed": pressed})
+
+    def _door_state(self) -> dict:
+        is_open = self.gpio.door_open()
+        return {"open": is_open, "status": "open" if is_open else "closed", "paused": self.paused}
+
+    def _publish_position(self) -> None:
+        self.events.publish("position", self._positions())
+
+    # ------------------------------------------------------------ motion helpers
+    async def _driver_call(self, fn: Callable, *args: Any) -> Any:
+        try:
+            return await self._run(fn, *args)
+        except DriverError as exc:
+            if isinstance(exc, BoardNotConnected):
+                self.board_error = str(exc)
+            raise from_driver_error(exc) from None
+
+    async def _wait_door(self) -> float:
+        """Wait (while a motion is in progress) until the door is closed. Returns the
+        seconds spent paused; raises 409 ``door-open`` after :attr:`door_wait_timeout`."""
+        if self._door_closed.is_set():
+            return 0.0
+        t0 = time.monotonic()
+        self.paused = True
+        self.events.publish("door", self._door_state())
+        try:
+            await asyncio.wait_for(self._door_closed.wait(), self.door_wait_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(409, "door-open", f"motion paused: door open for more than "
+                           f"{self.door_wait_timeout:g} s; the remaining motion was cancelled") from None
+        finally:
+            self.paused = False
+        return time.monotonic() - t0
+
+    def _refuse_if_door_open(self) -> None:
+        if self.gpio.door_open():
+            raise ApiError(409, "door-open", "the door is open; close it before moving the robot")
+
+    async def _motion_sequence(self, steps: list[tuple[Callable, tuple]]) -> float:
+        """Run driver calls one after another under the motion lock; before each step the
+        door is checked and motion pauses while it is open. Returns seconds paused."""
+        paused = 0.0
+        async with self._motion:
+            self.moving = True
+            try:
+                for fn, args in steps:
+                    paused += await self._wait_door()
+                    try:
+                        await self._driver_call(fn, *args)
+                    finally:
+                        self._publish_position()
+            finally:
+                self.moving = False
+        return paused
+
+    def _mount_xyz(self, mount: str) -> list[float] | None:
+        pos = self.driver.position
+        axis = MOUNT_AXES[mount][0]
+        if pos["X"] is None or pos["Y"] is None or pos[axis] is None:
+            return None
+        off = self.config.left_mount_offset if mount == "left" else [0.0, 0.0, 0.0]
+        return [pos["X"] + off[0], pos["Y"] + off[1], pos[axis] + off[2]]
+
+    def _positions(self) -> dict:
+        return {"position": dict(self.driver.position),
+                "mounts": {m: self._mount_xyz(m) for m in MOUNT_AXES},
+                "homed": dict(self.driver.homed), "engaged": dict(self.driver.engaged)}
+
+    # ------------------------------------------------------------ operations
+    async def health(self, params: Any = None) -> dict:
+        """Server and motor-board state; answers even with no board connected."""
+        _obj(params, set())
+        d = self.driver
+        return {"name": "robot-server", "version": __version__, "system_version": self.system_version,
+                "api_version": 1, "uptime": round(time.time() - self.started, 3),
+                "gpio_backend": self.gpio.name,
+                "motor_board": {"connected": d.connected, "port": d.port,
+                                "firmware": d.firmware if d.connected else None,
+                                "homed": dict(d.homed), "error": None if d.connected else self.board_error},
+                "door": self._door_state(), "moving": self.moving}
+
+    async def get_lights(self, params: Any = None) -> dict:
+        """``{on}``: frame lights; ``button``: button LED colours."""
+        _obj(params, set())
+        return {"on": self.gpio.lights_on(), "button": self.gpio.button_light()}
+
+    async def set_lights(self, params: Any) -> dict:
+        """Body ``{on: bool}`` switches the frame lights; optional ``button: {red, green,
+        blue}`` sets the button LED."""
+        p = _obj(params, {"on", "button"})
+        on = _bool(p, "on", required="button" not in p)
+        if on is not None:
+            self.gpio.set_lights(on)
+        if "button" in p:
+            b = _obj(p["button"], {"red", "green", "blue"})
+            cur = self.gpio.button_light()
+            self.gpio.set_button_light(*(_bool(b, c, default=cur[c]) for c in ("red", "green", "blue")))
+        result = await self.get_lights()
+        self.events.publish("lights", result)
+        return result
+
+    async def home(self, params: Any) -> dict:
+        """Home all axes (default, or ``target: "robot"``), one mount's axes
+        (``target: "pipette"``/``"mount"`` + ``mount``: the mount axis and its plunger),
+        or named axes (``axis: "X"`` / ``axes: ["X", "Y"]``). Order: Z A B C, X, Y."""
+        p = _obj(params, {"target", "mount", "axis", "axes"})
+        target = p.get("target", "robot")
+        if target not in ("robot", "pipette", "mount"):
+            raise invalid("field 'target' must be 'robot', 'pipette' or 'mount'")
+        if "axis" in p or "axes" in p:
+            if "axis" in p and "axes" in p:
+                raise invalid("give 'axis' or 'axes', not both")
+            names = [p["axis"]] if "axis" in p else p["axes"]
+            if not isinstance(names, list) or not names:
+                raise invalid("field 'axes' must be a non-empty list of axis names")
+            try:
+                axes = check_axes(names)
+            except DriverError as exc:
+                raise from_driver_error(exc) from None
+        elif target == "robot":
+            if "mount" in p:
+                raise invalid("'mount' is only valid with target 'pipette' or 'mount'")
+            axes = AXES
+        else:
+            mount = _mount(p)
+            axes = "".join(MOUNT_AXES[mount]) if target == "pipette" else MOUNT_AXES[mount][0]
+        self._refuse_if_door_open()
+        paused = await self._motion_sequence([(self.driver.home, (axes,))])
+        return {"homed": dict(self.driver.homed), "axes": axes, "paused_s": round(paused, 3), **self._positions()}
+
+    async def move(self, params: Any) -> dict:
+        """Move a mount to a deck point or axes to machine positions.
+
+        * ``{target: "mount"|"pipette", mount: "left"|"right", point: [x, y, z], speed?,
+          strategy?: "direct"|"arc"}``: the mount's reference point to ``point`` (mm,
+          deck coordinates); ``arc`` first retracts the mount to the top of its travel,
+          moves X/Y, then lowers.
+        * ``{axes: {"X": mm, "B": mm, ...}, speed?}``: absolute machine positions.
+
+        ``speed`` in mm/s, (0, fastest moved axis' max]. Everything is checked (axes,
+        soft limits, homing, speed) before anything moves. Errors: 422 ``unknown-axis``,
+        ``soft-limit``, ``invalid-speed``, ``invalid-request``; 409 ``not-homed``,
+        ``door-open``, ``board-*``."""
+        p = _obj(params, {"target", "mount", "point", "axes", "speed", "strategy"})
+        strategy = p.get("strategy", "direct")
+        if strategy not in ("direct", "arc"):
+            raise invalid("field 'strategy' must be 'direct' or 'arc'")
+        if "axes" in p:
+            if "point" in p or "mount" in p or "target" in p:
+                raise invalid("give either 'axes' or 'target'/'mount'/'point'")
+            axes = p["axes"]
+            if not isinstance(axes, dict) or not axes:
+                raise invalid("field 'axes' must be an object of axis name -> mm")
+            try:
+                targets = {check_axes([k]): v for k, v in axes.items()}
+            except DriverError as exc:
+                raise from_driver_error(exc) from None
+            segments = [targets]
+        else:
+            target = p.get("target", "mount")
+            if target not in ("mount", "pipette"):
+                raise invalid("field 'target' must be 'mount' or 'pipette'")
+            mount = _mount(p)
+            point = p.get("point")
+            if (not isinstance(point, list) or len(point) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+                raise invalid("field 'point' must be [x, y, z] in mm")
+            off = self.config.left_mount_offset if mount == "left" else [0.0, 0.0, 0.0]
+            zax = MOUNT_AXES[mount][0]
+            targets = {"X": point[0] - off[0], "Y": point[1] - off[1], zax: point[2] - off[2]}
+            if strategy == "arc":
+                top = SOFT_LIMITS[zax][1]
+                segments = [{zax: top}, {"X": targets["X"], "Y": targets["Y"]}, {zax: targets[zax]}]
+            else:
+                segments = [targets]
+        speed = _speed(p, "".join(targets))
+        # an arc's single-axis segments run at most at that axis' max speed
+        plan = [(seg, None if speed is None else min(speed, max(MAX_SPEED[a] for a in seg)))
+                for seg in segments]
+        # validate every segment against limits and homing before anything moves
+        for seg, seg_speed in plan:
+            try:
+                self.driver.validate_move(seg, seg_speed)
+            except DriverError as exc:
+                raise from_driver_error(exc) from None
+        self._refuse_if_door_open()
+        paused = await self._motion_sequence([(self.driver.move, (seg, spd)) for seg, spd in plan])
+        return {"paused_s": round(paused, 3), **self._positions()}
+
+    async def positions(self, params: Any = None) -> dict:
+        """Current position: ``position`` per axis (mm, machine; ``null`` if unknown),
+        ``mounts`` (deck coordinates of each mount, mm), ``homed``, ``engaged``. With
+        ``refresh=true`` the position is re-read from the board (``M114.2``) first."""
+        p = _obj(params, {"refresh"})
+        if _bool(p, "refresh", default=False):
+            async with self._motion:
+                await self._driver_call(self.driver.read_position)
+        return self._positions()
+
+    async def endstops(self, params: Any = None) -> dict:
+        """Endstop switches from ``M119`` (True = closed), plus ``Probe``."""
+        _obj(params, set())
+        async with self._motion:
+            return {"endstops": await self._driver_call(self.driver.read_endstops)}
+
+    async def engaged(self, params: Any = None) -> dict:
+        """Which motors are energised: ``{"X": {"enabled": bool}, ...}`` (OT-2 shape)."""
+        _obj(params, set())
+        return {ax: {"enabled": on} for ax, on in self.driver.engaged.items()}
+
+    async def disengage(self, params: Any) -> dict:
+        """Body ``{axes: ["x", "y", ...]}`` (case-insensitive; default all): de-energise
+        those motors (``M18``)."""
+        p = _obj(params, {"axes"})
+        names = p.get("axes", list(AXES))
+        if not isinstance(names, list):
+            raise invalid("field 'axes' must be a list of axis names")
+        try:
+            axes = check_axes(names)
+        except DriverError as exc:
+            raise from_driver_error(exc) from None
+        async with self._motion:
+            await self._driver_call(self.driver.disengage, axes)
+        result = await self.engaged()
+        self.events.publish("motors", result)
+        return result
+
+    async def door(self, params: Any = None) -> dict:
+        """``{open, status: "open"|"closed", paused}``; ``paused`` is true while a motion
+        waits for the door to close."""
+        _obj(params, set())
+        return self._door_state()
+
+    async def identify(self, params: Any) -> dict:
+        """Blink the frame lights for ``seconds`` (1..60, default 10) in the background."""
+        p = _obj(params, {"seconds"})
+        seconds = _number(p, "seconds", 1, 60, default=10.0)
+        was_on = self.gpio.lights_on()
+
+        async def blink() -> None:
+            end = time.monotonic() + seconds
+            on = was_on
+            while time.monotonic() < end:
+                on = not on
+                self.gpio.set_lights(on)
+                await asyncio.sleep(0.5)
+            self.gpio.set_lights(was_on)
+
+        self._tasks.append(asyncio.ensure_future(blink()))
+        self._tasks = [t for t in self._tasks if not t.done()]
+        return {"identifying": True, "seconds": seconds}
+
+    async def sim_gpio(self, params: Any) -> dict:
+        """Simulated backend only: set inputs ``{door_open?: bool, button?: bool}``
+        (for tests and the QEMU image). 409 ``not-simulated`` on real GPIO."""
+        p = _obj(params, {"door_open", "button"})
+        if not isinstance(self.gpio, SimulatedGPIO):
+            raise ApiError(409, "not-simulated", "GPIO inputs can only be set on the simulated backend")
+        door = _bool(p, "door_open")
+        button = _bool(p, "button")
+        if door is not None:
+            self.gpio.set_door(door)
+        if button is not None:
+            self.gpio.set_button(button)
+        await asyncio.sleep(0)   # let the edge callbacks (scheduled on the loop) run
+        return {"door": self._door_state(), "button": {"pressed": self.gpio.button_pressed()}}
+
+
+def _system_version() -> str | None:
+    try:
+        with open("/etc/ot2/version.json", encoding="utf-8") as fh:
+            return str(json.load(fh).get("version"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+Operation = Callable[[Any], Awaitable[dict]]
