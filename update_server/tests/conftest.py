@@ -1,0 +1,300 @@
+"""Test rig: file-backed slots, real boot env files, real keys, the real app on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import io
+import json
+import os
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from update_server import bundle
+from update_server.api import UpdateServer
+from update_server.bootctl import from_config
+from update_server.config import load_config
+
+COMPATIBLE = "ot2-test"
+SLOT_SIZE = 32 << 20
+MARKER = b"slot A: the running system\n" * 4096
+
+
+# ---------------------------------------------------------------------------------------
+# keys and bundles
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    """A trusted Ed25519 key, a trusted ECDSA key, an untrusted key, and the keyring dir."""
+    d = tmp_path_factory.mktemp("keys")
+    trusted = bundle.generate_private_key("ed25519")
+    trusted_ec = bundle.generate_private_key("ecdsa-p256")
+    untrusted = bundle.generate_private_key("ed25519")
+    keyring = d / "keyring"
+    keyring.mkdir()
+    (keyring / "release.pem").write_bytes(bundle.public_key_pem(trusted.public_key()))
+    (keyring / "release-ec.pem").write_bytes(bundle.public_key_pem(trusted_ec.public_key()))
+    (keyring / "README").write_text("not a key\n")
+    return {"trusted": trusted, "trusted_ec": trusted_ec, "untrusted": untrusted, "keyring": keyring}
+
+
+def make_image(size: int, seed: int = 1) -> bytes:
+    """Deterministic, incompressible-looking image bytes."""
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block * 64
+    return bytes(out[:size])
+
+
+def make_bundle(key, image: bytes, compatible: str = COMPATIBLE, version: str = "2.0.0") -> bytes:
+    """A valid bundle (bytes) built with the library's writer."""
+    with io.BytesIO() as out:
+        tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"img-{uuid.uuid4().hex}"
+        tmp.write_bytes(image)
+        try:
+            bundle.write_bundle(out, key, compatible, version, {"rootfs": str(tmp)})
+        finally:
+            tmp.unlink()
+        return out.getvalue()
+
+
+def raw_bundle(members: list, end: bool = True) -> bytes:
+    """A tar stream from ``[(name, bytes)]`` exactly as given (for malformed bundles)."""
+    out = bytearray()
+    for name, data in members:
+        out += bundle.tar_header(name, len(data), 0) + data + bytes(bundle.padding(len(data)))
+    if end:
+        out += bytes(1024)
+    return bytes(out)
+
+
+def manifest_for(image: bytes, compatible: str = COMPATIBLE, version: str = "2.0.0", size=None) -> bytes:
+    img = bundle.Image("rootfs", "rootfs.img", len(image) if size is None else size,
+                       hashlib.sha256(image).hexdigest())
+    return bundle.make_manifest(compatible, version, [img])
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+
+@dataclass
+class Response:
+    status: int
+    body: object
+    raw: bytes
+
+
+class Client:
+    """Minimal HTTP/1.1 client (stdlib) talking to 127.0.0.1:port."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def request(self, method, path, body=None, json_body=None, headers=None, timeout=60) -> Response:
+        headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        return Response(resp.status, data, raw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def begin(self) -> str:
+        r = self.post("/server/update/begin")
+        assert r.status == 201, r.body
+        return r.body["token"]
+
+    def upload(self, token, data: bytes, content_type="application/octet-stream") -> Response:
+        return self.post(f"/server/update/{token}/file", body=data,
+                         headers={"Content-Type": content_type})
+
+
+class ServerThread:
+    """The real aiohttp app on an ephemeral loopback port, in a thread with its own loop."""
+
+    def __init__(self, config):
+        self.server = UpdateServer(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+
+    async def _start(self) -> int:
+        self.runner = web.AppRunner(self.server.make_app(), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return self.runner.addresses[0][1]
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the machine
+
+
+def make_uboot_env(directory: Path, redundant: bool = False, text: str | None = None) -> Path:
+    """U-Boot env file(s) made by mkenvimage and a fw_env.config naming them."""
+    if text is None:
+        text = "BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n"
+    src = directory / "env.txt"
+    src.write_text(text)
+    names = ["uboot.env", "uboot-redund.env"] if redundant else ["uboot.env"]
+    lines = []
+    for name in names:
+        args = ["mkenvimage", "-s", "0x4000", "-o", str(directory / name), str(src)]
+        if redundant:
+            args.insert(1, "-r")
+        subprocess.run(args, check=True)
+        lines.append(f"{directory / name} 0x0 0x4000\n")
+    config = directory / "fw_env.config"
+    config.write_text("".join(lines))
+    return config
+
+
+def make_uboot_env_with_backup(directory: Path) -> list:
+    """Primary and backup single-copy env files, each named by its own fw_env config."""
+    configs = []
+    for name in ("primary", "backup"):
+        d = directory / name
+        d.mkdir()
+        configs.append(str(make_uboot_env(d)))
+    return configs
+
+
+def make_grub_env(directory: Path) -> list:
+    files = [directory / "grubenv", directory / "grubenv.bak"]
+    for f in files:
+        subprocess.run(["grub-editenv", str(f), "set", "BOOT_ORDER=A B",
+                        "BOOT_A_LEFT=3", "BOOT_B_LEFT=3"], check=True)
+    return [str(f) for f in files]
+
+
+class Rig:
+    """A robot in a directory: slots, boot env, cmdline, boot id, data dir, server."""
+
+    def __init__(self, root: Path, keyring: Path, backend: str = "uboot", **config):
+        self.root = root
+        root.joinpath("boot").mkdir()
+        self.slots = {}
+        for slot in "AB":
+            path = root / f"slot-{slot}.img"
+            with open(path, "wb") as f:
+                f.truncate(SLOT_SIZE)
+            self.slots[slot] = path
+        with open(self.slots["A"], "r+b") as f:
+            f.write(MARKER)
+        self.cmdline = root / "cmdline"
+        self.boot_id_file = root / "boot_id"
+        self.reboot_marker = root / "rebooted"
+        self.set_boot("A")
+        (root / "version.json").write_text(json.dumps(
+            {"version": "1.0.0", "compatible": COMPATIBLE, "build_time": "2024-01-01T00:00:00Z",
+             "board": "test"}))
+        (root / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+        overrides = {
+            "listen": "127.0.0.1",
+            "data_dir": str(root / "data"),
+            "keyring": str(keyring),
+            "boot_backend": backend,
+            "cmdline": str(self.cmdline),
+            "boot_id_file": str(self.boot_id_file),
+            "machine_id_file": str(root / "machine-id"),
+            "version_file": str(root / "version.json"),
+            "reboot_command": ["touch", str(self.reboot_marker)],
+            "chunk_size": 64 * 1024,
+            "slots": {"A": str(self.slots["A"]), "B": str(self.slots["B"])},
+        }
+        if backend == "uboot":
+            overrides["fw_env_config"] = str(make_uboot_env(root / "boot"))
+        elif backend == "uboot-backup":
+            overrides["fw_env_config"] = make_uboot_env_with_backup(root / "boot")
+            overrides["boot_backend"] = "uboot"
+        else:
+            overrides["grubenv"] = make_grub_env(root / "boot")
+        overrides.update(config)
+        self.config = load_config(None, overrides)
+        self.boot = from_config(self.config)
+        self.server = None
+        self.client = None
+
+    def set_boot(self, slot: str) -> None:
+        """Simulate a (re)boot into ``slot``: new cmdline, new boot id."""
+        self.cmdline.write_text(f"console=ttyS0 root=/dev/vda{2 if slot == 'A' else 3} ot2.slot={slot} quiet\n")
+        self.boot_id_file.write_text(str(uuid.uuid4()) + "\n")
+
+    def start(self) -> Client:
+        self.server = ServerThread(self.config)
+        self.client = Client(self.server.port)
+        return self.client
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.stop()
+            self.server = None
+
+    def restart(self) -> Client:
+        self.stop()
+        return self.start()
+
+    def env(self) -> dict:
+        return self.boot.read()
+
+    def slot_a_intact(self) -> bool:
+        with open(self.slots["A"], "rb") as f:
+            return f.read(len(MARKER)) == MARKER
+
+    def slot_bytes(self, slot: str, size: int) -> bytes:
+        with open(self.slots[slot], "rb") as f:
+            return f.read(size)
+
+
+@pytest.fixture
+def rig(tmp_path, keys, monkeypatch):
+    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    r = Rig(tmp_path, keys["keyring"])
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(params=["uboot", "uboot-backup", "grub"])
+def any_rig(request, tmp_path, keys, monkeypatch):
+    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    r = Rig(tmp_path, keys["keyring"], backend=request.param)
+    r.start()
+    yield r
+    r.stop()

@@ -1,0 +1,151 @@
+"""The ``update-server`` command: bundle keygen/create/verify/info, serve, boot-check."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import COMPATIBLE, Rig, make_image
+
+EXE = str(Path(sys.executable).with_name("update-server"))
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "keyring").mkdir()
+    (d / "other").mkdir()
+    cli("bundle", "keygen", "--out", d / "dev.key")
+    cli("bundle", "keygen", "--out", d / "ec.key", "--algorithm", "ecdsa-p256")
+    cli("bundle", "keygen", "--out", d / "other.key")
+    os.rename(d / "dev.pem", d / "keyring/dev.pem")
+    os.rename(d / "ec.pem", d / "keyring/ec.pem")
+    os.rename(d / "other.pem", d / "other/other.pem")
+    (d / "rootfs.img").write_bytes(make_image(700_001, seed=4))
+    return d
+
+
+def test_keygen_files(made):
+    assert oct(os.stat(made / "dev.key").st_mode & 0o777) == "0o600"
+    assert (made / "keyring/dev.pem").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert cli("bundle", "keygen", "--out", made / "dev.key", check=False).returncode == 2
+
+
+@pytest.mark.parametrize("key", ["dev.key", "ec.key"])
+def test_create_verify_info_round_trip(made, key):
+    out = made / f"b-{key}.ot2"
+    cli("bundle", "create", "--key", made / key, "--compatible", COMPATIBLE, "--version", "5.0",
+        "--image", f"rootfs={made / 'rootfs.img'}", "-o", out)
+    r = cli("bundle", "verify", "--keyring", made / "keyring", "--compatible", COMPATIBLE, out)
+    assert r.stdout.startswith("OK ot2-test 5.0")
+    info = json.loads(cli("bundle", "info", "--json", out).stdout)
+    assert info["manifest"]["images"][0]["size"] == 700_001
+    assert info["manifest"]["format"] == 1
+    # GNU tar reads it and lists the members in contract order
+    names = subprocess.run(["tar", "tf", out], capture_output=True, text=True, check=True).stdout.split()
+    assert names == ["manifest.json", "manifest.sig", "rootfs.img"]
+    assert "compatible: ot2-test" in cli("bundle", "info", out).stdout
+
+
+def test_verify_rejections(made):
+    out = made / "v.ot2"
+    cli("bundle", "create", "--key", made / "dev.key", "--compatible", COMPATIBLE, "--version", "5.1",
+        "--image", f"rootfs={made / 'rootfs.img'}", "-o", out)
+    r = cli("bundle", "verify", "--keyring", made / "other", out, check=False)
+    assert r.returncode == 1 and "untrusted-key" in r.stderr
+    r = cli("bundle", "verify", "--keyring", made / "keyring", "--compatible", "ot2-rpi3", out, check=False)
+    assert r.returncode == 1 and "incompatible" in r.stderr
+    data = bytearray(out.read_bytes())
+    data[5000] ^= 1
+    (made / "flipped.ot2").write_bytes(data)
+    r = cli("bundle", "verify", "--keyring", made / "keyring", made / "flipped.ot2", check=False)
+    assert r.returncode == 1 and "hash-mismatch" in r.stderr
+    (made / "cut.ot2").write_bytes(data[:4000])
+    r = cli("bundle", "verify", "--keyring", made / "keyring", made / "cut.ot2", check=False)
+    assert r.returncode == 1 and "truncated" in r.stderr
+    r = cli("bundle", "verify", "--keyring", made / "empty-dir", out, check=False)
+    assert r.returncode == 1 and "untrusted-key" in r.stderr
+    r = cli("bundle", "verify", "--keyring", made / "keyring", made / "missing.ot2", check=False)
+    assert r.returncode == 2
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def toml_value(v):
+    return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+
+def test_serve_subprocess_and_boot_check(tmp_path, keys, made, monkeypatch):
+    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    rig = Rig(tmp_path, keys["keyring"])
+    port = free_port()
+    lines = []
+    for k, v in rig.config.__dict__.items():
+        if k in ("slots", "health_urls"):
+            continue
+        if k == "port":
+            v = port
+        if v in ("", []):
+            continue
+        lines.append(f"{k} = {toml_value(v)}")
+    lines.append(f"health_urls = [\"http://127.0.0.1:{port}/health\"]")
+    for slot, dev in rig.config.slots.items():
+        lines.append(f"[slots.{slot}]\ndevice = {json.dumps(dev)}")
+    conf = tmp_path / "update-server.toml"
+    conf.write_text("\n".join(lines) + "\n")
+
+    # cwd elsewhere: in the repository root, the project directory (also named
+    # update_server) would shadow the editable install for "python -m"
+    proc = subprocess.Popen([sys.executable, "-m", "update_server", "--config", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    health = json.load(r)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.1)
+        assert health["booted_slot"] == "A" and health["name"] == "OT2-01234567"
+        rig.boot._write(["A", "B"], {"A": 2, "B": 3})
+        r = cli("--config", conf, "boot-check", "--timeout", "5", check=False)
+        assert r.returncode == 0, r.stderr
+        assert rig.env()["A"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("prot = 1\n")
+    r = cli("--config", bad, "boot-check", check=False)
+    assert r.returncode == 2 and "unknown configuration key 'prot'" in r.stderr
+    r = cli("--config", tmp_path / "missing.toml", "boot-check", check=False)
+    assert r.returncode == 2
+    bad.write_text("port = \"x\"\n")
+    assert cli("--config", bad, "serve", check=False).returncode == 2

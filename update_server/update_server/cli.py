@@ -1,0 +1,321 @@
+"""Command line: ``update-server [serve] | bundle ... | boot-check``.
+
+``update-server bundle verify`` exit status: 0 valid, 1 rejected (the error code is
+printed, e.g. ``bad-signature``), 2 usage or I/O error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from .errors import UpdateError
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _config_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    S = argparse.SUPPRESS
+    p.add_argument("--config", default=S, help=f"TOML config file (default {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--listen", default=S, help="listen address")
+    p.add_argument("--port", type=int, default=S, help="TCP port")
+    p.add_argument("--data-dir", dest="data_dir", default=S)
+    p.add_argument("--compatible", default=S, help="board compatible string")
+    p.add_argument("--keyring", default=S, help="directory of trusted *.pem public keys")
+    p.add_argument("--boot-backend", dest="boot_backend", choices=["uboot", "grub"], default=S)
+    p.add_argument("--fw-env-config", dest="fw_env_config", action="append", default=S,
+                   help="libubootenv config (primary first; repeat for backups)")
+    p.add_argument("--grubenv", action="append", default=S, help="GRUB env file (primary first; repeat)")
+    p.add_argument("--cmdline", default=S, help="kernel command line file")
+    p.add_argument("--version-file", dest="version_file", default=S)
+    p.add_argument("--slot", action="append", default=S, metavar="A=DEVICE", help="slot device (repeat)")
+    p.add_argument("--chunk-size", dest="chunk_size", type=int, default=S, help="bytes")
+    p.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=S)
+    p.add_argument("--apply-hostname", dest="apply_hostname", action=argparse.BooleanOptionalAction, default=S)
+    p.add_argument("--log-level", dest="log_level", default=S, choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    flags = _config_flags()
+    parser = argparse.ArgumentParser(
+        prog="update-server", parents=[flags],
+        description="OT-2 update server: signed bundles into A/B slots, SSH keys, robot name.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", parents=[flags], help="serve the HTTP API (the default)")
+
+    check = sub.add_parser("boot-check", parents=[flags], help="mark the booted slot good once healthy")
+    check.add_argument("--timeout", dest="boot_check_timeout", type=float, default=argparse.SUPPRESS,
+                       help="seconds to wait for health")
+
+    b = sub.add_parser("bundle", help="make and check bundles").add_subparsers(dest="bundle_command")
+    keygen = b.add_parser("keygen", help="make a signing key pair")
+    keygen.add_argument("--out", required=True, help="private key file; the public key goes next to it as .pem")
+    keygen.add_argument("--algorithm", choices=["ed25519", "ecdsa-p256"], default="ed25519")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    create = b.add_parser("create", help="build a signed bundle")
+    create.add_argument("--key", required=True, help="private key (PEM)")
+    create.add_argument("--compatible", required=True)
+    create.add_argument("--version", dest="bundle_version", required=True)
+    create.add_argument("--image", action="append", required=True, metavar="rootfs=PATH")
+    create.add_argument("--build-time", dest="build_time", help="ISO 8601 (default: now)")
+    create.add_argument("-o", "--output", required=True, help="bundle file ('-' for stdout)")
+
+    verify = b.add_parser("verify", help="check a bundle's signature and image hashes")
+    verify.add_argument("--keyring", required=True, help="directory of trusted *.pem public keys")
+    verify.add_argument("--compatible", help="also require this compatible string")
+    verify.add_argument("bundle")
+
+    info = b.add_parser("info", help="print a bundle's manifest (not verified)")
+    info.add_argument("--json", action="store_true")
+    info.add_argument("bundle")
+    return parser
+
+
+def _overrides(args) -> dict:
+    keys = ("listen", "port", "data_dir", "compatible", "keyring", "boot_backend", "fw_env_config",
+            "grubenv", "cmdline", "version_file", "chunk_size", "mdns", "apply_hostname",
+            "log_level", "boot_check_timeout")
+    overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    if hasattr(args, "slot"):
+        slots = {}
+        for item in args.slot:
+            name, sep, device = item.partition("=")
+            if not sep or name not in ("A", "B") or not device:
+                raise ConfigError(f"--slot expects A=DEVICE or B=DEVICE, not {item!r}")
+            slots[name] = device
+        overrides["slots"] = slots
+    return overrides
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# bundle commands
+
+
+def _keygen(args) -> int:
+    from . import bundle
+
+    out = Path(args.out)
+    public = out.with_suffix(".pem")
+    if public == out:
+        public = out.with_name(out.name + ".pub.pem")
+    for path in (out, public):
+        if path.exists() and not args.force:
+            print(f"{path} exists (use --force to overwrite)", file=sys.stderr)
+            return EXIT_USAGE
+    key = bundle.generate_private_key(args.algorithm)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(bundle.private_key_pem(key))
+    public.write_bytes(bundle.public_key_pem(key.public_key()))
+    print(f"private key: {out}\npublic key:  {public}\nkey id:      {bundle.key_id(key.public_key())}")
+    return EXIT_OK
+
+
+class _ProgressBar:
+    """A rich progress bar on a terminal; nothing otherwise (or without rich)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        except ImportError:
+            return
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), console=Console(stderr=True))
+        self.tasks = {"hash": self.bar.add_task("hashing", total=total),
+                      "write": self.bar.add_task("writing", total=total)}
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def __call__(self, phase: str, n: int) -> None:
+        if self.bar:
+            self.bar.advance(self.tasks[phase], n)
+
+
+def _create(args) -> int:
+    from . import bundle
+
+    images = {}
+    for item in args.image:
+        slot_class, sep, path = item.partition("=")
+        if not sep or slot_class not in bundle.SLOT_CLASSES or not path:
+            print(f"--image expects rootfs=PATH, not {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        images[slot_class] = path
+    try:
+        key = bundle.load_private_key(args.key)
+        total = sum(os.path.getsize(p) for p in images.values())
+    except (OSError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    to_stdout = args.output == "-"
+    try:
+        out = sys.stdout.buffer if to_stdout else open(args.output + ".part", "wb")
+        with _ProgressBar(total, sys.stderr.isatty()) as bar:
+            manifest = bundle.write_bundle(out, key, args.compatible, args.bundle_version, images,
+                                           build_time=args.build_time, progress=bar)
+        out.flush()
+        if not to_stdout:
+            os.fsync(out.fileno())
+            out.close()
+            os.replace(args.output + ".part", args.output)
+    except (OSError, UpdateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not to_stdout:
+        print(f"{args.output}: {manifest.compatible} {manifest.version}, "
+              f"{manifest.rootfs.size} bytes, sha256 {manifest.rootfs.sha256}")
+    return EXIT_OK
+
+
+async def _verify_stream(f, keyring: dict, compatible: str | None):
+    from . import bundle
+
+    source = bundle.file_source(f)
+    head = await bundle.read_head(source, keyring, compatible)
+    hasher = hashlib.sha256()
+    buffer = bytearray(1 << 20)
+    remaining = head.image.size
+    while remaining:
+        view = memoryview(buffer)[: min(len(buffer), remaining)]
+        n = await source.readinto(view)
+        hasher.update(view[:n])
+        remaining -= n
+        if n < len(view):
+            raise UpdateError("truncated", f"bundle ends {remaining} bytes before the image end")
+    if hasher.hexdigest() != head.image.sha256:
+        raise UpdateError("hash-mismatch", f"{head.image.filename}: sha256 {hasher.hexdigest()}")
+    await bundle.read_tail(source, head.image)
+    return head
+
+
+def _verify(args) -> int:
+    from . import bundle
+
+    keyring = bundle.load_keyring(args.keyring)
+    try:
+        with open(args.bundle, "rb") as f:
+            head = asyncio.run(_verify_stream(f, keyring, args.compatible))
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except UpdateError as e:
+        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    m = head.manifest
+    print(f"OK {m.compatible} {m.version}: signed by {head.key_id}, "
+          f"{head.image.filename} {head.image.size} bytes sha256 {head.image.sha256}")
+    return EXIT_OK
+
+
+async def _read_unverified(f) -> tuple:
+    from . import bundle
+
+    source = bundle.file_source(f, 64 * 1024)
+    info = await bundle.read_header(source, bundle.MANIFEST_NAME)
+    if info is None or info.name != bundle.MANIFEST_NAME or info.size > bundle.MAX_MANIFEST_SIZE:
+        raise UpdateError("bad-manifest", "the bundle does not start with manifest.json")
+    raw = await source.read_exactly(info.size, bundle.MANIFEST_NAME)
+    await source.skip(bundle.padding(info.size), bundle.MANIFEST_NAME)
+    signature = None
+    info = await bundle.read_header(source, bundle.SIGNATURE_NAME)
+    if info is not None and info.name == bundle.SIGNATURE_NAME and info.size <= bundle.MAX_SIGNATURE_SIZE:
+        signature = await source.read_exactly(info.size, bundle.SIGNATURE_NAME)
+    return raw, signature
+
+
+def _info(args) -> int:
+    from . import bundle
+
+    try:
+        with open(args.bundle, "rb") as f:
+            raw, signature = asyncio.run(_read_unverified(f))
+        manifest = bundle.parse_manifest(raw)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except UpdateError as e:
+        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    sig = None
+    if signature is not None:
+        try:
+            sig = json.loads(signature)
+        except ValueError:
+            sig = {"error": "malformed signature"}
+    if args.json:
+        print(json.dumps({"manifest": manifest.as_dict(), "signature": sig}, indent=2))
+        return EXIT_OK
+    print(f"compatible: {manifest.compatible}\nversion:    {manifest.version}\n"
+          f"build time: {manifest.build_time}")
+    for image in manifest.images:
+        print(f"image:      {image.slot_class} {image.filename} {image.size} bytes sha256 {image.sha256}")
+    if isinstance(sig, dict) and "key_id" in sig:
+        print(f"signature:  {sig.get('algorithm')} key {sig.get('key_id')} (not verified)")
+    else:
+        print("signature:  none")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: list | None = None) -> int:
+    """Entry point of ``update-server``; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "bundle":
+        _setup_logging("warning")
+        commands = {"keygen": _keygen, "create": _create, "verify": _verify, "info": _info}
+        if args.bundle_command not in commands:
+            parser.parse_args(["bundle", "--help"])
+        return commands[args.bundle_command](args)
+
+    try:
+        config = load_config(getattr(args, "config", None), _overrides(args))
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(config.log_level)
+    if args.command == "boot-check":
+        from . import bootcheck
+
+        return bootcheck.run(config)
+    from . import api
+
+    api.run(config)
+    return EXIT_OK

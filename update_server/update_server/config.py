@@ -1,0 +1,235 @@
+"""Configuration: a TOML file (default ``/etc/ot2/update-server.toml``) plus overrides.
+
+Example (every key is optional; the values shown are the defaults unless noted)::
+
+    listen = "0.0.0.0"
+    port = 34000
+    data_dir = "/data"
+    compatible = ""                       # "" = take it from version_file
+    keyring = "/etc/ot2/keyring"          # directory of *.pem public keys
+    boot_backend = "uboot"                # "uboot" | "grub"
+    fw_env_config = ["/etc/fw_env.config"]  # libubootenv configs, primary first, then
+                                          # backups (a string is one config); each is
+                                          # passed to fw_printenv/fw_setenv -c
+    uboot_default_env = ""                # passed as -f; "" = built-in defaults
+    grubenv = ["/boot/firmware/grubenv", "/boot/firmware/grubenv.bak"]
+    boot_mount = ""                       # e.g. "/boot/firmware": remounted rw while writing
+    cmdline = "/proc/cmdline"
+    boot_id_file = "/proc/sys/kernel/random/boot_id"
+    machine_id_file = "/etc/machine-id"
+    version_file = "/etc/ot2/version.json"
+    ssh_keys_allowed_from = ["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]
+    apply_hostname = false
+    mdns = false
+    mdns_port = 31950
+    mdns_interfaces = []                  # [] = all interfaces
+    robot_model = "OT-2 Standard"
+    reboot_command = ["systemctl", "reboot"]
+    health_urls = []                      # [] = robot server + this server's /health
+    boot_check_timeout = 300              # seconds
+    boot_check_interval = 2               # seconds
+    chunk_size = 1048576                  # bytes
+    max_tries = 3
+    log_level = "info"
+
+    [slots.A]
+    device = "/dev/mmcblk0p2"
+    [slots.B]
+    device = "/dev/mmcblk0p3"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UpdateError
+
+DEFAULT_CONFIG_PATH = "/etc/ot2/update-server.toml"
+SLOT_NAMES = ("A", "B")
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is invalid."""
+
+
+@dataclass
+class Config:
+    """All settings of the update server (units: bytes, seconds)."""
+
+    listen: str = "0.0.0.0"
+    port: int = 34000
+    data_dir: str = "/data"
+    compatible: str = ""
+    keyring: str = "/etc/ot2/keyring"
+    boot_backend: str = "uboot"
+    fw_env_config: list = field(default_factory=lambda: ["/etc/fw_env.config"])
+    uboot_default_env: str = ""
+    grubenv: list = field(
+        default_factory=lambda: ["/boot/firmware/grubenv", "/boot/firmware/grubenv.bak"]
+    )
+    boot_mount: str = ""
+    cmdline: str = "/proc/cmdline"
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
+    machine_id_file: str = "/etc/machine-id"
+    version_file: str = "/etc/ot2/version.json"
+    ssh_keys_allowed_from: list = field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]
+    )
+    apply_hostname: bool = False
+    mdns: bool = False
+    mdns_port: int = 31950
+    mdns_interfaces: list = field(default_factory=list)
+    robot_model: str = "OT-2 Standard"
+    reboot_command: list = field(default_factory=lambda: ["systemctl", "reboot"])
+    health_urls: list = field(default_factory=list)
+    boot_check_timeout: float = 300.0
+    boot_check_interval: float = 2.0
+    chunk_size: int = 1 << 20
+    max_tries: int = 3
+    log_level: str = "info"
+    slots: dict = field(default_factory=dict)  # {"A": "/dev/...", "B": "/dev/..."}
+
+    # ---- derived values -------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        """``data_dir/update-server``: state.json and the robot name."""
+        return Path(self.data_dir) / "update-server"
+
+    @property
+    def ssh_dir(self) -> Path:
+        """``data_dir/ssh``: authorized_keys."""
+        return Path(self.data_dir) / "ssh"
+
+    def system_version(self) -> dict:
+        """The parsed ``version_file`` (``{}`` when missing or unreadable)."""
+        try:
+            data = json.loads(Path(self.version_file).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def effective_compatible(self) -> str:
+        """``compatible`` from the config, else from ``version_file``, else ``""``."""
+        if self.compatible:
+            return self.compatible
+        value = self.system_version().get("compatible", "")
+        return value if isinstance(value, str) else ""
+
+    def slot_device(self, slot: str) -> str:
+        """Device (or file) of ``slot``; raises UpdateError ``slot-unavailable``."""
+        device = self.slots.get(slot)
+        if not device:
+            raise UpdateError("slot-unavailable", f"no device configured for slot {slot}")
+        return device
+
+    def allowed_networks(self) -> list:
+        """``ssh_keys_allowed_from`` parsed into ``ipaddress`` networks."""
+        return [ipaddress.ip_network(n, strict=False) for n in self.ssh_keys_allowed_from]
+
+    def self_health_url(self) -> str:
+        """URL of this server's own ``/health`` as seen from the same machine."""
+        host = self.listen
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/health"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _check_type(key: str, value):
+    default = _FIELDS[key].default
+    if default is dataclasses.MISSING:
+        expected = list if key != "slots" else dict
+    else:
+        expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+    if expected is list and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings")
+    return value
+
+
+def _normalise_slots(raw) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError("slots: expected a table")
+    slots = {}
+    for name, value in raw.items():
+        if name not in SLOT_NAMES:
+            raise ConfigError(f"slots: unknown slot {name!r} (expected A or B)")
+        if isinstance(value, dict):
+            value = value.get("device")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"slots.{name}.device: expected a path")
+        slots[name] = value
+    return slots
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> Config:
+    """Read the TOML file at ``path`` and apply ``overrides`` (key -> value).
+
+    ``path=None`` reads :data:`DEFAULT_CONFIG_PATH` if it exists, else uses defaults.
+    An explicit path that does not exist is an error.  Raises :class:`ConfigError` on
+    unknown keys, wrong types and bad values.
+    """
+    data: dict = {}
+    if path is None:
+        if Path(DEFAULT_CONFIG_PATH).exists():
+            path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    data.update(overrides or {})
+
+    values = {}
+    for key, value in data.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown configuration key {key!r}")
+        if key == "slots":
+            values[key] = _normalise_slots(value)
+        elif key in ("fw_env_config", "grubenv") and isinstance(value, str):
+            values[key] = [value]
+        else:
+            values[key] = _check_type(key, value)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check value ranges; raises :class:`ConfigError`."""
+    if config.boot_backend not in ("uboot", "grub"):
+        raise ConfigError("boot_backend: expected 'uboot' or 'grub'")
+    if not 0 < config.port < 65536:
+        raise ConfigError("port: out of range")
+    if not 4096 <= config.chunk_size <= 64 << 20 or config.chunk_size % 512:
+        raise ConfigError("chunk_size: expected a multiple of 512 between 4 KiB and 64 MiB")
+    if not 1 <= config.max_tries <= 9:
+        raise ConfigError("max_tries: expected 1..9")
+    if config.boot_backend == "grub" and not config.grubenv:
+        raise ConfigError("grubenv: at least one file is needed")
+    if config.boot_backend == "uboot" and not config.fw_env_config:
+        raise ConfigError("fw_env_config: at least one config is needed")
+    if not config.reboot_command:
+        raise ConfigError("reboot_command: must not be empty")
+    try:
+        config.allowed_networks()
+    except ValueError as e:
+        raise ConfigError(f"ssh_keys_allowed_from: {e}") from e
