@@ -83,7 +83,7 @@ class Guest:
             return
         log = open(self.workdir / "emulator.log", "ab")
         self.emulator = subprocess.Popen(
-            [str(VENV_BIN / "python"), "-m", "robot_server.emulator", "--tcp", f"{HOST}:{self.ports['uart']}"],
+            [str(VENV_BIN / "smoothie-emulator"), "-v", "--tcp", f"{HOST}:{self.ports['uart']}"],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

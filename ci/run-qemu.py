@@ -1,0 +1,61 @@
+"""`make run`: build the QEMU board's image (cached) and boot it with its servers on localhost.
+
+The guest's update server, robot server, raw TCP bridge and SSH are forwarded to fixed
+ports on 127.0.0.1 (printed on start); its motor-board UART is wired to the Smoothieware
+emulator running on the host. The disk is a copy in build/qemu/ that persists between
+runs (delete it, or pass --fresh, to start from the built image). Ctrl-C powers off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ot2qemu  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="start from the built image, discarding build/qemu/disk.img")
+    parser.add_argument("--update-port", type=int, default=34000)
+    parser.add_argument("--robot-port", type=int, default=31950)
+    parser.add_argument("--bridge-port", type=int, default=7887)
+    parser.add_argument("--ssh-port", type=int, default=2222)
+    parser.add_argument("--uart-port", type=int, default=0, help="host port of the motor-board emulator (0: any free)")
+    args = parser.parse_args()
+
+    image_dir = ot2qemu.build_image()
+    workdir = ot2qemu.ROOT / "build" / "qemu"
+    disk = workdir / "disk.img"
+    if args.fresh or not disk.exists():
+        ot2qemu.copy_disk(image_dir / "disk.img", disk)
+    ports = {"update": args.update_port, "robot": args.robot_port, "bridge": args.bridge_port,
+             "ssh": args.ssh_port, "uart": args.uart_port or ot2qemu.free_port()}
+    guest = ot2qemu.Guest(disk, workdir, ports)
+    started = time.monotonic()
+    guest.boot()
+    print(f"booting {disk} (console: {guest.console}) ...", flush=True)
+    try:
+        health = guest.wait_healthy(timeout=900)
+        print(f"up in {time.monotonic() - started:.0f} s: {health.get('name')} version {health.get('version')}, "
+              f"slot {health.get('booted_slot')}")
+        print(f"  update server   http://127.0.0.1:{ports['update']}/health")
+        print(f"  robot server    http://127.0.0.1:{ports['robot']}/health")
+        print(f"  raw TCP bridge  127.0.0.1:{ports['bridge']}")
+        print(f"  SSH             ssh -p {ports['ssh']} root@127.0.0.1 (add your key first: "
+              f"curl -X POST -d '{{\"key\": \"...\"}}' http://127.0.0.1:{ports['update']}/server/ssh_keys)")
+        print(f"  motor board     Smoothieware emulator on 127.0.0.1:{ports['uart']} (guest /dev/ttyS1)")
+        print("Ctrl-C powers the robot off.", flush=True)
+        guest.qemu.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        guest.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The system image end to end, on one emulated robot, scenario after scenario.
+
+Boot (issue: system image): both servers healthy, read-only root, /data writable and
+persistent, SSH with a key added through the API, the robot name as hostname after a
+reboot, homing the emulated motor board over the guest's UART.
+OTA (issue: end to end in QEMU): signed update to the other slot and back to health,
+rejected bundles, power cuts mid-install, a corrupted bootloader environment, and the
+automatic rollback of an update that never becomes healthy.
+
+The scenarios depend on each other's end state (which slot holds what), so they run in
+file order on one guest; each adds a row to the table printed at the end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+import ot2qemu
+from conftest import VERSION_1, VERSION_2, VERSION_BAD, figure, record
+
+NAME = "E2E Robot-1"
+MARKER = "/data/user/e2e-marker"
+MARKER_TEXT = "written before any update"
+HOMED = {"X": 418.0, "Y": 353.0, "Z": 218.0, "A": 218.0, "B": 19.0, "C": 19.0}
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def data_intact(guest: ot2qemu.Guest) -> bool:
+    """The marker file, the SSH key (the login itself) and the robot name all survived."""
+    marker = guest.ssh(f"cat {MARKER}", check=False)
+    name = guest.request("update", "GET", "/server/name").get("name")
+    return marker.returncode == 0 and marker.stdout.strip() == MARKER_TEXT and name == NAME
+
+
+def booted(guest: ot2qemu.Guest) -> dict:
+    health = guest.health()
+    assert health is not None, "update server not answering"
+    return health
+
+
+def cancel_session(guest: ot2qemu.Guest) -> None:
+    try:
+        guest.request("update", "POST", "/server/update/cancel")
+    except ot2qemu.HTTPError:
+        pass  # no session running
+
+
+def test_cold_boot_both_servers_healthy(guest, images):
+    for name, directory in images.items():
+        figure(f"image {name}: disk.img (apparent) / rootfs.squashfs",
+               f"{(directory / 'disk.img').stat().st_size / 2**20:.0f} MiB / "
+               f"{(directory / 'rootfs.squashfs').stat().st_size / 2**20:.1f} MiB")
+    started = time.monotonic()
+    guest.boot()
+    health = guest.wait_healthy(timeout=600)
+    seconds = time.monotonic() - started
+    assert health["version"] == VERSION_1
+    assert health["booted_slot"] == "A"
+    robot = guest.health("robot")
+    assert robot["motor_board"]["connected"], robot
+    figure("cold boot to both servers healthy", f"{seconds:.1f} s")
+    record("cold boot", "A", health["booted_slot"], True, seconds)
+
+
+def test_ssh_key_from_api_read_only_root_writable_data(guest):
+    key = guest.ensure_ssh_key()
+    added = guest.request("update", "POST", "/server/ssh_keys", {"key": key})
+    assert added["fingerprint"].startswith("SHA256:")
+    assert guest.ssh("echo logged-in").stdout.strip() == "logged-in"
+    root = guest.ssh("touch /e2e-root-write", check=False)
+    assert root.returncode != 0 and "Read-only file system" in root.stderr
+    guest.ssh(f"echo '{MARKER_TEXT}' > {MARKER} && sync")
+    mounts = guest.ssh("findmnt -no FSTYPE,OPTIONS /").stdout
+    assert mounts.startswith("squashfs") and "ro" in mounts.split()[1].split(",")
+
+
+def test_name_is_hostname_after_reboot_and_data_persists(guest):
+    started = time.monotonic()
+    guest.request("update", "POST", "/server/name", {"name": NAME})
+    health = guest.restart()
+    assert guest.ssh("hostname").stdout.strip() == health["hostname"] == "e2e-robot-1"
+    assert guest.request("update", "GET", "/server/name")["name"] == NAME
+    assert data_intact(guest)
+    record("reboot keeps /data, name is hostname", "A", health["booted_slot"], True,
+           time.monotonic() - started)
+
+
+def test_robot_server_homes_emulated_board_over_uart(guest):
+    before = (guest.workdir / "emulator.log").read_text().count("G28.2")
+    guest.request("robot", "POST", "/robot/home", {"target": "robot"}, timeout=120)
+    positions = guest.request("robot", "GET", "/robot/positions")
+    assert all(positions["homed"].values()), positions
+    assert positions["position"] == HOMED
+    # The homing G-code crossed the guest's UART to the emulator on the host.
+    assert (guest.workdir / "emulator.log").read_text().count("G28.2") > before
+
+
+def test_update_lands_in_other_slot_and_stays(guest, images):
+    started = time.monotonic()
+    bundle = images["v2"] / "rootfs.bundle"
+    size = bundle.stat().st_size
+    # dd of the same number of bytes inside the guest, slot to slot, for comparison.
+    dd = guest.ssh(f"dd if=/dev/vda2 of=/dev/vda3 bs=1M count={size} iflag=count_bytes conv=fsync 2>&1 | tail -1")
+    figure("dd of the image inside the guest", dd.stdout.strip())
+    dd_seconds = float(dd.stdout.split(" s,")[0].split(",")[-1].strip())
+
+    t0 = time.monotonic()
+    token, status, reply = guest.upload(bundle)
+    install_seconds = time.monotonic() - t0
+    assert status == 200, reply
+    assert guest.request("update", "GET", f"/server/update/{token}/status")["stage"] == "done"
+    figure("bundle upload+install throughput",
+           f"{size / install_seconds / 1e6:.1f} MB/s ({size / 1e6:.0f} MB in {install_seconds:.1f} s); "
+           f"ratio to dd {dd_seconds / install_seconds:.2f}")
+    guest.request("update", "POST", f"/server/update/{token}/commit")
+    assert booted(guest)["boot_order"][0] == "B"
+
+    t0 = time.monotonic()
+    health = guest.restart()
+    figure("reboot to healthy after an update", f"{time.monotonic() - t0:.1f} s")
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    health = guest.wait_boot_check()
+    assert health["slots"]["B"]["state"] == "good"
+    assert data_intact(guest)
+    record("update to B", "B", health["booted_slot"], True, time.monotonic() - started)
+
+    started = time.monotonic()
+    health = guest.restart()
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    record("reboot after mark-good stays", "B", health["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
+def _rejected_bundles(images, tmp: Path) -> dict[str, Path]:
+    """Bundles the robot must refuse, made from the v2 image: name -> path."""
+    keys = ot2qemu.dev_key_dir()
+    cli = str(ot2qemu.VENV_BIN / "update-server")
+    rootfs = images["v2"] / "rootfs.squashfs"
+    good = images["v2"] / "rootfs.bundle"
+    made = {}
+
+    unsigned = tmp / "unsigned.bundle"
+    with tarfile.open(good, "r|") as src, tarfile.open(unsigned, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for member in src:
+            if member.name != "manifest.sig":
+                dst.addfile(member, src.extractfile(member))
+    made["unsigned"] = unsigned
+
+    subprocess.run([cli, "bundle", "keygen", "--out", str(tmp / "stranger.key")], check=True,
+                   capture_output=True)
+    for name, key, compatible in (("signed by an untrusted key", tmp / "stranger.key", "ot2-qemu-x86_64"),
+                                  ("wrong compatible", keys / "dev.key", "ot2-rpi3")):
+        path = tmp / (name.replace(" ", "-") + ".bundle")
+        subprocess.run([cli, "bundle", "create", "--key", str(key), "--compatible", compatible,
+                        "--version", VERSION_2, "--image", f"rootfs={rootfs}", "-o", str(path)],
+                       check=True, capture_output=True)
+        made[name] = path
+
+    flipped = tmp / "bit-flipped.bundle"
+    subprocess.run(["cp", str(good), str(flipped)], check=True)
+    with open(flipped, "r+b") as f:
+        f.seek(good.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x01]))
+    made["bit-flipped image"] = flipped
+    return made
+
+
+def test_rejected_bundles_change_nothing(guest, images, tmp_path):
+    started = time.monotonic()
+    before = booted(guest)
+    for name, bundle in _rejected_bundles(images, tmp_path).items():
+        cancel_session(guest)
+        _, status, reply = guest.upload(bundle)
+        assert 400 <= status < 500, (name, status, reply)
+        assert set(reply) >= {"error", "message"}, reply
+        after = booted(guest)
+        assert after["booted_slot"] == before["booted_slot"] == "B", name
+        assert after["boot_order"][0] == "B", (name, after["boot_order"])
+    health = guest.restart()
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    record("4 rejected bundles, reboot", "B", health["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_power_cut_mid_install_boots_old_slot(guest, images, fraction):
+    started = time.monotonic()
+    cancel_session(guest)
+    _, _, status = guest.upload(images["v1"] / "rootfs.bundle", stop_at=fraction)
+    assert status["stage"] in ("writing", "validating", "done"), status
+    guest.kill()
+    guest.boot()
+    health = guest.wait_healthy(timeout=600)
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    assert health["boot_order"][0] == "B"
+    # The half-written slot is never a boot candidate.
+    assert "A" not in health["boot_order"] or health["slots"]["A"]["tries_left"] == 0, health
+    record(f"power cut at {fraction:.0%} of install", "B", health["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
+def test_install_after_power_cuts_succeeds(guest, images):
+    cancel_session(guest)
+    token, status, reply = guest.upload(images["v1"] / "rootfs.bundle")
+    assert status == 200, reply
+    assert guest.request("update", "GET", f"/server/update/{token}/status")["stage"] == "done"
+    cancel_session(guest)  # not committed: B stays the boot selection
+    assert booted(guest)["boot_order"][0] == "B"
+
+
+def test_corrupted_bootloader_environment_still_boots_good_slot(guest):
+    started = time.monotonic()
+    guest.ssh("dd if=/dev/urandom of=/boot/firmware/grubenv bs=1024 count=1 conv=notrunc,fsync 2>/dev/null")
+    listed = guest.ssh("grub-editenv /boot/firmware/grubenv list 2>&1", check=False).stdout
+    assert "BOOT_ORDER=" not in listed, listed
+    health = guest.restart()
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    record("corrupted boot environment", "B", health["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
+def test_unhealthy_update_rolls_back_by_itself(guest, images):
+    started = time.monotonic()
+    cancel_session(guest)
+    token, status, reply = guest.upload(images["bad"] / "rootfs.bundle")
+    assert status == 200, reply
+    guest.request("update", "POST", f"/server/update/{token}/commit")
+    boot_id = booted(guest)["bootId"]
+    console_before = guest.console.stat().st_size
+    guest.request("update", "POST", "/server/restart")
+    # The bad slot boots (its robot server never starts), the boot check reboots it, and
+    # after its tries the bootloader goes back to B on its own.
+    health = guest.wait_healthy(timeout=1500, not_boot_id=boot_id)
+    with open(guest.console, "rb") as f:
+        f.seek(console_before)
+        console = f.read().decode(errors="replace")
+    assert console.count("ot2: booting slot A") == 3, console.count("ot2: booting slot A")
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    rollback = health["rollback"]
+    assert rollback and rollback["failed_slot"] == "A" and rollback["failed_version"] == VERSION_BAD, rollback
+    assert health["boot_order"][0] == "B"
+    record("unhealthy update rolls back", "B", health["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
