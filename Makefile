@@ -26,12 +26,12 @@ help:
 deps:
 	ci/install-deps.sh
 
-$(VENV)/.done: update_server/pyproject.toml robot_server/pyproject.toml ci/requirements-dev.txt
+$(VENV)/.done: update_server/pyproject.toml robot_server/pyproject.toml client/pyproject.toml ci/requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r ci/requirements-dev.txt \
 		--config-settings editable_mode=compat \
-		-e 'update_server[test]' -e 'robot_server[test]'
+		-e 'update_server[test]' -e 'robot_server[test]' -e 'client[test]'
 	touch $@
 
 venv: $(VENV)/.done
@@ -47,6 +47,7 @@ test: test-unit test-e2e
 test-unit: venv
 	$(PYTEST) -q update_server/tests
 	$(PYTEST) -q robot_server/tests
+	$(PYTEST) -q client/tests
 	$(PYTEST) -q tests --ignore=tests/e2e
 
 test-e2e: venv
@@ -55,6 +56,9 @@ test-e2e: venv
 bench: venv
 	$(PY) update_server/bench/bench_install.py
 	$(PY) robot_server/bench/bench_api.py
+	$(PY) robot_server/bench/bench_protocols.py
+	$(PY) client/bench/bench_push.py
+	$(PY) client/bench/bench_flash.py
 
 # Figures from a shortened QEMU run (boot, SSH, name, homing, one update).
 bench-e2e: venv

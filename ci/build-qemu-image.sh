@@ -120,7 +120,7 @@ log "signing the bundle"
 	--version "$version" --image "rootfs=$binaries/rootfs.squashfs" -o "$binaries/rootfs.bundle"
 
 mkdir -p "$result.tmp"
-cp --sparse=always "$binaries/disk.img" "$binaries/rootfs.squashfs" "$binaries/rootfs.bundle" "$result.tmp/"
+cp --sparse=always "$binaries/disk.img" "$binaries/disk.img.bmap" "$binaries/disk.img.sha256" "$binaries/rootfs.squashfs" "$binaries/rootfs.bundle" "$result.tmp/"
 rm -rf "$result"
 mv "$result.tmp" "$result"
 elapsed=$(( $(date +%s) - start ))

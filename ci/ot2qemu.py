@@ -73,6 +73,9 @@ class Guest:
         self.console = workdir / "console.log"
         self.qemu: subprocess.Popen | None = None
         self.emulator: subprocess.Popen | None = None
+        self.power_ons = 0
+        self._powered = False
+        self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
 
     # -- processes ---------------------------------------------------------------
@@ -95,24 +98,47 @@ class Guest:
         raise RuntimeError("the Smoothieware emulator did not start listening")
 
     def boot(self) -> None:
-        """Powers the machine on (QEMU must not be running)."""
-        assert self.qemu is None or self.qemu.poll() is not None, "already running"
+        """Powers the machine on; guest reboots power it on again until `kill()`."""
+        assert not self._powered, "already running"
         self.start_emulator()
+        self._powered = True
+        self._start_qemu()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
+
+    def _start_qemu(self) -> None:
         env = dict(os.environ,
                    OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
                    OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
                    OT2_UART_PORT=str(self.ports["uart"]))
-        with open(self.console, "ab") as log:
-            log.write(b"\n==== power on ====\n")
+        self.power_ons += 1
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
                                      env=env, stdout=open(self.workdir / "qemu.log", "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _supervise(self) -> None:
+        # QEMU runs with -no-reboot: a clean exit is a guest reboot, so power on again.
+        while self._powered:
+            code = self.qemu.wait()
+            if not self._powered:
+                return
+            if code != 0:
+                self._powered = False
+                return
+            self._start_qemu()
+
+    @property
+    def running(self) -> bool:
+        return self._powered
+
     def kill(self) -> None:
         """Power cut: SIGKILL to QEMU, no shutdown."""
+        self._powered = False
         if self.qemu and self.qemu.poll() is None:
             os.killpg(self.qemu.pid, signal.SIGKILL)
             self.qemu.wait()
+        if self._supervisor:
+            self._supervisor.join(10)
 
     def stop(self) -> None:
         self.kill()
@@ -153,8 +179,8 @@ class Guest:
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.qemu is not None and self.qemu.poll() is not None:
-                raise RuntimeError(f"QEMU exited with {self.qemu.returncode}; see {self.console}")
+            if not self._powered:
+                raise RuntimeError(f"QEMU stopped (exit {self.qemu.returncode}); see {self.console}")
             update = self.health("update")
             if update and update.get("bootId") != not_boot_id and self.health("robot"):
                 return update

@@ -1,6 +1,9 @@
 #!/bin/bash
 # Boots a disk image of the QEMU board under software emulation (TCG).
 # Usage: ci/qemu-run.sh DISK.img [CONSOLE_LOG]
+# A guest reboot ends QEMU (-no-reboot): whoever started it powers it on again, a cold
+# start like the Pi's reset. (OVMF was seen to hang now and then on a warm reset under
+# TCG.) The console log is appended to, so it holds every boot.
 # Environment (host ports on 127.0.0.1 forwarded to the guest):
 #   OT2_PORT_UPDATE (34000)  OT2_PORT_ROBOT (31950)  OT2_PORT_BRIDGE (7887)  OT2_PORT_SSH (2222)
 #   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's /dev/ttyS1 is
@@ -19,9 +22,9 @@ if [ -n "${OT2_UART_PORT:-}" ]; then
 else
 	uart=(-serial null)
 fi
-exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 \
+exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 -no-reboot \
 	-bios /usr/share/ovmf/OVMF.fd \
 	-drive "file=$disk,if=virtio,format=raw" \
 	-netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0 \
 	-display none -monitor none \
-	-serial "file:$console" "${uart[@]}"
+	-chardev "file,id=console,path=$console,append=on" -serial chardev:console "${uart[@]}"

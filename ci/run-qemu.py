@@ -49,7 +49,8 @@ def main() -> int:
               f"curl -X POST -d '{{\"key\": \"...\"}}' http://127.0.0.1:{ports['update']}/server/ssh_keys)")
         print(f"  motor board     Smoothieware emulator on 127.0.0.1:{ports['uart']} (guest /dev/ttyS1)")
         print("Ctrl-C powers the robot off.", flush=True)
-        guest.qemu.wait()
+        while guest.running:
+            time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:

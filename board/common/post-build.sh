@@ -51,7 +51,7 @@ done
 # Enable the units of the overlay (what `systemctl enable` would do, without a running systemd).
 wants="$target/etc/systemd/system/multi-user.target.wants"
 mkdir -p "$wants"
-for unit in ot2-persist.service ot2-update-server.service ot2-robot-server.service \
+for unit in ot2-persist.service ot2-provision.service ot2-update-server.service ot2-robot-server.service \
 	ot2-boot-check.service ot2-dropbear.service systemd-networkd.service; do
 	ln -sf "/usr/lib/systemd/system/$unit" "$wants/$unit"
 done

@@ -2,7 +2,10 @@
 # Post-image step shared by both boards and both ways of producing the base.
 # Usage: post-image.sh BINARIES_DIR BOARD   (BOARD: ot2 | qemu)
 # Puts the bootloader's script and initial environment beside the built binaries,
-# then genimage assembles board/BOARD/genimage.cfg into BINARIES_DIR/disk.img.
+# then genimage assembles board/BOARD/genimage.cfg into BINARIES_DIR/disk.img (QEMU board)
+# or BINARIES_DIR/sdcard.img (Pi), and writes beside it the image's block map
+# (<image>.bmap, `bmaptool create`: flash with `bmaptool copy` or `ot2 flash`, which write
+# only the mapped blocks) and its SHA-256 (<image>.sha256, `sha256sum -c` format).
 set -eu
 
 binaries=$1
@@ -33,3 +36,16 @@ mkdir -p "$work/root"
 genimage --rootpath "$work/root" --tmppath "$work/tmp" \
 	--inputpath "$binaries" --outputpath "$binaries" \
 	--config "$boarddir/genimage.cfg"
+
+case "$board" in
+qemu) image=disk.img ;;
+ot2) image=sdcard.img ;;
+esac
+if ! command -v bmaptool >/dev/null 2>&1; then
+	echo "post-image.sh: bmaptool not found (Debian: bmap-tools; Buildroot: BR2_PACKAGE_HOST_BMAP_TOOLS)" >&2
+	exit 1
+fi
+rm -f "$binaries/$image.bmap" "$binaries/$image.sha256"
+bmaptool create -o "$binaries/$image.bmap.tmp" "$binaries/$image"
+mv "$binaries/$image.bmap.tmp" "$binaries/$image.bmap"
+(cd "$binaries" && sha256sum "$image" > "$image.sha256.tmp" && mv "$image.sha256.tmp" "$image.sha256")

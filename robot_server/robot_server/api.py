@@ -47,6 +47,7 @@ class Op:
     body: dict | None = None
     query: dict = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    upload: bool = False       # also accepts multipart/form-data (a protocol file)
 
 
 def operations(svc: RobotService) -> list[Op]:
@@ -94,10 +95,43 @@ def operations(svc: RobotService) -> list[Op]:
            aliases=("/robot/door/status",)),
         Op("identify", "POST", "/identify", svc.identify, "Blink the frame lights",
            query={"seconds": {"type": "number", "minimum": 1, "maximum": 60}}),
+        *protocol_operations(svc),
         Op("simGpio", "POST", "/robot/sim/gpio", svc.sim_gpio,
            "Simulated GPIO only: set door / button inputs",
            body={"type": "object", "additionalProperties": False, "properties": {
                "door_open": {"type": "boolean"}, "button": {"type": "boolean"}}}),
+    ]
+
+
+_ID_PARAM = {"id": {"type": "string", "in": "path"}}
+
+
+def protocol_operations(svc: RobotService) -> list[Op]:
+    """``/protocols`` and ``/runs`` (see ``protocol/runs.py``)."""
+    pm = svc.protocols
+    return [
+        Op("uploadProtocol", "POST", "/protocols", pm.upload,
+           "Upload a Python protocol (JSON {filename, source} or multipart 'files'); analysed by simulation "
+           "first, refused with the failing line",
+           body={"type": "object", "additionalProperties": False, "required": ["source"], "properties": {
+               "filename": {"type": "string", "description": "e.g. dilution.py"},
+               "source": {"type": "string", "description": "the protocol file's text"}}}, upload=True),
+        Op("listProtocols", "GET", "/protocols", pm.list_protocols, "Uploaded protocols"),
+        Op("getProtocol", "GET", "/protocols/{id}", pm.get_protocol, "One protocol and its analysis",
+           query=dict(_ID_PARAM)),
+        Op("deleteProtocol", "DELETE", "/protocols/{id}", pm.delete_protocol, "Delete an uploaded protocol",
+           query=dict(_ID_PARAM)),
+        Op("createRun", "POST", "/runs", pm.create_run, "Start a run of an uploaded protocol",
+           body={"type": "object", "additionalProperties": False, "properties": {
+               "protocol_id": {"type": "string"}, "protocolId": {"type": "string"}}}),
+        Op("listRuns", "GET", "/runs", pm.list_runs, "Runs (status, current command; no logs)"),
+        Op("getRun", "GET", "/runs/{id}", pm.get_run, "A run: status, current command, error with line, log",
+           query={**_ID_PARAM, "since": {"type": "number", "minimum": 0, "description": "log sequence number"}}),
+        Op("runAction", "POST", "/runs/{id}/actions", pm.run_action, "Pause, resume or stop a run",
+           query=dict(_ID_PARAM),
+           body={"type": "object", "additionalProperties": False, "properties": {
+               "action": {"type": "string", "enum": ["pause", "resume", "stop"]},
+               "actionType": {"type": "string", "enum": ["play", "pause", "stop"]}}}),
     ]
 
 
@@ -130,13 +164,44 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         return error_response(500, "internal-error", "internal server error (see the server log)")
 
 
+#: Largest protocol file accepted as multipart upload (JSON bodies stay under MAX_BODY).
+MAX_UPLOAD = 1024 * 1024
+
+
+async def _multipart(request: web.Request) -> dict:
+    """The protocol file of a multipart upload (part ``files`` or ``file``, OT-2 style)."""
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if getattr(part, "name", None) not in ("files", "file", "protocolFile"):
+                continue
+            data = b""
+            while True:
+                chunk = await part.read_chunk(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > MAX_UPLOAD:
+                    raise ApiError(413, "request-too-large", f"protocol file larger than {MAX_UPLOAD} bytes")
+            return {"filename": (part.filename or "protocol.py").rsplit("/", 1)[-1], "source": data}
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise ApiError(400, "invalid-multipart", f"malformed multipart body: {exc}") from None
+    raise ApiError(422, "invalid-request", "multipart upload needs a 'files' part with the protocol file")
+
+
 async def _params(request: web.Request, op: Op) -> Any:
     params: dict[str, Any] = {}
     for key, val in request.query.items():
-        if key in op.query:          # unknown query parameters (cache busters) are ignored
+        if key in op.query and op.query[key].get("in") != "path":   # unknown ones (cache busters) are ignored
             params[key] = val
-    if request.method == "GET":
+    params.update(request.match_info)
+    if request.method in ("GET", "DELETE"):
         return params
+    if op.upload and request.content_type.startswith("multipart/"):
+        return {**params, **(await _multipart(request))}
     raw = await request.read()
     if not raw.strip():
         return params or {}
@@ -147,7 +212,7 @@ async def _params(request: web.Request, op: Op) -> Any:
     if params:
         if not isinstance(body, dict):
             raise ApiError(422, "invalid-request", "the request must be a JSON object")
-        body = {**params, **body}
+        body = {**body, **params} if request.match_info else {**params, **body}
     return body
 
 
@@ -173,7 +238,8 @@ def openapi(ops: list[Op]) -> dict:
                                  "responses": {"200": {"description": "OK", "content": {
                                      "application/json": {"schema": {"type": "object"}}}}, **errors}}
         if op.query:
-            entry["parameters"] = [{"name": k, "in": "query", "required": False, "schema": v}
+            entry["parameters"] = [{"name": k, "in": v.get("in", "query"), "required": v.get("in") == "path",
+                                    "schema": {kk: vv for kk, vv in v.items() if kk != "in"}}
                                    for k, v in op.query.items()]
         if op.body is not None:
             entry["requestBody"] = {"required": False,

@@ -20,6 +20,7 @@ key                    default               meaning
 ``reconnect_interval`` ``2.0``               seconds between attempts to (re)open the board
 ``bridge_max_message`` ``65536``             bytes; a longer bridge message is refused and closed
 ``left_mount_offset``  ``[-34.0, 0.0, 0.0]`` left mount position relative to the right (mm)
+``protocol_analysis_timeout`` ``60.0``       seconds an uploaded protocol's simulation may take
 =====================  ====================  ==================================================
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Config:
     reconnect_interval: float = 2.0
     bridge_max_message: int = 65536
     left_mount_offset: list = field(default_factory=lambda: [-34.0, 0.0, 0.0])
+    protocol_analysis_timeout: float = 60.0
 
     def validate(self) -> "Config":
         if self.gpio_backend not in ("rpi", "sim"):
@@ -70,6 +72,8 @@ class Config:
                 or not all(isinstance(v, (int, float)) for v in self.left_mount_offset)):
             raise ConfigError("left_mount_offset must be three numbers [x, y, z]")
         self.left_mount_offset = [float(v) for v in self.left_mount_offset]
+        if not 0 < self.protocol_analysis_timeout <= 3600:
+            raise ConfigError("protocol_analysis_timeout must be in (0, 3600] seconds")
         return self
 
     @property

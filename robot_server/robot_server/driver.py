@@ -30,14 +30,16 @@ log = logging.getLogger("robot_server.driver")
 
 #: Soft limits per axis (mm, machine coordinates): [min, max]. The max is the homed
 #: position (where the endstop switch is, OT-2 driver constants); the min is our choice
-#: (deck level for gantry and mounts; room below 0 for the plungers' drop-tip stroke).
+#: for the gantry and mounts (deck level). The plungers go below 0: a GEN2 pipette's
+#: published stroke reaches -37 mm to eject a tip (p300/p1000 ``drop`` position), so
+#: B/C stop at -40 mm.
 SOFT_LIMITS: dict[str, tuple[float, float]] = {
     "X": (0.0, HOMED_POSITION["X"]),
     "Y": (0.0, HOMED_POSITION["Y"]),
     "Z": (0.0, HOMED_POSITION["Z"]),
     "A": (0.0, HOMED_POSITION["A"]),
-    "B": (-7.0, HOMED_POSITION["B"]),
-    "C": (-7.0, HOMED_POSITION["C"]),
+    "B": (-40.0, HOMED_POSITION["B"]),
+    "C": (-40.0, HOMED_POSITION["C"]),
 }
 #: Speed used when a move gives none (mm/s): the OT-2's default axes speed.
 DEFAULT_SPEED = 400.0

@@ -44,7 +44,7 @@ log = logging.getLogger("robot_server.emulator")
 FIRMWARE_VERSION = f"edge-ot2emu-{__version__}"
 #: Axis travel below which the emulated mechanics do not go (mm); there is no switch at
 #: the low end on the OT-2, so moving below it is not reported (the motor would stall).
-MIN_TRAVEL: dict[str, float] = {"X": -5.0, "Y": -5.0, "Z": -5.0, "A": -5.0, "B": -10.0, "C": -10.0}
+MIN_TRAVEL: dict[str, float] = {"X": -5.0, "Y": -5.0, "Z": -5.0, "A": -5.0, "B": -45.0, "C": -45.0}
 #: Commands Smoothieware still runs while halted (read-only queries).
 _ALLOWED_WHEN_HALTED = {"version", "M114", "M114.1", "M114.2", "M114.3", "M119", "M999"}
 

@@ -50,6 +50,9 @@ class RobotServer:
         await self._runner.setup()
         await web.SockSite(self._runner, http_sock).start()
         self.http_port = http_sock.getsockname()[1]
+        host = http_sock.getsockname()[0]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.service.protocols.server_url = f"http://{'[' + host + ']' if ':' in host else host}:{self.http_port}"
         if bridge_sock is not None:
             ops = {op.op_id: op.func for op in operations(self.service)}
             self.bridge = Bridge(self.service, ops, cfg.bridge_max_message)

@@ -179,6 +179,8 @@ class RobotService:
         self.board_error: str | None = None
         self.started = time.time()
         self.system_version = _system_version()
+        from .protocol.runs import ProtocolManager       # late: runs.py imports this module
+        self.protocols = ProtocolManager(self)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -199,6 +201,10 @@ class RobotService:
 
     async def stop(self) -> None:
         self._stopping = True
+        try:
+            await self.protocols.close()
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            log.warning("stopping the active run: %s", exc)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -434,6 +440,25 @@ class RobotService:
         self._refuse_if_door_open()
         paused = await self._motion_sequence([(self.driver.move, (seg, spd)) for seg, spd in plan])
         return {"paused_s": round(paused, 3), **self._positions()}
+
+    async def halt_motion(self) -> dict:
+        """Leave the robot in a known state after a run was stopped: if a motion is in
+        progress, pulse the board's halt line (the board alarms, the driver recovers with
+        ``M999`` and re-reads its state); then re-read homing status (``G28.6``) and
+        position (``M114.2``). Returns ``{halted, homed_all}``."""
+        halted = False
+        if self.moving:
+            halted = True
+            await asyncio.get_running_loop().run_in_executor(None, self.gpio.pulse_halt)
+        async with self._motion:
+            if self.driver.connected:
+                try:
+                    await self._driver_call(self.driver.read_homing_status)
+                    await self._driver_call(self.driver.read_position)
+                except ApiError as exc:
+                    log.warning("after stop: %s", exc.message)
+        self._publish_position()
+        return {"halted": halted, "homed_all": all(self.driver.homed.values())}
 
     async def positions(self, params: Any = None) -> dict:
         """Current position: ``position`` per axis (mm, machine; ``null`` if unknown),

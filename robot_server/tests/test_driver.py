@@ -61,7 +61,7 @@ def test_endstops_current_dwell_engage_probe(driver, emulator):
     driver.wait_idle()
 
 
-@pytest.mark.parametrize("targets", [{"X": 419}, {"X": -0.1}, {"Z": 1000}, {"B": -8}, {"X": math.nan},
+@pytest.mark.parametrize("targets", [{"X": 419}, {"X": -0.1}, {"Z": 1000}, {"B": -41}, {"X": math.nan},
                                      {"Y": math.inf}, {"X": "10"}, {"X": True}])
 def test_soft_limits_checked_before_sending(driver, emulator, targets):
     driver.home()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from . import __version__, bootctl, openapi
+from . import __version__, bootctl, openapi, provision
 from . import state as state_mod
 from .bundle import ChunkSource
 from .errors import UpdateError
@@ -204,6 +204,7 @@ class UpdateServer:
                 "openapi": "/openapi.json",
             },
             "robotModel": self.config.robot_model,
+            "provisioning": provision.health_summary(self.config),
         })
 
     async def openapi(self, request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Command line: ``update-server [serve] | bundle ... | boot-check``.
+"""Command line: ``update-server [serve] | bundle ... | boot-check | provision``.
 
 ``update-server bundle verify`` exit status: 0 valid, 1 rejected (the error code is
 printed, e.g. ``bad-signature``), 2 usage or I/O error.
@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("boot-check", parents=[flags], help="mark the booted slot good once healthy")
     check.add_argument("--timeout", dest="boot_check_timeout", type=float, default=argparse.SUPPRESS,
                        help="seconds to wait for health")
+
+    prov = sub.add_parser("provision", parents=[flags],
+                          help="import robot.toml from the boot partition into the data dir (always exits 0)")
+    prov.add_argument("--boot-dir", dest="boot_dir", default="/boot/firmware",
+                      help="directory holding robot.toml (default /boot/firmware)")
 
     b = sub.add_parser("bundle", help="make and check bundles").add_subparsers(dest="bundle_command")
     keygen = b.add_parser("keygen", help="make a signing key pair")
@@ -311,6 +316,14 @@ def main(argv: list | None = None) -> int:
         print(f"configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(config.log_level)
+    if args.command == "provision":
+        from . import provision
+
+        try:
+            provision.run(config, args.boot_dir)
+        except Exception:  # noqa: BLE001 - provisioning must never fail the boot
+            logging.getLogger(__name__).exception("provisioning failed")
+        return EXIT_OK
     if args.command == "boot-check":
         from . import bootcheck
 

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Aggregate ``ot2 push`` throughput to 1 and to 10 update servers on loopback.
+
+Starts N real ``update-server`` processes (file-backed slots, GRUB env files made by
+grub-editenv, a keyring with the bench's signing key), builds a signed bundle with a
+``--size-mib`` image, and pushes it with the client's fleet code (``--jobs N``): begin,
+streamed upload, install (written, fsynced, hash-checked by each server), commit.  Prints
+wall time, aggregate MB/s (bundle bytes delivered to all robots / wall time) and the
+slowest robot's MB/s.  The slot files are evicted from the page cache before each run.
+
+    python client/bench/bench_push.py [--size-mib 64] [--robots 1 10] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from update_server import bundle
+
+from ot2_client.bundlecheck import verify_bundle
+from ot2_client.push import PushOptions, push
+
+MIB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+class Server:
+    def __init__(self, root: Path, keyring: Path, slot_size: int):
+        root.mkdir(parents=True)
+        self.root = root
+        for s in "AB":
+            with open(root / f"slot-{s}.img", "wb") as f:
+                f.truncate(slot_size)
+        envs = [root / "grubenv", root / "grubenv.bak"]
+        for e in envs:
+            subprocess.run(["grub-editenv", str(e), "set", "BOOT_ORDER=A B", "BOOT_A_LEFT=3",
+                            "BOOT_B_LEFT=3"], check=True)
+        (root / "cmdline").write_text("ot2.slot=A\n")
+        (root / "version.json").write_text(json.dumps({"version": "1.0.0", "compatible": "ot2-bench"}))
+        self.port = free_port()
+        cfg = root / "update-server.toml"
+        cfg.write_text(
+            f'listen = "127.0.0.1"\nport = {self.port}\ndata_dir = "{root / "data"}"\n'
+            f'keyring = "{keyring}"\nboot_backend = "grub"\n'
+            f'grubenv = ["{envs[0]}", "{envs[1]}"]\ncmdline = "{root / "cmdline"}"\n'
+            f'version_file = "{root / "version.json"}"\nmachine_id_file = "{root / "machine-id"}"\n'
+            f'reboot_command = ["true"]\nlog_level = "warning"\n'
+            f'[slots.A]\ndevice = "{root / "slot-A.img"}"\n[slots.B]\ndevice = "{root / "slot-B.img"}"\n')
+        exe = shutil.which("update-server") or str(Path(sys.executable).with_name("update-server"))
+        self.proc = subprocess.Popen([exe, "--config", str(cfg)], cwd=root)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("update-server did not start")
+                time.sleep(0.1)
+
+    def reset(self):
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/server/update/cancel", method="POST"), timeout=10).read()
+        evict(self.root / "slot-B.img")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--robots", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dir", help="work directory (default: a temporary one)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-push-", dir=args.dir))
+    servers = []
+    try:
+        key = bundle.generate_private_key("ed25519")
+        keyring = work / "keyring"
+        keyring.mkdir()
+        (keyring / "bench.pem").write_bytes(bundle.public_key_pem(key.public_key()))
+        image = work / "rootfs.img"
+        with open(image, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(MIB))
+        path = work / "bench.ot2"
+        with open(path, "wb") as out:
+            bundle.write_bundle(out, key, "ot2-bench", "2.0.0", {"rootfs": str(image)})
+        image.unlink()
+        info = verify_bundle(str(path), str(keyring))
+        n_max = max(args.robots)
+        servers = [Server(work / f"robot{i}", keyring, (args.size_mib + 8) * MIB) for i in range(n_max)]
+        print(f"bundle {info.size / 1e6:.1f} MB; {os.cpu_count()} CPUs; update-server processes on loopback")
+        for n in args.robots:
+            best = None
+            for _ in range(args.rounds):
+                for s in servers[:n]:
+                    s.reset()
+                opts = PushOptions(jobs=n)
+                t0 = time.monotonic()
+                results = asyncio.run(push([f"127.0.0.1:{s.port}" for s in servers[:n]], info, opts))
+                wall = time.monotonic() - t0
+                failed = [r for r in results if not r.ok]
+                if failed:
+                    print(f"  {n} robots: FAILED: {failed[0].error}: {failed[0].message}")
+                    return 1
+                if best is None or wall < best[0]:
+                    best = (wall, min(r.mb_per_s for r in results))
+            wall, slowest = best
+            total = info.size * n
+            print(f"push to {n:2d} robot(s): {total / 1e6:7.1f} MB in {wall:6.2f} s = "
+                  f"{total / wall / 1e6:6.1f} MB/s aggregate (slowest robot {slowest:.1f} MB/s), best of {args.rounds}")
+        return 0
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

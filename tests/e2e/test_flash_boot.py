@@ -1,0 +1,59 @@
+"""A card flashed with `ot2 flash --name --ssh-key` boots provisioned (issue: flashing).
+
+The QEMU board's image is flashed onto a file target (the "card") with the mapped blocks
+only and read-back verification, robot.toml goes onto its boot partition, and the card
+boots in QEMU: its name is the hostname, the key logs in over SSH, robot.toml is gone,
+and a second boot changes nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+import ot2qemu
+from conftest import record
+
+pytestmark = pytest.mark.timeout(1200)
+
+
+@pytest.fixture
+def flashed_guest(images):
+    workdir = ot2qemu.ROOT / "build" / "e2e" / "flashed"
+    subprocess.run(["rm", "-rf", str(workdir)], check=True)
+    workdir.mkdir(parents=True)
+    robot = ot2qemu.Guest(workdir / "card.img", workdir)
+    public_key = robot.ensure_ssh_key()
+    image = images["v1"] / "disk.img"
+    # A blank "card" of the image's size: what was never written must read back as zeros.
+    subprocess.run(["truncate", "-s", str(image.stat().st_size), str(robot.disk)], check=True)
+    flash = subprocess.run(
+        [str(ot2qemu.VENV_BIN / "ot2"), "flash", "--force", "--name", "lab-robot-7",
+         "--ssh-key", str(robot.ssh_key.with_suffix(".pub")), str(image), str(robot.disk)],
+        capture_output=True, text=True)
+    assert flash.returncode == 0, flash.stderr
+    assert public_key
+    yield robot
+    robot.stop()
+
+
+def test_flashed_card_boots_provisioned(flashed_guest):
+    robot = flashed_guest
+    started = time.monotonic()
+    robot.boot()
+    health = robot.wait_healthy(timeout=600)
+    assert health["name"] == "lab-robot-7" and health["hostname"] == "lab-robot-7"
+    assert robot.ssh("hostname").stdout.strip() == "lab-robot-7"
+    assert robot.ssh("test -e /boot/firmware/robot.toml", check=False).returncode == 1
+    report = robot.ssh("cat /data/update-server/provision.json").stdout
+    assert '"applied"' in report, report
+    keys = robot.ssh("cat /data/ssh/authorized_keys").stdout
+
+    health = robot.restart()
+    assert health["name"] == "lab-robot-7" and health["booted_slot"] == "A"
+    assert robot.ssh("cat /data/update-server/provision.json").stdout == report
+    assert robot.ssh("cat /data/ssh/authorized_keys").stdout == keys
+    record("flashed card, provisioned, 2 boots", "A", health["booted_slot"], True,
+           time.monotonic() - started)
