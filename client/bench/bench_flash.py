@@ -21,8 +21,6 @@ bmap write over ``dd`` (target >= 3x).
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
 import shutil
 import subprocess
 import sys
@@ -33,20 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cardimage import make_card_image  # noqa: E402
 
+from update_server.benchutil import evict, warm  # noqa: E402
+
 from ot2_client import flash as flash_mod  # noqa: E402
-
-
-def drop(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        try:
-            fcntl.ioctl(fd, flash_mod.BLKFLSBUF, 0)
-        except OSError:
-            pass
-    finally:
-        os.close(fd)
 
 
 def main() -> int:
@@ -69,18 +56,16 @@ def main() -> int:
             target, kind = loop, f"loop device {loop} over a file"
         else:
             target, kind = str(backing), "a file"
-        with open(image, "rb") as f:  # warm: every run reads the image from memory
-            while f.read(8 << 20):
-                pass
+        warm(image)  # every run reads the image from memory
         print(f"image {size / 1e6:.0f} MB ({image.name}), target: {kind}")
         rows = []
         for label, kw in (("ot2 flash (bmaptool)", {}), ("ot2 flash (built-in)", {"use_bmaptool": False})):
-            drop(target)
+            evict(target)
             r = flash_mod.flash(str(image), target, force=True, **kw)
             rows.append((label, r["bytes_written"], r["write_seconds"]))
             print(f"{label:24} {r['bytes_written'] / 1e6:8.1f} MB written in {r['write_seconds']:6.2f} s "
                   f"({r['write_mb_s']:6.1f} MB/s); read-back verify {r['verify_seconds']:.2f} s")
-        drop(target)
+        evict(target)
         t0 = time.monotonic()
         subprocess.run(["dd", f"if={image}", f"of={target}", "bs=4M", "conv=fsync,notrunc"], check=True,
                        capture_output=True)

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,27 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from update_server import bundle
+from update_server.benchutil import MIB, evict, free_port, make_bundle, start_update_server
 
 from ot2_client.bundlecheck import verify_bundle
 from ot2_client.push import PushOptions, push
-
-MIB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 class Server:
@@ -71,17 +53,7 @@ class Server:
             f'version_file = "{root / "version.json"}"\nmachine_id_file = "{root / "machine-id"}"\n'
             f'reboot_command = ["true"]\nlog_level = "warning"\n'
             f'[slots.A]\ndevice = "{root / "slot-A.img"}"\n[slots.B]\ndevice = "{root / "slot-B.img"}"\n')
-        exe = shutil.which("update-server") or str(Path(sys.executable).with_name("update-server"))
-        self.proc = subprocess.Popen([exe, "--config", str(cfg)], cwd=root)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("update-server did not start")
-                time.sleep(0.1)
+        self.proc = start_update_server(cfg, self.port, root)
 
     def reset(self):
         urllib.request.urlopen(urllib.request.Request(
@@ -103,17 +75,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-push-", dir=args.dir))
     servers = []
     try:
-        key = bundle.generate_private_key("ed25519")
-        keyring = work / "keyring"
-        keyring.mkdir()
-        (keyring / "bench.pem").write_bytes(bundle.public_key_pem(key.public_key()))
-        image = work / "rootfs.img"
-        with open(image, "wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(MIB))
-        path = work / "bench.ot2"
-        with open(path, "wb") as out:
-            bundle.write_bundle(out, key, "ot2-bench", "2.0.0", {"rootfs": str(image)})
+        path, image, keyring = make_bundle(work, args.size_mib, "2.0.0")
         image.unlink()
         info = verify_bundle(str(path), str(keyring))
         n_max = max(args.robots)

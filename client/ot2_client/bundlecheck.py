@@ -10,14 +10,12 @@ the robot checks it against its own keyring).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from update_server import bundle
-from update_server.cli import _verify_stream  # the robot's own verify: one code path
 from update_server.errors import UpdateError
 
 from .errors import UsageError
@@ -74,18 +72,9 @@ async def _check_without_keyring(f) -> tuple:
     info = await bundle.read_header(source, image.filename)
     if info is None or info.name != image.filename or info.size != image.size:
         raise UpdateError("bad-bundle", f"member {image.filename} missing or of the wrong size")
-    hasher = hashlib.sha256()
-    buffer = bytearray(1 << 20)
-    remaining = image.size
-    while remaining:
-        view = memoryview(buffer)[: min(len(buffer), remaining)]
-        n = await source.readinto(view)
-        hasher.update(view[:n])
-        remaining -= n
-        if n < len(view):
-            raise UpdateError("truncated", f"bundle ends {remaining} bytes before the image end")
-    if hasher.hexdigest() != image.sha256:
-        raise UpdateError("hash-mismatch", f"{image.filename}: sha256 {hasher.hexdigest()}, manifest says {image.sha256}")
+    digest = await bundle.read_image_sha256(source, image)
+    if digest != image.sha256:
+        raise UpdateError("hash-mismatch", f"{image.filename}: sha256 {digest}, manifest says {image.sha256}")
     await bundle.read_tail(source, image)
     return manifest, kid.lower()
 
@@ -97,7 +86,7 @@ def verify_bundle(path: str, keyring_dir: str | None) -> BundleInfo:
         with open(path, "rb") as f:
             if keyring_dir:
                 keyring = bundle.load_keyring(keyring_dir)
-                head = asyncio.run(_verify_stream(f, keyring, None))
+                head = asyncio.run(bundle.verify_stream(f, keyring, None))  # the robot's own check
                 manifest, kid, checked = head.manifest, head.key_id, True
             else:
                 manifest, kid = asyncio.run(_check_without_keyring(f))

@@ -179,9 +179,7 @@ def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
     trusted = bundle.generate_private_key("ed25519")
     untrusted = bundle.generate_private_key("ed25519")
-    keyring = d / "keyring"
-    keyring.mkdir()
-    (keyring / "release.pem").write_bytes(bundle.public_key_pem(trusted.public_key()))
+    keyring = bundle.write_keyring(d / "keyring", {"release": trusted})
     (d / "dev.key").write_bytes(bundle.private_key_pem(trusted))
     return {"trusted": trusted, "untrusted": untrusted, "keyring": keyring, "dir": d}
 

@@ -31,34 +31,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from update_server import bundle
-
-MIB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def evict(path: Path) -> None:
-    """Flush and drop ``path`` from the page cache so every run starts cold."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def warm(path: Path) -> None:
-    with open(path, "rb", buffering=0) as f:
-        while f.read(8 * MIB):
-            pass
+from update_server.benchutil import MIB, evict, free_port, make_bundle, start_update_server, warm
 
 
 def proc_status(pid: int, key: str) -> int:
@@ -148,19 +124,12 @@ def main() -> int:
     work = Path(args.dir or tempfile.mkdtemp(prefix="ot2-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     size = args.size_mib * MIB
-    image, bundle_path, slot_a, slot_b = (work / n for n in ("rootfs.img", "bundle.ot2", "slot-A", "slot-B"))
+    slot_a, slot_b = work / "slot-A", work / "slot-B"
     if args.slot:
         slot_b = Path(args.slot)
     print(f"work dir {work}; image {args.size_mib} MiB; {os.cpu_count()} CPUs")
 
-    with open(image, "wb") as f:
-        for _ in range(args.size_mib):
-            f.write(os.urandom(MIB))
-    key = bundle.generate_private_key()
-    (work / "keyring").mkdir(exist_ok=True)
-    (work / "keyring/bench.pem").write_bytes(bundle.public_key_pem(key.public_key()))
-    with open(bundle_path, "wb") as out:
-        bundle.write_bundle(out, key, "ot2-bench", "bench", {"rootfs": str(image)})
+    bundle_path, image, keyring = make_bundle(work, args.size_mib, "bench")
     slot_size = 2 * size
     for slot in (slot_a,) if args.slot else (slot_a, slot_b):  # like a partition: all blocks allocated
         with open(slot, "wb") as f:
@@ -175,24 +144,14 @@ def main() -> int:
     port = free_port()
     (work / "update-server.toml").write_text(
         f'listen = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\n'
-        f'compatible = "ot2-bench"\nkeyring = "{work / "keyring"}"\n'
+        f'compatible = "ot2-bench"\nkeyring = "{keyring}"\n'
         f'fw_env_config = "{work / "boot/fw_env.config"}"\ncmdline = "{work / "cmdline"}"\n'
         f'version_file = "{work / "version.json"}"\nreboot_command = ["true"]\nlog_level = "warning"\n'
         f'[slots.A]\ndevice = "{slot_a}"\n[slots.B]\ndevice = "{slot_b}"\n'
     )
 
-    exe = shutil.which("update-server") or str(Path(sys.executable).with_name("update-server"))
-    server = subprocess.Popen([exe, "--config", str(work / "update-server.toml")], cwd=work)
+    server = start_update_server(work / "update-server.toml", port, work)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.1)
         rss_idle = proc_status(server.pid, "VmRSS")
         anon_idle = proc_status(server.pid, "RssAnon")
         warm(image)

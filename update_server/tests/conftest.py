@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import subprocess
 import threading
 import uuid
@@ -38,10 +39,7 @@ def keys(tmp_path_factory):
     trusted = bundle.generate_private_key("ed25519")
     trusted_ec = bundle.generate_private_key("ecdsa-p256")
     untrusted = bundle.generate_private_key("ed25519")
-    keyring = d / "keyring"
-    keyring.mkdir()
-    (keyring / "release.pem").write_bytes(bundle.public_key_pem(trusted.public_key()))
-    (keyring / "release-ec.pem").write_bytes(bundle.public_key_pem(trusted_ec.public_key()))
+    keyring = bundle.write_keyring(d / "keyring", {"release": trusted, "release-ec": trusted_ec})
     (keyring / "README").write_text("not a key\n")
     return {"trusted": trusted, "trusted_ec": trusted_ec, "untrusted": untrusted, "keyring": keyring}
 
@@ -136,6 +134,17 @@ class Client:
     def upload(self, token, data: bytes, content_type="application/octet-stream") -> Response:
         return self.post(f"/server/update/{token}/file", body=data,
                          headers={"Content-Type": content_type})
+
+    def start_upload(self, token, data: bytes) -> socket.socket:
+        """A raw connection that has sent the headers and the first half of the streamed
+        upload of ``data``; the caller sends the rest (or not) and reads the answer."""
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.sendall(
+            f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data[: len(data) // 2]
+        )
+        return sock
 
 
 class ServerThread:

@@ -6,7 +6,6 @@ import base64
 import http.client
 import json
 import os
-import socket
 
 import pytest
 
@@ -131,12 +130,7 @@ def test_truncated_upload(rig, keys):
 def test_truncated_by_dropped_connection(rig, keys):
     data = make_bundle(keys["trusted"], make_image(2 << 20, seed=5))
     token = rig.client.begin()
-    sock = socket.create_connection(("127.0.0.1", rig.server.port))
-    sock.sendall(
-        f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n"
-        f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-        + data[: len(data) // 2]
-    )
+    sock = rig.client.start_upload(token, data)
     wait_for(lambda: rig.client.get(f"/server/update/{token}/status").body["stage"] == "writing")
     sock.close()
     st = wait_for(lambda: (lambda b: b if b["stage"] == "error" else None)(
@@ -252,13 +246,8 @@ def test_file_sent_twice(rig, keys):
 def test_cancel_mid_write(rig, keys):
     data = make_bundle(keys["trusted"], make_image(8 << 20, seed=2))
     token = rig.client.begin()
-    sock = socket.create_connection(("127.0.0.1", rig.server.port))
+    sock = rig.client.start_upload(token, data)
     try:
-        sock.sendall(
-            f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-            + data[: len(data) // 2]
-        )
         wait_for(lambda: rig.client.get(f"/server/update/{token}/status").body["bytes_written"] > 0)
         r = rig.client.post("/server/update/cancel")
         assert r.status == 200 and r.body["cancelled"] is True

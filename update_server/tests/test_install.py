@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import socket
 import time
 
 import pytest
@@ -132,13 +131,8 @@ def test_ecdsa_signed_bundle_and_multipart_upload(rig, keys):
 def test_status_reports_progress_while_writing(rig, keys):
     data = make_bundle(keys["trusted"], make_image(4 << 20, seed=3))
     token = rig.client.begin()
-    sock = socket.create_connection(("127.0.0.1", rig.server.port))
+    sock = rig.client.start_upload(token, data)
     try:
-        sock.sendall(
-            f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-        )
-        sock.sendall(data[: len(data) // 2])
         st = wait_for(lambda: (lambda b: b if b["bytes_written"] > 0 else None)(
             rig.client.get(f"/server/update/{token}/status").body))
         assert st["stage"] == "writing" and 0 < st["progress"] < 1

@@ -135,6 +135,20 @@ def load_keyring(directory: str | os.PathLike) -> dict:
     return keyring
 
 
+def write_keyring(directory: str | os.PathLike, keys: dict) -> Path:
+    """Create the keyring ``directory`` with ``NAME.pem`` for each ``{NAME: key}``.
+
+    The public half of each (private or public) key is written; returns the directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, key in keys.items():
+        if hasattr(key, "public_key"):
+            key = key.public_key()
+        (directory / f"{name}.pem").write_bytes(public_key_pem(key))
+    return directory
+
+
 # ---------------------------------------------------------------------------------------
 # signatures
 
@@ -472,6 +486,41 @@ async def read_tail(source: ChunkSource, image: Image) -> None:
         seen += n
         if seen > MAX_TRAILING_ZEROS:
             raise UpdateError("extra-data", "too much padding after the end of the archive")
+
+
+async def read_image_sha256(source: ChunkSource, image: Image) -> str:
+    """Read the ``image.size`` bytes of image data from ``source``; their SHA-256 (hex).
+
+    Raises ``truncated`` if the stream ends first; the digest is not compared here.
+    """
+    hasher = hashlib.sha256()
+    buffer = bytearray(1 << 20)
+    remaining = image.size
+    while remaining:
+        view = memoryview(buffer)[: min(len(buffer), remaining)]
+        n = await source.readinto(view)
+        hasher.update(view[:n])
+        remaining -= n
+        if n < len(view):
+            raise UpdateError("truncated", f"bundle ends {remaining} bytes before the image end")
+    return hasher.hexdigest()
+
+
+async def verify_stream(f, keyring: dict, compatible: str | None) -> BundleHead:
+    """Check a whole bundle read from the binary file ``f``, as the robot checks an upload.
+
+    :func:`read_head` (signature against ``keyring``, manifest, ``compatible``; ``None``
+    skips that), then the image's SHA-256 against the manifest (``hash-mismatch``) and
+    :func:`read_tail`.  Returns the :class:`BundleHead`; raises UpdateError.  Used by
+    ``update-server bundle verify`` and by the client's local check.
+    """
+    source = file_source(f)
+    head = await read_head(source, keyring, compatible)
+    digest = await read_image_sha256(source, head.image)
+    if digest != head.image.sha256:
+        raise UpdateError("hash-mismatch", f"{head.image.filename}: sha256 {digest}")
+    await read_tail(source, head.image)
+    return head
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -207,40 +206,27 @@ def _create(args) -> int:
     return EXIT_OK
 
 
-async def _verify_stream(f, keyring: dict, compatible: str | None):
-    from . import bundle
-
-    source = bundle.file_source(f)
-    head = await bundle.read_head(source, keyring, compatible)
-    hasher = hashlib.sha256()
-    buffer = bytearray(1 << 20)
-    remaining = head.image.size
-    while remaining:
-        view = memoryview(buffer)[: min(len(buffer), remaining)]
-        n = await source.readinto(view)
-        hasher.update(view[:n])
-        remaining -= n
-        if n < len(view):
-            raise UpdateError("truncated", f"bundle ends {remaining} bytes before the image end")
-    if hasher.hexdigest() != head.image.sha256:
-        raise UpdateError("hash-mismatch", f"{head.image.filename}: sha256 {hasher.hexdigest()}")
-    await bundle.read_tail(source, head.image)
-    return head
+def _run_on_bundle(path: str, read):
+    """``asyncio.run(read(f))`` on the bundle file at ``path``: ``(result, None)``, or
+    ``(None, exit status)`` after printing the I/O error or the rejection."""
+    try:
+        with open(path, "rb") as f:
+            return asyncio.run(read(f)), None
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None, EXIT_USAGE
+    except UpdateError as e:
+        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
+        return None, EXIT_REJECTED
 
 
 def _verify(args) -> int:
     from . import bundle
 
     keyring = bundle.load_keyring(args.keyring)
-    try:
-        with open(args.bundle, "rb") as f:
-            head = asyncio.run(_verify_stream(f, keyring, args.compatible))
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except UpdateError as e:
-        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
-        return EXIT_REJECTED
+    head, status = _run_on_bundle(args.bundle, lambda f: bundle.verify_stream(f, keyring, args.compatible))
+    if head is None:
+        return status
     m = head.manifest
     print(f"OK {m.compatible} {m.version}: signed by {head.key_id}, "
           f"{head.image.filename} {head.image.size} bytes sha256 {head.image.sha256}")
@@ -248,6 +234,7 @@ def _verify(args) -> int:
 
 
 async def _read_unverified(f) -> tuple:
+    """``(manifest, raw signature or None)`` of a bundle, nothing verified."""
     from . import bundle
 
     source = bundle.file_source(f, 64 * 1024)
@@ -260,22 +247,14 @@ async def _read_unverified(f) -> tuple:
     info = await bundle.read_header(source, bundle.SIGNATURE_NAME)
     if info is not None and info.name == bundle.SIGNATURE_NAME and info.size <= bundle.MAX_SIGNATURE_SIZE:
         signature = await source.read_exactly(info.size, bundle.SIGNATURE_NAME)
-    return raw, signature
+    return bundle.parse_manifest(raw), signature
 
 
 def _info(args) -> int:
-    from . import bundle
-
-    try:
-        with open(args.bundle, "rb") as f:
-            raw, signature = asyncio.run(_read_unverified(f))
-        manifest = bundle.parse_manifest(raw)
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except UpdateError as e:
-        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
-        return EXIT_REJECTED
+    result, status = _run_on_bundle(args.bundle, _read_unverified)
+    if result is None:
+        return status
+    manifest, signature = result
     sig = None
     if signature is not None:
         try:

@@ -59,6 +59,39 @@ _SLOT = {
     },
 }
 
+_PROVISIONING = {
+    "type": ["object", "null"],
+    "description": "report of the last first-boot import of robot.toml (null if there was none)",
+    "properties": {
+        "time": {"type": "string", "format": "date-time"},
+        "status": {"type": "string", "enum": ["applied", "partial", "empty", "rejected"]},
+        "applied": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "ssh_authorized_keys": {"type": "array", "items": {"type": "string"},
+                                        "description": "fingerprints of the keys added"},
+                "wifi": {"type": "object", "properties": {
+                    "ssid": {"type": "string"},
+                    "psk": {"type": "boolean", "description": "a passphrase was given"},
+                    "country": {"type": ["string", "null"]},
+                }},
+                "timezone": {"type": "string"},
+            },
+        },
+        "problems": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "field": {"type": ["string", "null"]},
+                "error": {"type": "string"},
+                "message": {"type": "string"},
+            },
+        }},
+        "ignored": {"type": "array", "items": {"type": "string"}, "description": "unknown fields"},
+        "removed": {"type": "boolean", "description": "robot.toml was deleted from the boot partition"},
+    },
+}
+
 SCHEMAS = {
     "Error": {
         "type": "object",
@@ -92,6 +125,7 @@ SCHEMAS = {
             },
             "capabilities": {"type": "object", "additionalProperties": {"type": "string"}},
             "robotModel": {"type": "string"},
+            "provisioning": _PROVISIONING,
         },
     },
     "Status": {

@@ -1,0 +1,84 @@
+"""Helpers shared by the benchmarks (``update_server/bench``, ``client/bench``); not used at run time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from . import bundle
+
+MIB = 1 << 20
+BLKFLSBUF = 0x1261  # ioctl: flush a block device's buffer cache
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def evict(path: str | os.PathLike) -> None:
+    """Flush ``path`` and drop it from the page cache (and a block device's buffer cache)
+    so that the next run starts cold."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            fcntl.ioctl(fd, BLKFLSBUF, 0)
+        except OSError:  # not a block device, or not allowed
+            pass
+    finally:
+        os.close(fd)
+
+
+def warm(path: str | os.PathLike) -> None:
+    """Read ``path`` once so that the runs read it from the page cache."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(8 * MIB):
+            pass
+
+
+def make_bundle(work: Path, size_mib: int, version: str) -> tuple:
+    """A signed bundle ``work/bundle.ot2`` (compatible ``ot2-bench``) of a random
+    ``size_mib`` MiB image ``work/rootfs.img``, and ``work/keyring`` trusting its key.
+
+    Returns ``(bundle path, image path, keyring dir)``.
+    """
+    image, path = work / "rootfs.img", work / "bundle.ot2"
+    with open(image, "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(MIB))
+    key = bundle.generate_private_key()
+    keyring = bundle.write_keyring(work / "keyring", {"bench": key})
+    with open(path, "wb") as out:
+        bundle.write_bundle(out, key, "ot2-bench", version, {"rootfs": str(image)})
+    return path, image, keyring
+
+
+def start_update_server(config: Path, port: int, cwd: Path, timeout: float = 30) -> subprocess.Popen:
+    """Start ``update-server --config CONFIG`` and wait until ``/health`` on ``port`` answers.
+
+    Raises RuntimeError (after stopping it) if it does not within ``timeout`` seconds.
+    """
+    exe = shutil.which("update-server") or str(Path(sys.executable).with_name("update-server"))
+    proc = subprocess.Popen([exe, "--config", str(config)], cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError("update-server did not start") from None
+            time.sleep(0.1)
