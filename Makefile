@@ -9,13 +9,18 @@ PYTEST := $(VENV)/bin/pytest
 OT2_CACHE ?= $(HOME)/.cache/ot2
 export OT2_CACHE
 
-.PHONY: help deps venv qemu-image run test test-unit test-e2e bench bench-e2e bench-boot clean
+# The OT-2's own software (Python 3.11), the compatibility bar for the emulator and protocols.
+OPENTRONS_VERSION := 8.8.2
+OPENTRONS_VENV := $(OT2_CACHE)/opentrons-$(OPENTRONS_VERSION)
+
+.PHONY: help deps venv qemu-image run test test-unit test-compat test-e2e bench bench-e2e bench-boot clean
 
 help:
 	@echo "make deps        install the Debian packages the build and tests need (root)"
 	@echo "make run         build the QEMU image and boot it (servers forwarded to localhost)"
 	@echo "make test        unit tests, Buildroot tree checks, image boot and OTA end-to-end tests"
 	@echo "make test-unit   only the tests that need no QEMU"
+	@echo "make test-compat the OT-2's own driver and simulator against ours"
 	@echo "make test-e2e    only the image boot and OTA end-to-end tests"
 	@echo "make qemu-image  build the QEMU board's image and signed bundle from Debian packages"
 	@echo "make bench       update-server install and robot-server API benchmarks"
@@ -42,13 +47,22 @@ qemu-image: venv
 run: venv
 	$(PY) ci/run-qemu.py
 
-test: test-unit test-e2e
+test: test-unit test-compat test-e2e
 
 test-unit: venv
 	$(PYTEST) -q update_server/tests
 	$(PYTEST) -q robot_server/tests
 	$(PYTEST) -q client/tests
 	$(PYTEST) -q tests --ignore=tests/e2e
+
+# The OT-2's SmoothieDriver against our emulator; opentrons_simulate against our simulator.
+test-compat: venv $(OPENTRONS_VENV)/.done
+	OT2_OPENTRONS_PYTHON=$(OPENTRONS_VENV)/bin/python $(PYTEST) -q robot_server/tests/test_ot2_compat.py
+
+$(OPENTRONS_VENV)/.done:
+	$(PYTHON) -m venv $(OPENTRONS_VENV)
+	$(OPENTRONS_VENV)/bin/pip install --quiet 'opentrons==$(OPENTRONS_VERSION)'
+	touch $@
 
 test-e2e: venv
 	$(PYTEST) -q tests/e2e

@@ -4,6 +4,8 @@ Set ``OT2_OPENTRONS_PYTHON`` to a Python that has ``opentrons`` 8.x installed (i
 Python 3.11 and ~110 MB, so it is not part of the project's test dependencies).
 """
 import os
+import sys
+from pathlib import Path
 import subprocess
 import textwrap
 
@@ -50,3 +52,23 @@ def test_opentrons_smoothie_driver_drives_emulator(tmp_path):
         assert emu.log.count("M999") >= 2        # set-up, and recovery after the alarm
     finally:
         srv.close()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.skipif(not OT2_PYTHON, reason="OT2_OPENTRONS_PYTHON not set")
+@pytest.mark.parametrize("protocol", ["serial_dilution.py", "lab_pc/protocol_with_lab_pc.py",
+                                      "balance/protocol_with_balance.py"])
+def test_simulation_log_matches_opentrons_simulate(protocol, tmp_path):
+    """The same file, unchanged, gives the same run log in `opentrons_simulate` and ours."""
+    path = EXAMPLES / protocol
+    env = dict(os.environ, HOME=str(tmp_path))
+    theirs = subprocess.run([OT2_PYTHON, "-m", "opentrons.simulate", str(path)], capture_output=True,
+                            text=True, timeout=180, cwd=tmp_path, env=env)
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    ours = subprocess.run([sys.executable, "-m", "robot_server.protocol.cli", "simulate", "--plain", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    our_lines = [ln for ln in ours.stdout.splitlines() if not ln.startswith("Summary:")]
+    assert our_lines == theirs.stdout.splitlines()
