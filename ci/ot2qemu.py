@@ -203,13 +203,15 @@ class Guest:
         self.request("update", "POST", "/server/restart")
         return self.wait_healthy(timeout, not_boot_id=boot_id)
 
-    def upload(self, bundle: Path, *, stop_at: float | None = None,
+    def upload(self, bundle: Path, *, stop_at: float | None = None, progress: list | None = None,
                chunk: int = 1 << 20) -> tuple[str, int, dict]:
         """Begins a session and streams `bundle` to it.
 
         With `stop_at` (0..1), returns as soon as the install's progress reaches it,
-        leaving the upload running (for power-cut tests). Returns (token, HTTP status,
-        reply body); status 0 when stopped early.
+        leaving the upload running (for power-cut tests). With a `progress` list, the
+        session's status is polled while the upload runs and each `progress` value
+        (0..1) is appended. Returns (token, HTTP status, reply body); status 0 when
+        stopped early.
         """
         token = self.request("update", "POST", "/server/update/begin")["token"]
         size = bundle.stat().st_size
@@ -237,10 +239,12 @@ class Guest:
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        if stop_at is not None:
+        if stop_at is not None or progress is not None:
             while sender.is_alive():
                 status = self.request("update", "GET", f"/server/update/{token}/status")
-                if status.get("progress", 0) >= stop_at:
+                if progress is not None:
+                    progress.append(status.get("progress", 0))
+                if stop_at is not None and status.get("progress", 0) >= stop_at:
                     return token, 0, status
                 time.sleep(0.2)
         sender.join()

@@ -111,9 +111,13 @@ def test_update_lands_in_other_slot_and_stays(guest, images):
     dd_seconds = float(dd.stdout.split(" s,")[0].split(",")[-1].strip())
 
     t0 = time.monotonic()
-    token, status, reply = guest.upload(bundle)
+    progress: list[float] = []
+    token, status, reply = guest.upload(bundle, progress=progress)
     install_seconds = time.monotonic() - t0
     assert status == 200, reply
+    # Progress was observable while the image streamed in, and only went up.
+    assert any(0 < p < 1 for p in progress), progress
+    assert progress == sorted(progress), progress
     assert guest.request("update", "GET", f"/server/update/{token}/status")["stage"] == "done"
     figure("bundle upload+install throughput",
            f"{size / install_seconds / 1e6:.1f} MB/s ({size / 1e6:.0f} MB in {install_seconds:.1f} s); "
