@@ -9,6 +9,7 @@ runs (delete it, or pass --fresh, to start from the built image). Ctrl-C powers 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ def main() -> int:
     ports = {"update": args.update_port, "robot": args.robot_port, "bridge": args.bridge_port,
              "ssh": args.ssh_port, "uart": args.uart_port or ot2qemu.free_port()}
     guest = ot2qemu.Guest(disk, workdir, ports)
+    # SIGTERM (e.g. from `timeout`) powers off like Ctrl-C instead of leaving QEMU behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started = time.monotonic()
     guest.boot()
     print(f"booting {disk} (console: {guest.console}) ...", flush=True)
