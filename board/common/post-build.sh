@@ -55,6 +55,6 @@ for unit in ot2-persist.service ot2-provision.service ot2-update-server.service 
 	ot2-boot-check.service ot2-dropbear.service systemd-networkd.service; do
 	ln -sf "/usr/lib/systemd/system/$unit" "$wants/$unit"
 done
-mkdir -p "$target/etc/systemd/system/local-fs.target.wants"
+mkdir -p "$target/etc/systemd/system/sysinit.target.wants"
 ln -sf /usr/lib/systemd/system/ot2-grow-data.service \
-	"$target/etc/systemd/system/local-fs.target.wants/ot2-grow-data.service"
+	"$target/etc/systemd/system/sysinit.target.wants/ot2-grow-data.service"

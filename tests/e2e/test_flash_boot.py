@@ -2,8 +2,9 @@
 
 The QEMU board's image is flashed onto a file target (the "card") with the mapped blocks
 only and read-back verification, robot.toml goes onto its boot partition, and the card
-boots in QEMU: its name is the hostname, the key logs in over SSH, robot.toml is gone,
-and a second boot changes nothing.
+boots in QEMU: its name is the hostname and the mDNS name, the key logs in over SSH,
+robot.toml is gone, /data has grown to the end of the larger card, and a second boot
+changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from conftest import record
 
 pytestmark = pytest.mark.timeout(1200)
 
+CARD_EXTRA = 256 << 20
+# Asks the guest's own mDNS responder (the update server's zeroconf) for the robot's service.
+MDNS_QUERY = """python3 -c '
+from zeroconf import Zeroconf
+zc = Zeroconf()
+info = zc.get_service_info("_http._tcp.local.", "lab-robot-7._http._tcp.local.", timeout=5000)
+print(info.port if info else "none")
+zc.close()'"""
+
 
 @pytest.fixture
 def flashed_guest(images):
@@ -27,7 +37,7 @@ def flashed_guest(images):
     robot = ot2qemu.Guest(workdir / "card.img", workdir)
     public_key = robot.ensure_ssh_key()
     image = images["v1"] / "disk.img"
-    # A blank "card" of the image's size: what was never written must read back as zeros.
+    # A blank "card": what was never written must read back as zeros.
     subprocess.run(["truncate", "-s", str(image.stat().st_size), str(robot.disk)], check=True)
     flash = subprocess.run(
         [str(ot2qemu.VENV_BIN / "ot2"), "flash", "--force", "--name", "lab-robot-7",
@@ -35,6 +45,8 @@ def flashed_guest(images):
         capture_output=True, text=True)
     assert flash.returncode == 0, flash.stderr
     assert public_key
+    # The card is 256 MiB larger than the image: the data partition grows into it on first boot.
+    subprocess.run(["truncate", "-s", f"+{CARD_EXTRA}", str(robot.disk)], check=True)
     yield robot
     robot.stop()
 
@@ -49,6 +61,9 @@ def test_flashed_card_boots_provisioned(flashed_guest):
     assert robot.ssh("test -e /boot/firmware/robot.toml", check=False).returncode == 1
     report = robot.ssh("cat /data/update-server/provision.json").stdout
     assert '"applied"' in report, report
+    assert robot.ssh(MDNS_QUERY).stdout.strip() == "31950"
+    data_bytes = int(robot.ssh("df -B1 --output=size /data | tail -1").stdout)
+    assert data_bytes > CARD_EXTRA, data_bytes  # the image's data file system is 128 MiB
     keys = robot.ssh("cat /data/ssh/authorized_keys").stdout
 
     health = robot.restart()
