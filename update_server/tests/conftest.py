@@ -230,9 +230,8 @@ class Rig:
         self.boot_id_file = root / "boot_id"
         self.reboot_marker = root / "rebooted"
         self.set_boot("A")
-        (root / "version.json").write_text(json.dumps(
-            {"version": "1.0.0", "compatible": COMPATIBLE, "build_time": "2024-01-01T00:00:00Z",
-             "board": "test"}))
+        self.version_file = root / "version.json"
+        self.set_version("1.0.0")
         (root / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
         overrides = {
             "listen": "127.0.0.1",
@@ -242,7 +241,7 @@ class Rig:
             "cmdline": str(self.cmdline),
             "boot_id_file": str(self.boot_id_file),
             "machine_id_file": str(root / "machine-id"),
-            "version_file": str(root / "version.json"),
+            "version_file": str(self.version_file),
             "reboot_command": ["touch", str(self.reboot_marker)],
             "chunk_size": 64 * 1024,
             "slots": {"A": str(self.slots["A"]), "B": str(self.slots["B"])},
@@ -259,6 +258,12 @@ class Rig:
         self.boot = from_config(self.config)
         self.server = None
         self.client = None
+
+    def set_version(self, version: str) -> None:
+        """The booted rootfs' /etc/ot2/version.json (each slot carries its own)."""
+        self.version_file.write_text(json.dumps(
+            {"version": version, "compatible": COMPATIBLE, "build_time": "2024-01-01T00:00:00Z",
+             "board": "test"}))
 
     def set_boot(self, slot: str) -> None:
         """Simulate a (re)boot into ``slot``: new cmdline, new boot id."""

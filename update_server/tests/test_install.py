@@ -29,13 +29,16 @@ def install(rig, key, image, version="2.0.0"):
     return token, r
 
 
-def bootloader_boots(rig, slot):
-    """What the bootloader does on a boot: decrement the chosen slot's tries."""
+def bootloader_boots(rig, slot, version=None):
+    """What the bootloader does on a boot: decrement the chosen slot's tries; the booted
+    rootfs then carries ``version`` (unchanged when None)."""
     env = rig.env()
     tries = {s: env[s] for s in "AB"}
     tries[slot] -= 1
     rig.boot._write(env["BOOT_ORDER"], tries)
     rig.set_boot(slot)
+    if version:
+        rig.set_version(version)
 
 
 def test_happy_path_install_commit_trial_mark_good(any_rig, keys):
@@ -72,12 +75,13 @@ def test_happy_path_install_commit_trial_mark_good(any_rig, keys):
     assert h["rollback"] is None and h["slots"]["B"]["pending"] is True
 
     rig.stop()
-    bootloader_boots(rig, "B")
+    bootloader_boots(rig, "B", "2.0.0")
     c = rig.start()
     h = c.get("/health").body
-    assert h["booted_slot"] == "B"
+    assert h["booted_slot"] == "B" and h["version"] == "2.0.0"
     assert h["slots"]["B"]["state"] == "trial" and h["slots"]["B"]["tries_left"] == 2
-    assert h["slots"]["A"]["state"] == "inactive"
+    # the factory slot A, never installed through the server, is still named
+    assert h["slots"]["A"]["state"] == "inactive" and h["slots"]["A"]["version"] == "1.0.0"
 
     r = c.post("/server/update/mark-good")
     assert r.status == 200 and r.body["confirmed"] == "2.0.0"

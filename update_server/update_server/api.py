@@ -152,6 +152,8 @@ class UpdateServer:
             record = await self._blocking(state_mod.reconcile, self.store, self.boot, self.boot_id())
             if record:
                 log.error("rolled back: %s", record)
+            await self._blocking(state_mod.record_booted_version, self.store, self.boot.booted_slot(),
+                                 self.config.system_version().get("version"))
         except UpdateError as e:
             log.error("rollback detection failed: %s", e)
         name = self.names.get()

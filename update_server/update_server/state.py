@@ -168,6 +168,19 @@ def reconcile(store: StateStore, boot: BootControl, boot_id: str) -> dict | None
         return record
 
 
+def record_booted_version(store: StateStore, booted: str | None, version: str | None) -> None:
+    """Remember the version the booted slot runs (``/etc/ot2/version.json``), so that
+    ``/health`` can still name it after the other slot has been booted (a factory-flashed
+    slot was never installed through this server)."""
+    if not booted or not isinstance(version, str) or not version:
+        return
+    with store.transaction() as state:
+        info = state["slots"].get(booted) or {}
+        if info.get("version") != version:
+            info["version"] = version
+            state["slots"][booted] = info
+
+
 def begin_install(store: StateStore, boot: BootControl, slot: str) -> None:
     """Before writing ``slot``: forget what it held and mark it bad in the boot env."""
     with store.transaction() as state:
