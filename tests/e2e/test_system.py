@@ -129,6 +129,7 @@ def test_update_lands_in_other_slot_and_stays(guest, images):
     health = guest.restart()
     figure("reboot to healthy after an update", f"{time.monotonic() - t0:.1f} s")
     assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    assert health["slots"]["A"]["version"] == VERSION_1  # the fallback is still named
     health = guest.wait_boot_check()
     assert health["slots"]["B"]["state"] == "good"
     assert data_intact(guest)
