@@ -25,6 +25,15 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$cache"
 log() { echo "[build-qemu-image] $*" >&2; }
+# Prints where the result is: the cache entry, or a sparse copy of it in --out.
+deliver() {
+	if [ -n "$out" ]; then
+		mkdir -p "$out"
+		cp --sparse=always "$result"/* "$out/"
+		result=$out
+	fi
+	echo "$result"
+}
 
 # The development signing key: made once per machine, kept outside the repository.
 keys=$cache/keys
@@ -55,8 +64,7 @@ image_key=$( (
 result=$cache/image-$image_key
 if [ -s "$result/disk.img" ]; then
 	log "cached: $result"
-	[ -n "$out" ] && { mkdir -p "$out"; cp --sparse=always "$result"/* "$out/"; result=$out; }
-	echo "$result"
+	deliver
 	exit 0
 fi
 
@@ -126,5 +134,4 @@ mv "$result.tmp" "$result"
 elapsed=$(( $(date +%s) - start ))
 log "image $version: disk.img $(du -h --apparent-size "$result/disk.img" | cut -f1)," \
 	"rootfs $(du -h "$result/rootfs.squashfs" | cut -f1), bundle $(du -h "$result/rootfs.bundle" | cut -f1), built in ${elapsed}s"
-[ -n "$out" ] && { mkdir -p "$out"; cp --sparse=always "$result"/* "$out/"; result=$out; }
-echo "$result"
+deliver

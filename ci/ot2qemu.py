@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -274,6 +273,3 @@ def copy_disk(src: Path, dst: Path) -> Path:
     subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
     return dst
 
-
-def which(tool: str) -> bool:
-    return shutil.which(tool) is not None

@@ -41,7 +41,7 @@ def figure(name: str, value: str) -> None:
 def images() -> dict[str, Path]:
     """The three images of the run: the one flashed, an update, and one that never gets healthy."""
     for tool in ("qemu-system-x86_64", "mmdebstrap", "genimage", "grub-mkimage", "ssh"):
-        if not ot2qemu.which(tool):
+        if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run `make deps`")
     return {
         "v1": ot2qemu.build_image(VERSION_1),
@@ -51,7 +51,7 @@ def images() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def guest(images, tmp_path_factory):
+def guest(images):
     """A robot booted from a fresh copy of the v1 disk image."""
     workdir = ot2qemu.ROOT / "build" / "e2e" / "guest"
     shutil.rmtree(workdir, ignore_errors=True)
