@@ -44,8 +44,15 @@ venv: $(VENV)/.done
 qemu-image: venv
 	ci/build-qemu-image.sh --out build/qemu
 
+# Host ports the guest's servers are forwarded to (make run UPDATE_PORT=... ...).
+UPDATE_PORT ?= 34000
+ROBOT_PORT ?= 31950
+BRIDGE_PORT ?= 7887
+SSH_PORT ?= 2222
+
 run: venv
-	$(PY) ci/run-qemu.py
+	$(PY) ci/run-qemu.py --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
+		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
 
 test: test-unit test-compat test-e2e
 

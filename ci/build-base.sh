@@ -1,6 +1,8 @@
 #!/bin/bash
 # Build the Debian base root filesystem of the QEMU board as a tarball.
-# Usage: ci/build-base.sh OUT.tar
+# Usage: ci/build-base.sh OUT
+# OUT is written as an uncompressed tar whatever its name (mmdebstrap would otherwise
+# guess the format from the name's suffix, and make a directory of `x.tar.tmp`).
 # Uses the host's apt sources (Debian packages only), no network beyond them.
 set -euo pipefail
 out=$1
@@ -13,7 +15,7 @@ initramfs_setup='mkdir -p "$1/etc/initramfs-tools/conf.d" &&
   printf "squashfs\nvirtio_pci\nvirtio_blk\next4\n" >> "$1/etc/initramfs-tools/modules" &&
   echo MODULES=list > "$1/etc/initramfs-tools/conf.d/ot2.conf"'
 
-mmdebstrap --variant=minbase --include="$packages" \
+mmdebstrap --variant=minbase --format=tar --include="$packages" \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \

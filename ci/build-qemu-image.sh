@@ -25,6 +25,14 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$cache"
 log() { echo "[build-qemu-image] $*" >&2; }
+# One build at a time per cache. Every artifact is made under a temporary name and
+# renamed into place when complete, so what an interrupted build left (*.tmp, work.*)
+# is never taken for a result; holding the lock, this build clears it away.
+exec 9>"$cache/.build.lock"
+flock 9
+rm -rf "$cache"/*.tmp "$cache"/work.*
+# Cold build times, one line per artifact built (CI prints this file).
+timed() { echo "$1: $(( $(date +%s) - $2 )) s" | tee -a "$cache/build-times.log" >&2; }
 # Prints where the result is: the cache entry, or a sparse copy of it in --out.
 deliver() {
 	if [ -n "$out" ]; then
@@ -38,9 +46,12 @@ deliver() {
 # The development signing key: made once per machine, kept outside the repository.
 keys=$cache/keys
 if [ ! -s "$keys/dev.key" ]; then
-	mkdir -p "$keys/keyring"
-	"$venv/bin/update-server" bundle keygen --out "$keys/dev.key"
-	cp "$keys/dev.pem" "$keys/keyring/dev.pem"
+	rm -rf "$keys.tmp"
+	mkdir -p "$keys.tmp/keyring"
+	"$venv/bin/update-server" bundle keygen --out "$keys.tmp/dev.key"
+	cp "$keys.tmp/dev.pem" "$keys.tmp/keyring/dev.pem"
+	rm -rf "$keys"
+	mv "$keys.tmp" "$keys"
 fi
 
 hash_of() { sha256sum | cut -c1-16; }
@@ -48,16 +59,34 @@ base_key=$(cat "$tree/ci/base-packages.txt" "$tree/ci/build-base.sh" | hash_of)
 base=$cache/base-$base_key.tar
 if [ ! -s "$base" ]; then
 	log "building the Debian base root ($base)"
+	start=$(date +%s)
 	"$tree/ci/build-base.sh" "$base.tmp"
+	tar -tf "$base.tmp" ./usr/bin/python3 >/dev/null
 	mv "$base.tmp" "$base"
+	timed "Debian base root $(du -h "$base" | cut -f1)" "$start"
+fi
+
+# The engine and its dependencies as wheels for the image's Python (3.11, x86_64, glibc 2.36).
+wheels_key=$(cat "$tree/ci/image-requirements.txt" | hash_of)
+wheels=$cache/wheels-$wheels_key
+if [ ! -e "$wheels/.complete" ]; then
+	log "downloading the image's Python wheels ($wheels)"
+	start=$(date +%s)
+	"$venv/bin/pip" download --quiet --disable-pip-version-check --only-binary :all: --no-deps \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --python-version 3.11 \
+		--implementation cp -r "$tree/ci/image-requirements.txt" -d "$wheels.tmp"
+	touch "$wheels.tmp/.complete"
+	rm -rf "$wheels"
+	mv "$wheels.tmp" "$wheels"
+	timed "image wheels $(du -sh "$wheels" | cut -f1)" "$start"
 fi
 
 image_key=$( (
-	echo "$base_key $version $fault"
+	echo "$base_key $wheels_key $version $fault"
 	cat "$keys/dev.pem"
 	cd "$tree" && tar c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
 		--exclude=__pycache__ --exclude='*.egg-info' --exclude=tests --exclude=bench \
-		ci/build-qemu-image.sh board/common board/qemu overlay \
+		ci/build-qemu-image.sh ci/image-requirements.txt board/common board/qemu overlay \
 		update_server/pyproject.toml update_server/update_server \
 		robot_server/pyproject.toml robot_server/robot_server
 ) | hash_of)
@@ -100,8 +129,21 @@ cp -a "$tree/board/qemu/rootfs-overlay/." "$root/"
 "$venv/bin/pip" install --quiet --no-deps --no-compile \
 	--target "$root/usr/lib/python3/dist-packages" "$tree/update_server" "$tree/robot_server"
 rm -rf "$root/usr/lib/python3/dist-packages/bin"
-chroot "$root" python3 -m compileall -q /usr/lib/python3/dist-packages/update_server \
-	/usr/lib/python3/dist-packages/robot_server
+# The engine goes where Debian's Python looks for locally installed packages; its
+# commands (opentrons_execute, opentrons_simulate) to /usr/local/bin for that Python.
+site=/usr/local/lib/python3.11/dist-packages
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --no-deps \
+	--no-compile --target "$root$site" -r "$tree/ci/image-requirements.txt"
+mkdir -p "$root/usr/local/bin"
+for script in "$root$site"/bin/*; do
+	sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$root/usr/local/bin/${script##*/}"
+	chmod 755 "$root/usr/local/bin/${script##*/}"
+done
+rm -rf "$root$site/bin"
+# Bytecode made by the host's Python 3.11 (one bytecode format for all of 3.11), with the
+# guest's paths.
+"$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / "$root/usr/lib/python3/dist-packages/update_server" \
+	"$root/usr/lib/python3/dist-packages/robot_server" "$root$site"
 
 OT2_VERSION=$version OT2_KEYRING_DIR=$keys/keyring "$tree/board/common/post-build.sh" "$root" qemu
 
@@ -118,7 +160,7 @@ mksquashfs "$root" "$binaries/rootfs.squashfs" -comp gzip -noappend -no-progress
 log "making the GRUB EFI binary"
 grub-mkimage -O x86_64-efi -p /EFI/BOOT -o "$binaries/efi-part/EFI/BOOT/bootx64.efi" \
 	part_msdos fat squash4 ext2 normal linux loadenv test echo configfile search \
-	regexp reboot sleep gzio xzio efi_gop all_video
+	regexp reboot sleep smbios gzio xzio efi_gop all_video
 
 log "assembling the disk image"
 "$tree/board/common/post-image.sh" "$binaries" qemu
@@ -127,11 +169,11 @@ log "signing the bundle"
 "$venv/bin/update-server" bundle create --key "$keys/dev.key" --compatible ot2-qemu-x86_64 \
 	--version "$version" --image "rootfs=$binaries/rootfs.squashfs" -o "$binaries/rootfs.bundle"
 
+rm -rf "$result.tmp"
 mkdir -p "$result.tmp"
 cp --sparse=always "$binaries/disk.img" "$binaries/disk.img.bmap" "$binaries/disk.img.sha256" "$binaries/rootfs.squashfs" "$binaries/rootfs.bundle" "$result.tmp/"
 rm -rf "$result"
 mv "$result.tmp" "$result"
-elapsed=$(( $(date +%s) - start ))
-log "image $version: disk.img $(du -h --apparent-size "$result/disk.img" | cut -f1)," \
-	"rootfs $(du -h "$result/rootfs.squashfs" | cut -f1), bundle $(du -h "$result/rootfs.bundle" | cut -f1), built in ${elapsed}s"
+sizes="disk.img $(du -h --apparent-size "$result/disk.img" | cut -f1), rootfs.squashfs $(du -m "$result/rootfs.squashfs" | cut -f1) MiB"
+timed "image $version${fault:+ (fault $fault)}: $sizes" "$start"
 deliver

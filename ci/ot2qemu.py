@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +30,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+class PortInUse(Exception):
+    """A host port the guest needs is taken; the message names it and, if found, its holder."""
+
+
+def _listeners(port: int) -> set[str]:
+    """Socket inodes listening on TCP `port` (any address), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXADDR:HEXPORT; state 0A is LISTEN
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_holder(port: int) -> str | None:
+    """"pid N (program)" of a process listening on TCP `port`, if /proc shows one."""
+    inodes = _listeners(port)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return f"pid {proc.name} ({(proc / 'comm').read_text().strip()})"
+        except OSError:
+            continue
+    return None
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raises PortInUse for the first of `ports` (name -> port on 127.0.0.1) that cannot be bound."""
+    for name, port in ports.items():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as QEMU's hostfwd does
+            try:
+                s.bind((HOST, port))
+            except OSError as exc:
+                holder = port_holder(port)
+                raise PortInUse(f"{name} port {port} on {HOST} is taken"
+                                f"{f' by {holder}' if holder else ''} ({exc.strerror})") from None
 
 
 def build_image(version: str | None = None, fault: str | None = None) -> Path:
@@ -60,8 +110,11 @@ class HTTPError(Exception):
 class Guest:
     """One emulated robot: a disk image under QEMU plus the motor-board emulator.
 
-    QEMU keeps running across guest reboots (a reboot restarts the virtual machine
-    inside the same process); `kill()` is a power cut.
+    Each guest reboot ends QEMU and the harness powers it on again; `kill()` is a power cut.
+    The guest's serial number (`serial`, random per Guest, given to the firmware as the
+    SMBIOS system serial) comes back in the update server's `/health` as `serialNumber`:
+    that is how the harness knows that a `/health` it reads is this guest's and not another
+    program's on the same port.
     """
 
     def __init__(self, disk: Path, workdir: Path, ports: dict[str, int] | None = None):
@@ -76,6 +129,7 @@ class Guest:
         self._powered = False
         self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
+        self.serial = f"qemu-{secrets.token_hex(6)}"
 
     # -- processes ---------------------------------------------------------------
 
@@ -109,7 +163,7 @@ class Guest:
         env = dict(os.environ,
                    OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
                    OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
-                   OT2_UART_PORT=str(self.ports["uart"]))
+                   OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial)
         self.power_ons += 1
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
                                      env=env, stdout=open(self.workdir / "qemu.log", "ab"),
@@ -129,6 +183,13 @@ class Guest:
     @property
     def running(self) -> bool:
         return self._powered
+
+    def qemu_log_tail(self, lines: int = 20) -> str:
+        """The last `lines` lines QEMU itself printed (errors such as a refused port forward)."""
+        try:
+            return "\n".join((self.workdir / "qemu.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         """Power cut: SIGKILL to QEMU, no shutdown."""
@@ -181,7 +242,8 @@ class Guest:
             if not self._powered:
                 raise RuntimeError(f"QEMU stopped (exit {self.qemu.returncode}); see {self.console}")
             update = self.health("update")
-            if update and update.get("bootId") != not_boot_id and self.health("robot"):
+            ours = update and update.get("serialNumber") == self.serial
+            if ours and update.get("bootId") != not_boot_id and self.health("robot"):
                 return update
             time.sleep(2)
         raise TimeoutError(f"guest not healthy after {timeout} s; see {self.console}")

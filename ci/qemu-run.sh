@@ -9,6 +9,8 @@
 #   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's /dev/ttyS1 is
 #                    wired to (QEMU connects to it and reconnects if it goes away); unset: none
 #   OT2_QEMU_MEM     guest memory in MiB (1024)
+#   OT2_SERIAL       the board's serial number (SMBIOS system serial; GRUB passes it to
+#                    Linux as ot2.serial=); unset: none
 set -euo pipefail
 disk=$1
 console=${2:-/dev/stdout}
@@ -22,9 +24,13 @@ if [ -n "${OT2_UART_PORT:-}" ]; then
 else
 	uart=(-serial null)
 fi
+smbios=()
+if [ -n "${OT2_SERIAL:-}" ]; then
+	smbios=(-smbios "type=1,serial=$OT2_SERIAL")
+fi
 exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 -no-reboot \
 	-bios /usr/share/ovmf/OVMF.fd \
 	-drive "file=$disk,if=virtio,format=raw" \
 	-netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0 \
 	-display none -monitor none \
-	-chardev "file,id=console,path=$console,append=on" -serial chardev:console "${uart[@]}"
+	-chardev "file,id=console,path=$console,append=on" -serial chardev:console "${uart[@]}" "${smbios[@]}"

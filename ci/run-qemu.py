@@ -4,6 +4,9 @@ The guest's update server, robot server, raw TCP bridge and SSH are forwarded to
 ports on 127.0.0.1 (printed on start); its motor-board UART is wired to the Smoothieware
 emulator running on the host. The disk is a copy in build/qemu/ that persists between
 runs (delete it, or pass --fresh, to start from the built image). Ctrl-C powers off.
+
+Exits 1 without starting anything if a port is taken (naming it and, where /proc shows
+it, the process holding it), and 1 with the tail of QEMU's log if QEMU dies.
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ def main() -> int:
     parser.add_argument("--uart-port", type=int, default=0, help="host port of the motor-board emulator (0: any free)")
     args = parser.parse_args()
 
+    ports = {"update": args.update_port, "robot": args.robot_port, "bridge": args.bridge_port,
+             "ssh": args.ssh_port, "uart": args.uart_port or ot2qemu.free_port()}
+    try:
+        ot2qemu.check_ports_free(ports)
+    except ot2qemu.PortInUse as exc:
+        print(f"run-qemu: {exc}; choose another with make run UPDATE_PORT= ROBOT_PORT= "
+              f"BRIDGE_PORT= SSH_PORT=", file=sys.stderr)
+        return 1
     image_dir = ot2qemu.build_image()
     workdir = ot2qemu.ROOT / "build" / "qemu"
     disk = workdir / "disk.img"
     if args.fresh or not disk.exists():
         ot2qemu.copy_disk(image_dir / "disk.img", disk)
-    ports = {"update": args.update_port, "robot": args.robot_port, "bridge": args.bridge_port,
-             "ssh": args.ssh_port, "uart": args.uart_port or ot2qemu.free_port()}
     guest = ot2qemu.Guest(disk, workdir, ports)
     # SIGTERM (e.g. from `timeout`) powers off like Ctrl-C instead of leaving QEMU behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -54,8 +63,14 @@ def main() -> int:
         print("Ctrl-C powers the robot off.", flush=True)
         while guest.running:
             time.sleep(1)
+        if guest.qemu.returncode:
+            raise RuntimeError(f"QEMU stopped (exit {guest.qemu.returncode})")
     except KeyboardInterrupt:
         pass
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"run-qemu: {exc}; QEMU's log ({guest.workdir / 'qemu.log'}) ends:\n{guest.qemu_log_tail()}",
+              file=sys.stderr)
+        return 1
     finally:
         guest.stop()
     return 0

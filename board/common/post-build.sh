@@ -48,6 +48,13 @@ for k in bzImage zImage Image; do
 	fi
 done
 
+# Every Python process gets the robot's environment (/etc/ot2/environment): a .pth file in
+# each of Python's site directories puts /usr/lib/ot2/python on the path and imports it.
+for site in "$target"/usr/lib/python3*/site-packages "$target"/usr/lib/python3/dist-packages; do
+	[ -d "$site" ] || continue
+	printf '/usr/lib/ot2/python\nimport ot2_environment\n' > "$site/ot2-environment.pth"
+done
+
 # Enable the units of the overlay (what `systemctl enable` would do, without a running systemd).
 wants="$target/etc/systemd/system/multi-user.target.wants"
 mkdir -p "$wants"

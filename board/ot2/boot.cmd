@@ -37,7 +37,7 @@ setenv ot2_pick 'setenv ot2_slot; run ot2_pick_${ot2_first}; if test -n "${ot2_s
 setenv ot2_save 'if env export -c -s ${ot2_env_size} ${ot2_env_addr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT; then fatwrite mmc 0:1 ${ot2_env_addr} uboot.env ${ot2_env_size}; fatwrite mmc 0:1 ${ot2_env_addr} uboot.env.bak ${ot2_env_size}; fi'
 
 # Loads the slot's kernel and boots it; returns only if that failed.
-setenv ot2_boot 'if test "${ot2_slot}" = A; then setenv ot2_part 2; else setenv ot2_part 3; fi; echo "ot2: booting slot ${ot2_slot} (order ${BOOT_ORDER}, tries left A=${BOOT_A_LEFT} B=${BOOT_B_LEFT})"; setenv bootargs "root=/dev/mmcblk0p${ot2_part} rootfstype=squashfs ro rootwait ot2.slot=${ot2_slot} console=tty1 panic=5"; if sqfsload mmc 0:${ot2_part} ${kernel_addr_r} /boot/vmlinuz || sqfsload mmc 0:${ot2_part} ${kernel_addr_r} /boot/zImage; then bootz ${kernel_addr_r} - ${fdt_addr}; fi; echo "ot2: slot ${ot2_slot} failed to load"'
+setenv ot2_boot 'if test "${ot2_slot}" = A; then setenv ot2_part 2; else setenv ot2_part 3; fi; echo "ot2: booting slot ${ot2_slot} (order ${BOOT_ORDER}, tries left A=${BOOT_A_LEFT} B=${BOOT_B_LEFT})"; setenv bootargs "root=/dev/mmcblk0p${ot2_part} rootfstype=squashfs ro rootwait ot2.slot=${ot2_slot} ot2.serial=${serial#} console=tty1 panic=5"; if sqfsload mmc 0:${ot2_part} ${kernel_addr_r} /boot/vmlinuz || sqfsload mmc 0:${ot2_part} ${kernel_addr_r} /boot/zImage; then bootz ${kernel_addr_r} - ${fdt_addr}; fi; echo "ot2: slot ${ot2_slot} failed to load"'
 
 # 1. The environment: primary file, else the backup, else the defaults.
 setenv ot2_file uboot.env

@@ -267,7 +267,7 @@ class Rig:
 
     def set_boot(self, slot: str) -> None:
         """Simulate a (re)boot into ``slot``: new cmdline, new boot id."""
-        self.cmdline.write_text(f"console=ttyS0 root=/dev/vda{2 if slot == 'A' else 3} ot2.slot={slot} quiet\n")
+        self.cmdline.write_text(f"console=ttyS0 root=/dev/vda{2 if slot == 'A' else 3} ot2.slot={slot} ot2.serial=rig-0001 quiet\n")
         self.boot_id_file.write_text(str(uuid.uuid4()) + "\n")
 
     def start(self) -> Client:

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import make_grub_env, make_uboot_env, make_uboot_env_with_backup
-from update_server.bootctl import BootEnvError, GrubEnv, UBootEnv, booted_slot_from_cmdline
+from update_server.bootctl import BootEnvError, GrubEnv, UBootEnv, booted_slot_from_cmdline, serial_from_cmdline
 
 
 def cmdline(tmp_path, slot="A"):
@@ -137,3 +137,20 @@ def test_cmdline_parsing():
     assert booted_slot_from_cmdline("xot2.slot=A") is None
     assert booted_slot_from_cmdline("ot2.slot=C") is None
     assert booted_slot_from_cmdline("") is None
+
+
+def test_serial_from_cmdline():
+    assert serial_from_cmdline("root=x ot2.slot=A ot2.serial=qemu-0a1b2c quiet") == "qemu-0a1b2c"
+    # GRUB/U-Boot with no serial to give put an empty value there.
+    assert serial_from_cmdline("ot2.slot=A ot2.serial= quiet") is None
+    assert serial_from_cmdline("ot2.serial=a;b") is None
+
+
+def test_serial_read_from_the_kernel_cmdline(tmp_path):
+    grub = make_grub_env(tmp_path)
+    (tmp_path / "cmdline").write_text("ot2.slot=B ot2.serial=00000000deadbeef\n")
+    assert GrubEnv(grub, cmdline=str(tmp_path / "cmdline")).serial() == "00000000deadbeef"
+
+
+def test_health_names_the_serial_from_the_cmdline(rig):
+    assert rig.client.get("/health").body["serialNumber"] == "rig-0001"

@@ -193,6 +193,7 @@ class UpdateServer:
             "update_server_version": __version__,
             "compatible": self.config.effective_compatible(),
             "bootId": boot_id,
+            "serialNumber": self.boot.serial(),
             "booted_slot": booted,
             "boot_order": env["BOOT_ORDER"],
             "slots": slots,

@@ -50,6 +50,16 @@ def booted_slot_from_cmdline(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def serial_from_cmdline(text: str) -> str | None:
+    """The robot's serial number from ``ot2.serial=`` on a kernel command line, else ``None``.
+
+    The bootloader puts it there: GRUB from the SMBIOS system serial number
+    (``board/qemu/grub.cfg``), U-Boot from its ``serial#`` variable (``board/ot2/boot.cmd``).
+    """
+    match = re.search(r"(?:^|\s)ot2\.serial=([A-Za-z0-9._-]{1,64})(?:\s|$)", text)
+    return match.group(1) if match else None
+
+
 def _run(argv: list) -> str:
     try:
         proc = subprocess.run(
@@ -106,6 +116,14 @@ class BootControl:
         try:
             with open(self.cmdline) as f:
                 return booted_slot_from_cmdline(f.read())
+        except OSError:
+            return None
+
+    def serial(self) -> str | None:
+        """The robot's serial number from ``ot2.serial=`` on the kernel command line, or ``None``."""
+        try:
+            with open(self.cmdline) as f:
+                return serial_from_cmdline(f.read())
         except OSError:
             return None
 

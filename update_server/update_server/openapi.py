@@ -111,6 +111,8 @@ SCHEMAS = {
             "update_server_version": {"type": "string"},
             "compatible": {"type": "string"},
             "bootId": {"type": "string"},
+            "serialNumber": {"type": ["string", "null"],
+                             "description": "the robot's serial number (ot2.serial= on the kernel command line)"},
             "booted_slot": {"type": ["string", "null"], "enum": ["A", "B", None]},
             "boot_order": {"type": "array", "items": {"type": "string", "enum": ["A", "B"]}},
             "slots": {"type": "object", "properties": {"A": _SLOT, "B": _SLOT}},
