@@ -1,7 +1,12 @@
 """Static checks of the Buildroot external tree (offline, no Buildroot needed).
 
-- every package directory has its Config.in and .mk, is sourced from the
-  top Config.in and included by external.mk;
+- every package directory has its .mk, included by external.mk; every
+  target package also has its Config.in, sourced from the top Config.in
+  (host-only packages, the build tools, have none);
+- every downloaded package has a .hash with the sha256 of its source and
+  of each license file, and downloads from $(OT2_PYPI_PACKAGES);
+- python-opentrons, python-opentrons-shared-data and the robot server's
+  pyproject.toml name one opentrons version;
 - every Config.in parses with kconfiglib, the Buildroot symbols it uses
   being stubbed (the stubs are derived from the files themselves);
 - every symbol of this tree that a defconfig names exists, and can be set;
@@ -24,6 +29,7 @@ PATH_VAR = "BR2_EXTERNAL_{}_PATH".format(EXTERNAL_NAME)
 
 PACKAGES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(TREE, "package", "*"))
                   if os.path.isdir(p))
+EVAL_RE = re.compile(r"^\$\(eval \$\(([\w-]+)\)\)$", re.M)
 DEFCONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(TREE, "configs", "*_defconfig")))
 
 # Files of the lead's part of the tree that a defconfig may name before they are written.
@@ -42,6 +48,33 @@ def read(path):
 
 def package_symbol(package):
     return "BR2_PACKAGE_" + package.upper().replace("-", "_")
+
+
+def package_prefix(package):
+    return package.upper().replace("-", "_")
+
+
+def package_mk(package):
+    return read(os.path.join(TREE, "package", package, package + ".mk"))
+
+
+def infrastructures(package):
+    """The package infrastructures the .mk instantiates, e.g. ["python-package"]."""
+    return EVAL_RE.findall(package_mk(package))
+
+
+def is_host_only(package):
+    return all(i.startswith("host-") for i in infrastructures(package))
+
+
+def mk_variable(package, name):
+    """The value of <PREFIX>_<name> in the package's .mk (None if not set)."""
+    m = re.search(r"^{}_{} = (.+)$".format(package_prefix(package), name), package_mk(package), re.M)
+    return m.group(1) if m else None
+
+
+TARGET_PACKAGES = [p for p in PACKAGES if not is_host_only(p)]
+DOWNLOADED_PACKAGES = [p for p in PACKAGES if mk_variable(p, "SITE_METHOD") != "local"]
 
 
 def config_in_files():
@@ -109,25 +142,64 @@ def test_external_desc():
 
 
 def test_there_are_packages():
-    assert "python-ot2-update-server" in PACKAGES
-    assert "python-ot2-robot-server" in PACKAGES
+    for package in ("python-ot2-update-server", "python-ot2-robot-server", "python-opentrons",
+                    "python-opentrons-shared-data", "python-aionotify"):
+        assert package in TARGET_PACKAGES
+    for package in ("python-hatch-vcs-tunable", "python-hatch-dependency-coversion"):
+        assert package in PACKAGES and is_host_only(package)
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_package_has_config_in_and_mk(package):
+def test_package_has_mk_and_config_in(package):
     directory = os.path.join(TREE, "package", package)
-    assert os.path.isfile(os.path.join(directory, "Config.in"))
-    mk = os.path.join(directory, package + ".mk")
-    assert os.path.isfile(mk)
-    assert re.search(r"^config {}$".format(package_symbol(package)),
-                     read(os.path.join(directory, "Config.in")), re.M)
+    assert os.path.isfile(os.path.join(directory, package + ".mk"))
+    assert infrastructures(package), "{}.mk instantiates no package infrastructure".format(package)
+    config_in = os.path.join(directory, "Config.in")
+    if is_host_only(package):
+        assert not os.path.exists(config_in), "a host-only package has no Config.in"
+    else:
+        assert re.search(r"^config {}$".format(package_symbol(package)), read(config_in), re.M)
     # Buildroot's naming: every variable of the .mk starts with the package's prefix.
-    prefix = package.upper().replace("-", "_") + "_"
-    for m in re.finditer(r"^(\w+)\s*[+:?]?=", read(mk), re.M):
-        assert m.group(1).startswith(prefix), m.group(1)
+    prefix = package_prefix(package) + "_"
+    for m in re.finditer(r"^(\w+)\s*[+:?]?=", package_mk(package), re.M):
+        assert m.group(1).startswith((prefix, "HOST_" + prefix)), m.group(1)
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", DOWNLOADED_PACKAGES)
+def test_downloaded_package_hashes_source_and_licenses(package):
+    version = mk_variable(package, "VERSION")
+    source = mk_variable(package, "SOURCE")
+    version_ref = "$({}_VERSION)".format(package_prefix(package))
+    assert version and version_ref in source
+    source = source.replace(version_ref, version)
+    hashes = {}
+    for line in read(os.path.join(TREE, "package", package, package + ".hash")).splitlines():
+        if line and not line.startswith("#"):
+            kind, digest, name = line.split()
+            assert kind == "sha256" and re.fullmatch(r"[0-9a-f]{64}", digest), line
+            hashes[name] = digest
+    licenses = (mk_variable(package, "LICENSE_FILES") or "").split()
+    assert licenses, "{} names no license file".format(package)
+    assert sorted(hashes) == sorted([source] + licenses)
+    # PyPI's address is written once, in external.mk.
+    assert mk_variable(package, "SITE").startswith("$(OT2_PYPI_PACKAGES)/")
+
+
+def test_pypi_site_comes_from_buildroot():
+    external = read(os.path.join(TREE, "external.mk"))
+    assert re.search(r"^OT2_PYPI_PACKAGES = .*\$\(PYTHON_SETUPTOOLS_SITE\)", external, re.M)
+    # Defined before the packages that use it are included.
+    assert external.index("OT2_PYPI_PACKAGES =") < external.index("include ")
+
+
+def test_opentrons_versions_agree():
+    version = mk_variable("python-opentrons", "VERSION")
+    assert mk_variable("python-opentrons-shared-data", "VERSION") == version
+    pyproject = read(os.path.join(TREE, "robot_server", "pyproject.toml"))
+    assert re.findall(r'"opentrons==([^"]+)"', pyproject) == [version]
+
+
+@pytest.mark.parametrize("package", TARGET_PACKAGES)
 def test_package_is_sourced_from_top_config_in(package):
     wanted = os.path.join(TREE, "package", package, "Config.in")
     assert wanted in config_in_files()
@@ -157,7 +229,7 @@ def test_config_in_files_parse_with_kconfiglib(tmp_path):
     assert any("undefined symbol" in w for w in bare.warnings)
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", TARGET_PACKAGES)
 def test_package_can_be_enabled(tmp_path, package):
     kconf, _ = load_kconfig(tmp_path)
     symbol = kconf.syms[package_symbol(package)]
@@ -169,14 +241,14 @@ def test_package_can_be_enabled(tmp_path, package):
 @pytest.mark.parametrize("defconfig", DEFCONFIGS)
 def test_defconfig_symbols_of_this_tree_exist(defconfig):
     ours = tree_symbols()
-    prefixes = tuple(package_symbol(p) for p in PACKAGES) + ("BR2_OT2_", "BR2_PACKAGE_PYTHON_OT2_")
+    prefixes = tuple(package_symbol(p) for p in TARGET_PACKAGES) + ("BR2_OT2_", "BR2_PACKAGE_PYTHON_OT2_")
     named = parse_defconfig(defconfig)
     for symbol in named:
         if symbol.startswith(prefixes):
             assert symbol in ours, "{} names {}, which this tree does not define".format(defconfig, symbol)
-    # Both boards run both servers.
+    # Both boards run both servers, and the robot server's protocol engine.
     for package in PACKAGES:
-        if package.startswith("python-ot2-"):
+        if package.startswith("python-ot2-") or package == "python-opentrons":
             assert named.get(package_symbol(package)) == "y", (defconfig, package)
 
 
@@ -206,19 +278,20 @@ def test_defconfig_post_script_args_name_a_board(defconfig):
     assert values.get("BR2_INIT_SYSTEMD") == "y"
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", [p for p in PACKAGES if p not in DOWNLOADED_PACKAGES])
 def test_local_python_package_site_is_a_setuptools_project(package):
-    mk = read(os.path.join(TREE, "package", package, package + ".mk"))
-    prefix = package.upper().replace("-", "_")
-    method = re.search(r"^{}_SITE_METHOD = (\S+)$".format(prefix), mk, re.M)
-    if not method or method.group(1) != "local":
-        pytest.skip("not a local package")
-    site = re.search(r"^{}_SITE = (\S+)$".format(prefix), mk, re.M).group(1)
+    site = mk_variable(package, "SITE")
     project = expand(site.replace("$(" + PATH_VAR + ")", "$" + PATH_VAR))
     pyproject = read(os.path.join(project, "pyproject.toml"))
-    setup_type = re.search(r"^{}_SETUP_TYPE = (\S+)$".format(prefix), mk, re.M).group(1)
-    if setup_type == "setuptools":
+    if mk_variable(package, "SETUP_TYPE") == "setuptools":
         assert "setuptools.build_meta" in pyproject
+
+
+def test_robot_server_brings_the_protocol_engine(tmp_path):
+    kconf, _ = load_kconfig(tmp_path)
+    assert kconf.syms["BR2_PACKAGE_PYTHON_OT2_ROBOT_SERVER"].set_value(2)
+    for package in ("python-opentrons", "python-opentrons-shared-data", "python-aionotify"):
+        assert kconf.syms[package_symbol(package)].tri_value == 2, package
 
 
 def test_pi_boot_files():
