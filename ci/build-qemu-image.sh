@@ -24,7 +24,8 @@ while [ $# -gt 0 ]; do
 	esac
 done
 mkdir -p "$cache"
-log() { echo "[build-qemu-image] $*" >&2; }
+began=$(date +%s)
+log() { echo "[build-qemu-image +$(( $(date +%s) - began ))s] $*" >&2; }
 # One build at a time per cache. Every artifact is made under a temporary name and
 # renamed into place when complete, so what an interrupted build left (*.tmp, work.*)
 # is never taken for a result; holding the lock, this build clears it away.
@@ -81,15 +82,17 @@ if [ ! -e "$wheels/.complete" ]; then
 	timed "image wheels $(du -sh "$wheels" | cut -f1)" "$start"
 fi
 
-image_key=$( (
-	echo "$base_key $wheels_key $version $fault"
-	cat "$keys/dev.pem"
+# The root filesystem before its version is stamped: shared by every image of this tree.
+root_key=$( (
+	echo "$base_key $wheels_key"
 	cd "$tree" && tar c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
 		--exclude=__pycache__ --exclude='*.egg-info' --exclude=tests --exclude=bench \
 		ci/build-qemu-image.sh ci/image-requirements.txt board/common board/qemu overlay \
 		update_server/pyproject.toml update_server/update_server \
 		robot_server/pyproject.toml robot_server/robot_server
 ) | hash_of)
+rootfs=$cache/root-$root_key.tar
+image_key=$( (echo "$root_key $version $fault"; cat "$keys/dev.pem") | hash_of)
 result=$cache/image-$image_key
 if [ -s "$result/disk.img" ]; then
 	log "cached: $result"
@@ -97,54 +100,69 @@ if [ -s "$result/disk.img" ]; then
 	exit 0
 fi
 
-start=$(date +%s)
 work=$(mktemp -d "$cache/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root=$work/root
 binaries=$work/images
 mkdir -p "$root" "$binaries/efi-part/EFI/BOOT"
 
-log "unpacking the base"
-tar -C "$root" -xf "$base"
+# The root filesystem: the base with only the kernel modules a virtio machine needs, the
+# overlays, both projects and the engine, compiled; kept in the cache as a tar.
+assemble_root() {
+	start=$(date +%s)
+	log "unpacking the base"
+	tar -C "$root" -xf "$base"
 
-# Only the kernel modules a virtio machine needs (and their dependencies) stay.
-kver=$(ls "$root/usr/lib/modules")
-keep=$work/modules.keep
-for m in virtio_blk virtio_pci virtio_net virtio_console virtio_rng squashfs ext4 vfat \
-	nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 autofs4 binfmt_misc loop af_packet ipv6 crc32c_generic; do
-	chroot "$root" modprobe -S "$kver" --show-depends "$m" 2>/dev/null |
-		awk '/^insmod/ {sub(".*/modules/[^/]*/", "", $2); print $2}'
-done | sort -u > "$keep"
-(cd "$root/usr/lib/modules/$kver" && find kernel -name '*.ko*') | while read -r ko; do
-	grep -qxF "$ko" "$keep" || rm -f "$root/usr/lib/modules/$kver/$ko"
-done
-chroot "$root" depmod "$kver"
-ln -sf "vmlinuz-$kver" "$root/boot/vmlinuz"
-ln -sf "initrd.img-$kver" "$root/boot/initrd.img"
-rm -f "$root/boot/System.map-$kver"
+	# Only the kernel modules a virtio machine needs (and their dependencies) stay.
+	kver=$(ls "$root/usr/lib/modules")
+	keep=$work/modules.keep
+	for m in virtio_blk virtio_pci virtio_net virtio_console virtio_rng squashfs ext4 vfat \
+		nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 autofs4 binfmt_misc loop af_packet ipv6 crc32c_generic; do
+		chroot "$root" modprobe -S "$kver" --show-depends "$m" 2>/dev/null |
+			awk '/^insmod/ {sub(".*/modules/[^/]*/", "", $2); print $2}'
+	done | sort -u > "$keep"
+	(cd "$root/usr/lib/modules/$kver" && find kernel -name '*.ko*') | while read -r ko; do
+		grep -qxF "$ko" "$keep" || rm -f "$root/usr/lib/modules/$kver/$ko"
+	done
+	chroot "$root" depmod "$kver"
+	ln -sf "vmlinuz-$kver" "$root/boot/vmlinuz"
+	ln -sf "initrd.img-$kver" "$root/boot/initrd.img"
+	rm -f "$root/boot/System.map-$kver"
 
-log "installing the overlays and the Python projects"
-cp -a "$tree/overlay/." "$root/"
-cp -a "$tree/board/qemu/rootfs-overlay/." "$root/"
-"$venv/bin/pip" install --quiet --no-deps --no-compile \
-	--target "$root/usr/lib/python3/dist-packages" "$tree/update_server" "$tree/robot_server"
-rm -rf "$root/usr/lib/python3/dist-packages/bin"
-# The engine goes where Debian's Python looks for locally installed packages; its
-# commands (opentrons_execute, opentrons_simulate) to /usr/local/bin for that Python.
-site=/usr/local/lib/python3.11/dist-packages
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --no-deps \
-	--no-compile --target "$root$site" -r "$tree/ci/image-requirements.txt"
-mkdir -p "$root/usr/local/bin"
-for script in "$root$site"/bin/*; do
-	sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$root/usr/local/bin/${script##*/}"
-	chmod 755 "$root/usr/local/bin/${script##*/}"
-done
-rm -rf "$root$site/bin"
-# Bytecode made by the host's Python 3.11 (one bytecode format for all of 3.11), with the
-# guest's paths.
-"$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / "$root/usr/lib/python3/dist-packages/update_server" \
-	"$root/usr/lib/python3/dist-packages/robot_server" "$root$site"
+	log "installing the overlays and the Python projects"
+	cp -a "$tree/overlay/." "$root/"
+	cp -a "$tree/board/qemu/rootfs-overlay/." "$root/"
+	"$venv/bin/pip" install --quiet --no-deps --no-compile \
+		--target "$root/usr/lib/python3/dist-packages" "$tree/update_server" "$tree/robot_server"
+	rm -rf "$root/usr/lib/python3/dist-packages/bin"
+	# The engine goes where Debian's Python looks for locally installed packages; its
+	# commands (opentrons_execute, opentrons_simulate) to /usr/local/bin for that Python.
+	site=/usr/local/lib/python3.11/dist-packages
+	"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --no-deps \
+		--no-compile --target "$root$site" -r "$tree/ci/image-requirements.txt"
+	mkdir -p "$root/usr/local/bin"
+	for script in "$root$site"/bin/*; do
+		sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$root/usr/local/bin/${script##*/}"
+		chmod 755 "$root/usr/local/bin/${script##*/}"
+	done
+	rm -rf "$root$site/bin"
+	# Bytecode made by the host's Python 3.11 (one bytecode format for all of 3.11), with the
+	# guest's paths.
+	"$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / "$root/usr/lib/python3/dist-packages/update_server" \
+		"$root/usr/lib/python3/dist-packages/robot_server" "$root$site"
+	tar -C "$root" --numeric-owner -cf "$rootfs.tmp" .
+	mv "$rootfs.tmp" "$rootfs"
+	timed "root filesystem $(du -h "$rootfs" | cut -f1)" "$start"
+	rm -rf "$root"
+	mkdir "$root"
+}
+if [ ! -s "$rootfs" ]; then
+	assemble_root
+fi
 
+start=$(date +%s)
+log "unpacking the root filesystem"
+tar -C "$root" --numeric-owner -xf "$rootfs"
 OT2_VERSION=$version OT2_KEYRING_DIR=$keys/keyring "$tree/board/common/post-build.sh" "$root" qemu
 
 # Fault injection for the end-to-end rollback test: an image whose robot server never starts.
