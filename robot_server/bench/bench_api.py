@@ -135,7 +135,7 @@ def start_local(tmp: Path) -> tuple[str, int, list[subprocess.Popen]]:
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     tty = emu.stdout.readline().strip()
     cfg = tmp / "robot-server.toml"
-    cfg.write_text(f'listen = "127.0.0.1"\nport = 0\nbridge_port = 0\nserial_port = "{tty}"\n'
+    cfg.write_text(f'listen = "127.0.0.1"\nport = 0\nbridge_port = 0\nchannel_port = 0\nserial_port = "{tty}"\n'
                    f'gpio_backend = "sim"\nlock_file = "{tmp}/lock"\ndata_dir = "{tmp}"\n'
                    'reconnect_interval = 0.1\n')
     srv = subprocess.Popen([sys.executable, "-m", "robot_server", "--config", str(cfg)], cwd=tmp,
