@@ -320,7 +320,7 @@ class Channel:
         self.svc.board_error = str(exc)
         lease.outstanding = 0
         lease.drained.set()
-        self._to_client(lease, f"Error: {exc}\r\n".encode())
+        self._to_client(lease, f"Error: the motor board was lost ({exc}); the lease has ended\r\n".encode())
         self._end_soon(lease, f"motor board lost: {exc}")
 
     def _from_board(self, lease: Lease, data: bytes) -> None:
