@@ -251,7 +251,8 @@ def openapi(ops: list[Op]) -> dict:
         for path in (op.path, *op.aliases):
             paths.setdefault(path, {})[op.method.lower()] = entry
     paths["/events"] = {"get": {"operationId": "events", "summary": "Server-sent events: "
-                                "position, door, button, lights, motors, board",
+                                "position, door, button, lights, motors, board, lease-started, lease-ended, "
+                                "lease-paused, lease-resumed",
                                 "responses": {"200": {"description": "text/event-stream",
                                                       "content": {"text/event-stream": {}}}}}}
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document",

@@ -56,6 +56,8 @@ HOST = "127.0.0.1"
 MAX_HELD = 65536
 #: Seconds the board may take to answer the lines forwarded before a lease ended.
 DRAIN_TIMEOUT = 30.0
+#: Seconds a client may keep its end of the connection open after its lease ended.
+CLOSE_GRACE = 2.0
 #: Least seconds between two ``position`` events published from channel traffic.
 POSITION_EVENT_INTERVAL = 0.1
 #: Variables a child process that uses the channel must not inherit: with
@@ -83,6 +85,7 @@ class Lease:
         self.outstanding = 0
         self.lines = 0
         self.ending: str | None = None
+        self.eof_sent = False
         self.ended = asyncio.Event()
         self.drained = asyncio.Event()
         self.drained.set()
@@ -206,6 +209,15 @@ class Channel:
         return lease.describe()
 
     # ------------------------------------------------------------ connection
+    def _name(self, pid: int | None) -> str | None:
+        if self._namer is None or pid is None:
+            return None
+        try:
+            return self._namer(pid)
+        except Exception:  # noqa: BLE001 - a faulty namer must not refuse the client
+            log.exception("G-code channel: namer failed for pid %s", pid)
+            return None
+
     def _refusal(self) -> str | None:
         if self.lease is not None:
             return self.busy_message()
@@ -219,8 +231,7 @@ class Channel:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer_addr = writer.get_extra_info("peername")
         pid, program = peer_process(peer_addr, writer.get_extra_info("sockname"))
-        name = (self._namer(pid) if self._namer is not None and pid is not None else None) \
-            or program or f"a client at {peer_addr[0]}:{peer_addr[1]}"
+        name = self._name(pid) or program or f"a client at {peer_addr[0]}:{peer_addr[1]}"
         refusal = self._refusal()
         if refusal is None:
             async with self.svc.motion_lock:   # a motion started over HTTP finishes first
@@ -249,16 +260,21 @@ class Channel:
             reason = "client connection lost"
         self._end_soon(lease, reason)
         await lease.ended.wait()
+        writer.close()
         if not reading.done():
             await asyncio.wait([reading])
 
     async def _from_client(self, lease: Lease, reader: asyncio.StreamReader) -> str:
-        """Forward the client's complete lines until it disconnects or the lease ends."""
+        """Forward the client's complete lines until it disconnects. Once the lease is
+        ending, what the client still sends is read and dropped (closing a socket with
+        unread data would reset the connection and lose our last line to the client)."""
         buf = b""
-        while lease.ending is None:
+        while True:
             data = await reader.read(65536)
             if not data:
                 return "client disconnected"
+            if lease.ending is not None:
+                continue
             buf += data
             while lease.ending is None:
                 idx = buf.find(b"\n")
@@ -272,8 +288,7 @@ class Channel:
                     break
             if len(buf) > MAX_HELD or lease.held_bytes > MAX_HELD:
                 self._to_client(lease, f"Error: more than {MAX_HELD} bytes not forwarded; closing\r\n".encode())
-                return "client sent too much data"
-        return lease.ending or "lease ended"
+                self._end_soon(lease, "client sent too much data")
 
     def _forward(self, lease: Lease, line: bytes) -> bool:
         """Write one line to the board; False (and the lease ending) if the board is gone."""
@@ -291,7 +306,7 @@ class Channel:
         return True
 
     def _to_client(self, lease: Lease, data: bytes) -> None:
-        if not lease.writer.is_closing():
+        if not lease.eof_sent and not lease.writer.is_closing():
             lease.writer.write(data)
 
     # ------------------------------------------------------------ board side
@@ -403,7 +418,9 @@ class Channel:
         to the driver, publish ``lease-ended``."""
         lease.pause_reason = None
         lease.held = []
-        lease.writer.close()
+        if not lease.writer.is_closing() and lease.writer.can_write_eof():
+            lease.writer.write_eof()       # the client sees the end; closed once it is gone
+        lease.eof_sent = True
         try:
             await asyncio.wait_for(lease.drained.wait(), DRAIN_TIMEOUT)
         except asyncio.TimeoutError:
@@ -422,6 +439,8 @@ class Channel:
         self.svc.events.publish("lease-ended", {**lease.describe(), "reason": lease.ending})
         self.svc._publish_position()
         lease.ended.set()
+        # a client that keeps its end open after ours is closed is cut off
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, lease.writer.close)
 
 
 def collapse_retries(lines: list[bytes]) -> list[bytes]:

@@ -97,11 +97,12 @@ def test_second_client_is_refused_naming_the_holder(robot):
 
 
 def test_http_and_bridge_motion_refused_while_reads_work(robot):
+    robot.service.channel.set_namer(lambda pid: "run 42" if pid == os.getpid() else None)
     client = ChannelClient(robot.channel_port)
     assert client.command("G28.2 X Y Z A B C", timeout=10) == "ok\r\nok\r\n"
     status, body = robot.post("/robot/move", {"axes": {"X": 100}})
     assert status == 409 and body["error"] == "robot-leased"
-    assert f"pid {os.getpid()}" in body["message"]
+    assert f"leased to run 42 (pid {os.getpid()})" in body["message"]
     for path, req in (("/robot/home", {}), ("/motors/disengage", {"axes": ["x"]})):
         status, body = robot.post(path, req)
         assert status == 409 and body["error"] == "robot-leased", path
