@@ -17,57 +17,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import serial
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import serial
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import ot2_execute  # noqa: E402  (shared with tests/test_channel.py)
+from bench_api import start_local, stop_all  # noqa: E402
 
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
-
-def start_emulator(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def start_emulator(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """``smoothie-emulator --pty``; returns the process and its pty's path."""
     # cwd=tmp: from the repository root the project directory would shadow the package
-    proc = subprocess.Popen([sys.executable, "-m", "robot_server.emulator", *args], cwd=tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "robot_server.emulator", "--pty"], cwd=tmp,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     return proc, proc.stdout.readline().strip()
-
-
-def start_server(tmp: Path, tty: str) -> tuple[subprocess.Popen, str]:
-    """A robot server owning the pty ``tty``; returns it and its channel URL."""
-    cfg = tmp / "robot-server.toml"
-    cfg.write_text(f'listen = "127.0.0.1"\nport = 0\nbridge_port = 0\nchannel_port = 0\nserial_port = "{tty}"\n'
-                   f'gpio_backend = "sim"\nlock_file = "{tmp}/lock"\ndata_dir = "{tmp}"\n'
-                   'reconnect_interval = 0.1\n')
-    srv = subprocess.Popen([sys.executable, "-m", "robot_server", "--config", str(cfg)], cwd=tmp,
-                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV)
-    lines = iter(srv.stderr.readline, "")
-    deadline = time.monotonic() + 30
-    for line in lines:
-        m = re.search(r"G-code channel (socket://[\d.]+:\d+)", line)
-        if m:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("robot-server did not start")
-    else:
-        raise RuntimeError("robot-server exited")
-    # the board is connected once the server logs it (or after a short wait)
-    connected = threading.Event()
-
-    def drain() -> None:
-        for ln in lines:
-            if "motor board on" in ln:
-                connected.set()
-    threading.Thread(target=drain, daemon=True).start()
-    connected.wait(10)
-    return srv, m.group(1)
 
 
 def round_trips(url: str, count: int) -> list[float]:
@@ -97,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="ot2-bench-channel-")
     root = Path(tmp.name)
     try:
-        direct_emu, direct_tty = start_emulator(root, "--pty")
-        board_emu, tty = start_emulator(root, "--pty")
-        procs += [direct_emu, board_emu]
-        server, channel_url = start_server(root, tty)
-        procs.insert(0, server)
+        direct_emu, direct_tty = start_emulator(root)
+        procs.append(direct_emu)
+        _, _, channel_url, server_procs = start_local(root)
+        procs += server_procs
         times: dict[str, list[float]] = {"direct": [], "channel": []}
         urls = {"direct": direct_tty, "channel": channel_url}
         for i in range(args.repeat):
@@ -123,12 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'straight to the emulator (pty)':<36} {rtt['direct'] * 1e3:>7.3f}ms")
         print(f"{'through the G-code channel':<36} {rtt['channel'] * 1e3:>7.3f}ms")
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         tmp.cleanup()
     return 0
 

@@ -38,7 +38,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -92,6 +91,7 @@ class Lease:
         self.absolute = True
         self.query: str | None = None      # "position" / "homing": the data reply awaited
         self.reply_buf = b""
+        self.board_fd: int | None = None   # the port's descriptor, watched by the loop
 
     def describe(self) -> dict:
         """``{name, pid, program, peer, since (epoch s), paused, pause_reason, lines}``."""
@@ -119,7 +119,6 @@ class Channel:
         self.port = 0
         self._namer: Namer | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._stop_reading = threading.Event()
         self._last_position_event = 0.0
 
     # ------------------------------------------------------------ public API
@@ -251,9 +250,7 @@ class Channel:
         self.svc.events.publish("lease-started", lease.describe())
         if self.svc.gpio.door_open():
             self.pause("door open")
-        self._stop_reading.clear()
-        reading = asyncio.ensure_future(self.svc._run(self._read_board, lease))
-        reading.add_done_callback(lambda fut: self._board_done(lease, fut))
+        self._watch_board(lease)
         try:
             reason = await self._from_client(lease, reader)
         except (ConnectionError, OSError):
@@ -261,8 +258,6 @@ class Channel:
         self._end_soon(lease, reason)
         await lease.ended.wait()
         writer.close()
-        if not reading.done():
-            await asyncio.wait([reading])
 
     async def _from_client(self, lease: Lease, reader: asyncio.StreamReader) -> str:
         """Forward the client's complete lines until it disconnects. Once the lease is
@@ -310,26 +305,32 @@ class Channel:
             lease.writer.write(data)
 
     # ------------------------------------------------------------ board side
-    def _read_board(self, lease: Lease) -> None:
-        """In the driver's thread: pass the board's bytes to the loop until told to stop."""
-        loop = self.svc._loop
-        driver = self.svc.driver
-        while not self._stop_reading.is_set():
-            data = driver.raw_read()
-            if data:
-                loop.call_soon_threadsafe(self._from_board, lease, data)
-
-    def _board_done(self, lease: Lease, fut: asyncio.Future) -> None:
-        if fut.cancelled() or fut.exception() is None:
-            return
-        exc = fut.exception()
-        if isinstance(exc, DriverError):
+    def _watch_board(self, lease: Lease) -> None:
+        """Read the board's bytes in the loop as they arrive (the driver is idle while it
+        lends the board, so its port has no other reader)."""
+        try:
+            lease.board_fd = self.svc.driver.fileno()
+        except DriverError as exc:
             self._board_lost(lease, exc)
-        else:
-            log.error("G-code channel: reading the board failed: %r", exc)
-            self._end_soon(lease, f"internal error: {exc!r}")
+            return
+        self.svc._loop.add_reader(lease.board_fd, self._board_readable, lease)
+
+    def _unwatch_board(self, lease: Lease) -> None:
+        if lease.board_fd is not None:
+            self.svc._loop.remove_reader(lease.board_fd)
+            lease.board_fd = None
+
+    def _board_readable(self, lease: Lease) -> None:
+        try:
+            data = self.svc.driver.raw_read()
+        except DriverError as exc:
+            self._board_lost(lease, exc)
+            return
+        if data:
+            self._from_board(lease, data)
 
     def _board_lost(self, lease: Lease, exc: DriverError) -> None:
+        self._unwatch_board(lease)
         if lease.ending is not None:
             return
         self.svc.board_error = str(exc)
@@ -426,8 +427,7 @@ class Channel:
         except asyncio.TimeoutError:
             log.warning("G-code channel: the board did not answer %d line(s) after the lease ended",
                         lease.outstanding)
-        self._stop_reading.set()
-        await asyncio.sleep(0)
+        self._unwatch_board(lease)
         if self.svc.driver.connected:
             try:
                 await self.svc._run(self.svc.driver.resync)

@@ -582,15 +582,28 @@ class MotorDriver:
         except (serial.SerialException, OSError) as exc:
             self._lost(exc)
 
+    def fileno(self) -> int:
+        """The open port's file descriptor (to wait for the board's bytes with
+        ``select``/``add_reader``). Raises :class:`BoardNotConnected`."""
+        ser = self._serial
+        if ser is None or not self._ready:
+            raise BoardNotConnected(f"motor board on {self.port} is not connected")
+        return ser.fileno()
+
     def raw_read(self) -> bytes:
-        """Whatever the board has sent, as is; waits at most the port's read timeout
-        (50 ms) for the first byte and returns ``b""`` if none came. Raises
-        :class:`BoardNotConnected` / :class:`BoardDisconnected` like :meth:`raw_write`."""
+        """The bytes the board has sent, as is: meant for when :meth:`fileno` is readable
+        (it then returns at once); otherwise it waits at most the port's read timeout
+        (50 ms) for one byte. Raises :class:`BoardNotConnected` /
+        :class:`BoardDisconnected` like :meth:`raw_write`."""
         ser = self._serial
         if ser is None or not self._ready:
             raise BoardNotConnected(f"motor board on {self.port} is not connected")
         try:
-            return ser.read(max(1, ser.in_waiting))
+            data = ser.read(max(1, ser.in_waiting))
+            # a socket:// port counts readiness, not bytes: take what else has arrived
+            while len(data) < 65536 and ser.in_waiting:
+                data += ser.read(ser.in_waiting)
+            return data
         except (serial.SerialException, OSError, TypeError) as exc:
             self._lost(exc)
 
