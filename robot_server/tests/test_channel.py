@@ -292,3 +292,32 @@ def test_opentrons_through_channel_sends_the_same_gcode_as_direct(tmp_path):
         stop_robot(robot)
         board.close()
         direct.close()
+
+
+def test_opentrons_run_paused_by_door_resumed_then_stopped(tmp_path):
+    """A protocol executed by opentrons through the channel: the door holds its G-code
+    until resume; stop then ends it (opentrons sees the port close) and un-homes."""
+    emu = SmoothieEmulator(time_scale=0.02)
+    (tmp_path / "srv").mkdir()
+    robot = start_robot(tmp_path / "srv", emu)
+    try:
+        robot.wait_connected()
+        proc = ot2_execute.start(robot.service.channel.url, tmp_path, wells=8)
+        wait_for(lambda: (lease_of(robot) or {}).get("lines", 0) > 300, timeout=120, what="protocol running")
+        robot.gpio.set_door(True)
+        wait_for(lambda: lease_of(robot)["paused"], what="pause")
+        time.sleep(0.2)
+        held_at = len(emu.log)
+        time.sleep(3)
+        assert len(emu.log) == held_at and proc.poll() is None
+        robot.gpio.set_door(False)
+        assert robot.post("/robot/resume")[0] == 200
+        wait_for(lambda: len(emu.log) > held_at + 20, what="lines after resume")
+        status, body = robot.post("/robot/stop")
+        assert status == 200 and body["stopped"] and body["lease"]["pid"] == proc.pid
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "socket disconnected" in err
+        health = robot.get("/health")[1]
+        assert health["lease"] is None and not any(health["motor_board"]["homed"].values())
+    finally:
+        stop_robot(robot)
