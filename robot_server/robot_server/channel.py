@@ -229,7 +229,8 @@ class Channel:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer_addr = writer.get_extra_info("peername")
-        pid, program = peer_process(peer_addr, writer.get_extra_info("sockname"))
+        pid, program = await asyncio.get_running_loop().run_in_executor(
+            None, peer_process, peer_addr, writer.get_extra_info("sockname"))
         name = self._name(pid) or program or f"a client at {peer_addr[0]}:{peer_addr[1]}"
         refusal = self._refusal()
         if refusal is None:
@@ -241,7 +242,9 @@ class Channel:
             log.info("G-code channel: refused %s: %s", name, refusal)
             writer.write(f"Error: {refusal}\r\n".encode())
             try:
-                await asyncio.wait_for(writer.drain(), 2.0)
+                # half-close and drop what the client sends, so the line is not lost to a reset
+                writer.write_eof()
+                await asyncio.wait_for(_read_to_end(reader), CLOSE_GRACE)
             except (asyncio.TimeoutError, ConnectionError, OSError):
                 pass
             writer.close()
@@ -441,6 +444,11 @@ class Channel:
         lease.ended.set()
         # a client that keeps its end open after ours is closed is cut off
         asyncio.get_running_loop().call_later(CLOSE_GRACE, lease.writer.close)
+
+
+async def _read_to_end(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
 
 
 def collapse_retries(lines: list[bytes]) -> list[bytes]:

@@ -86,6 +86,7 @@ def test_second_client_is_refused_naming_the_holder(robot):
     holder = lease_of(robot)
     assert holder["pid"] == os.getpid() and "python" in holder["program"].lower()
     second = ChannelClient(robot.channel_port)
+    second.send("M114.2")                   # sent before reading: still gets the line, not a reset
     refusal = second.read_to_end().decode()
     assert refusal.startswith("Error: the robot is leased to ") and f"(pid {os.getpid()})" in refusal
     assert first.command("G28.6").startswith("X:0 Y:0")      # the holder is undisturbed
@@ -300,9 +301,9 @@ def test_opentrons_run_paused_by_door_resumed_then_stopped(tmp_path):
     emu = SmoothieEmulator(time_scale=0.02)
     (tmp_path / "srv").mkdir()
     robot = start_robot(tmp_path / "srv", emu)
+    robot.wait_connected()
+    proc = ot2_execute.start(robot.service.channel.url, tmp_path, wells=8)
     try:
-        robot.wait_connected()
-        proc = ot2_execute.start(robot.service.channel.url, tmp_path, wells=8)
         wait_for(lambda: (lease_of(robot) or {}).get("lines", 0) > 300, timeout=120, what="protocol running")
         robot.gpio.set_door(True)
         wait_for(lambda: lease_of(robot)["paused"], what="pause")
@@ -320,4 +321,7 @@ def test_opentrons_run_paused_by_door_resumed_then_stopped(tmp_path):
         health = robot.get("/health")[1]
         assert health["lease"] is None and not any(health["motor_board"]["homed"].values())
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         stop_robot(robot)
