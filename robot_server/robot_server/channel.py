@@ -168,6 +168,8 @@ class Channel:
         if lease is not None:
             self._end_soon(lease, "server stopping")
             await lease.ended.wait()
+            lease.writer.close()
+            await asyncio.sleep(0.01)     # let the connection's task see the end
         if self._server is not None:
             await self._server.wait_closed()
 
