@@ -63,7 +63,7 @@ POSITION_EVENT_INTERVAL = 0.1
 #: ``RUNNING_ON_PI`` set, ``opentrons`` would take the GPIO lines the server holds.
 CHILD_ENV_DROP = ("RUNNING_ON_PI",)
 
-Namer = Callable[[int], "str | None"]
+Namer = Callable[["int | None"], "str | None"]
 
 
 class Lease:
@@ -105,7 +105,7 @@ class Channel:
     ``channel`` attribute). Public API for other parts of the server:
 
     * :meth:`holder` -> the lease holder's :meth:`Lease.describe` dict, or None;
-    * :meth:`set_namer` (``namer(pid) -> str | None``) names a holder, e.g. ``run <id>``;
+    * :meth:`set_namer` (``namer(pid | None) -> str | None``) names a holder, e.g. ``run <id>``;
     * :meth:`child_env` -> environment for a child process that should use the channel;
     * :attr:`url` -> ``socket://127.0.0.1:<port>``;
     * :meth:`stop`, :meth:`pause`, :meth:`resume`;
@@ -139,7 +139,8 @@ class Channel:
 
     def set_namer(self, namer: Namer | None) -> None:
         """``namer(pid)`` returns a holder's name (e.g. ``"run 3f2a"``) or None to fall
-        back to the program's command line. Called once per connection, in the loop."""
+        back to the program's command line. ``pid`` is None when the peer process could
+        not be found. Called once per connection, in the event loop; must not block."""
         self._namer = namer
 
     def holder(self) -> dict | None:
@@ -211,7 +212,7 @@ class Channel:
 
     # ------------------------------------------------------------ connection
     def _name(self, pid: int | None) -> str | None:
-        if self._namer is None or pid is None:
+        if self._namer is None:
             return None
         try:
             return self._namer(pid)
