@@ -181,6 +181,8 @@ class RobotService:
         self.system_version = _system_version()
         from .protocol.runs import ProtocolManager       # late: runs.py imports this module
         self.protocols = ProtocolManager(self)
+        from .ot2_api import Ot2Resources                # late: it imports this module
+        self.ot2 = Ot2Resources(self)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:

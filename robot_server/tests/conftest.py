@@ -46,8 +46,13 @@ def make_config(tmp_path, serial_port: str, **kw) -> Config:
     return Config(**base).validate()
 
 
+#: Sent by default, as every OT-2 HTTP API client does (the OT-2's endpoints require it).
+VERSION_HEADER = {"Opentrons-Version": "*"}
+
+
 class Robot:
-    """A running server + its emulator, with small HTTP helpers."""
+    """A running server + its emulator, with small HTTP helpers. Requests carry
+    ``Opentrons-Version: *`` unless ``headers`` maps it to None."""
 
     def __init__(self, server: ThreadedServer, emulator: SmoothieEmulator | None, pty: PtyServer | None,
                  gpio: SimulatedGPIO) -> None:
@@ -65,8 +70,9 @@ class Robot:
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             hdrs = {"Content-Type": "application/json"} if data is not None else {}
+            hdrs.update(VERSION_HEADER)
             hdrs.update(headers or {})
-            conn.request(method, path, body=data, headers=hdrs)
+            conn.request(method, path, body=data, headers={k: v for k, v in hdrs.items() if v is not None})
             resp = conn.getresponse()
             payload = resp.read()
             try:
@@ -83,10 +89,14 @@ class Robot:
     def post(self, path: str, body=None, **kw):
         return self.request("POST", path, body, **kw)
 
+    def health(self) -> tuple[int, dict]:
+        """``GET /health`` without the version header: the OT-2's fields and ours."""
+        return self.get("/health", headers={"Opentrons-Version": None})
+
     def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            status, health = self.get("/health")
+            status, health = self.health()
             assert status == 200
             if health["motor_board"]["connected"] == connected:
                 return health
