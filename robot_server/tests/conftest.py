@@ -55,8 +55,9 @@ class Robot:
     ``Opentrons-Version: *`` unless ``headers`` maps it to None."""
 
     def __init__(self, server: ThreadedServer, emulator: SmoothieEmulator | None, pty: PtyServer | None,
-                 gpio: SimulatedGPIO) -> None:
+                 gpio: SimulatedGPIO, host: str = "127.0.0.1") -> None:
         self.server = server
+        self.host = host
         self.emulator = emulator
         self.pty = pty
         self.gpio = gpio
@@ -66,7 +67,7 @@ class Robot:
 
     def request(self, method: str, path: str, body=None, raw: bytes | None = None,
                 headers: dict | None = None, timeout: float = 10):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             hdrs = {"Content-Type": "application/json"} if data is not None else {}
@@ -106,7 +107,7 @@ class Robot:
 
 
 def start_robot(tmp_path, emulator: SmoothieEmulator | None = None, serial_port: str | None = None,
-                **cfg) -> Robot:
+                host: str = "127.0.0.1", port: int = 0, **cfg) -> Robot:
     pty = None
     if serial_port is None:
         emulator = emulator or SmoothieEmulator()
@@ -116,8 +117,8 @@ def start_robot(tmp_path, emulator: SmoothieEmulator | None = None, serial_port:
     if emulator is not None:
         gpio.reset_target = emulator.reset
         gpio.halt_target = emulator.halt
-    server = ThreadedServer(make_config(tmp_path, serial_port, **cfg), gpio).start()
-    return Robot(server, emulator, pty, gpio)
+    server = ThreadedServer(make_config(tmp_path, serial_port, **cfg), gpio).start(host, port)
+    return Robot(server, emulator, pty, gpio, host)
 
 
 def stop_robot(robot: Robot) -> None:
