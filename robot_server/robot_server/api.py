@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import __version__
 from .service import ApiError, RobotService
-from .versioning import HEADER, JSONAPI, LEGACY, from_http_exception, version_middleware
+from .versioning import LEGACY, from_http_exception, openapi_parts, version_middleware
 
 log = logging.getLogger("robot_server.api")
 
@@ -238,14 +238,18 @@ def openapi(ops: list[Op]) -> dict:
               for s, d in ((400, "malformed JSON"), (409, "robot state conflict"),
                            (422, "invalid request"))}
     for op in ops:
+        ok: dict[str, Any] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
         entry: dict[str, Any] = {"operationId": op.op_id, "summary": op.summary,
                                  "description": (op.func.__doc__ or "").strip(),
-                                 "responses": {"200": {"description": "OK", "content": {
-                                     "application/json": {"schema": {"type": "object"}}}}, **errors}}
-        if op.query:
-            entry["parameters"] = [{"name": k, "in": v.get("in", "query"), "required": v.get("in") == "path",
-                                    "schema": {kk: vv for kk, vv in v.items() if kk != "in"}}
-                                   for k, v in op.query.items()]
+                                 "responses": {str(op.status): ok, **errors}}
+        entry["parameters"] = [{"name": k, "in": v.get("in", "query"), "required": v.get("in") == "path",
+                                "schema": {kk: vv for kk, vv in v.items() if kk != "in"}}
+                               for k, v in op.query.items()]
+        if op.ot2:
+            header, ot2_errors, ok["headers"] = openapi_parts(op.ot2, op.version_header)
+            entry["parameters"].append(header)
+            entry["responses"].update(ot2_errors)
+            entry["tags"] = ["OT-2 HTTP API"]
         if op.body is not None:
             entry["requestBody"] = {"required": False,
                                     "content": {"application/json": {"schema": op.body}}}

@@ -53,6 +53,31 @@ class Ot2Error(ApiError):
         self.title = title
 
 
+_LEGACY_SCHEMA = {"type": "object", "required": ["message", "errorCode"], "properties": {
+    "message": {"type": "string"}, "errorCode": {"type": "string"},
+    "error": {"type": "string", "description": "our stable error code"}}}
+_JSONAPI_SCHEMA = {"type": "object", "required": ["errors"], "properties": {"errors": {
+    "type": "array", "items": {"type": "object", "required": ["id", "title", "detail", "errorCode"], "properties": {
+        "id": {"type": "string"}, "title": {"type": "string"}, "detail": {"type": "string"},
+        "errorCode": {"type": "string"}}}}}}
+
+
+def openapi_parts(kind: str, header_required: bool) -> tuple[dict, dict, dict]:
+    """For an OT-2 operation's OpenAPI entry: the ``Opentrons-Version`` parameter, the
+    error responses in the OT-2's shape of ``kind``, and the response headers."""
+    param = {"name": HEADER, "in": "header", "required": header_required,
+             "description": f"HTTP API version: an integer >= {MIN_API_VERSION} (higher ones get "
+                            f"{API_VERSION}) or '*' for the latest",
+             "schema": {"oneOf": [{"type": "integer", "minimum": MIN_API_VERSION}, {"type": "string", "enum": ["*"]}]}}
+    schema = _LEGACY_SCHEMA if kind == LEGACY else _JSONAPI_SCHEMA
+    errors = {str(s): {"description": d, "content": {"application/json": {"schema": schema}}}
+              for s, d in ((400, "outdated API version"), (404, "unknown id"), (409, "robot state conflict"),
+                           (422, "invalid request, missing or malformed Opentrons-Version"))}
+    headers = {HEADER: {"schema": {"type": "integer"}, "description": "the version served"},
+               MIN_HEADER: {"schema": {"type": "integer"}, "description": "the oldest version served"}}
+    return param, errors, headers
+
+
 def from_http_exception(exc: web.HTTPException) -> ApiError:
     """The :class:`ApiError` for an aiohttp 4xx (unknown path, method, body too large)."""
     code = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
