@@ -90,10 +90,15 @@ class Ot2Resources:
         self.commands: dict[str, dict] = {}
 
     # ------------------------------------------------------------ helpers
-    async def facts(self) -> dict:
-        """:mod:`~robot_server.ot2_facts`, read once (in the background from the first call)."""
+    def preload(self) -> None:
+        """Start reading :mod:`~robot_server.ot2_facts` in the background (a child process
+        the first time: seconds on a Pi), so that the first ``/health`` need not wait."""
         if self._facts is None:
             self._facts = asyncio.ensure_future(ot2_facts.load(self.state_dir))
+
+    async def facts(self) -> dict:
+        """:mod:`~robot_server.ot2_facts`, read once."""
+        self.preload()
         return await asyncio.shield(self._facts)
 
     def robot_name(self) -> str:

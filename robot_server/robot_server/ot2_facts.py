@@ -28,6 +28,10 @@ FALLBACK = {"opentrons_version": "8.8.2", "minimum_protocol_api_version": [2, 0]
             "maximum_protocol_api_version": [2, 27], "settings": [], "reset_options": [],
             "robot_config": {}}
 
+#: Facts already read in this process, by opentrons version (several servers in one
+#: process, as in tests, read them once).
+_read: dict[str, dict] = {}
+
 
 def collect() -> dict:
     """Read the facts from the ``opentrons`` package (imports it: run in a child)."""
@@ -67,6 +71,10 @@ async def load(cache_dir: Path, timeout: float = 120.0) -> dict:
             return cached
     except (OSError, ValueError, AttributeError):
         pass
+    if version in _read:
+        facts = _read[version]
+        _write(cache, facts)
+        return facts
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "robot_server.ot2_facts",
@@ -78,14 +86,19 @@ async def load(cache_dir: Path, timeout: float = 120.0) -> dict:
     except (OSError, ValueError, RuntimeError, asyncio.TimeoutError) as exc:
         log.warning("cannot read OT-2 facts from the opentrons package: %s", exc)
         return FALLBACK
+    _read[version] = facts
+    _write(cache, facts)
+    return facts
+
+
+def _write(cache: Path, facts: dict) -> None:
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(facts), encoding="utf-8")
         tmp.replace(cache)
     except OSError as exc:
         log.warning("cannot cache OT-2 facts in %s: %s", cache, exc)
-    return facts
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class RobotServer:
         if bridge_sock is None and cfg.bridge_enabled:
             bridge_sock = bind(cfg.listen, cfg.bridge_port)
         await self.service.start()
+        self.service.ot2.preload()
         app = make_app(self.service)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -333,3 +333,33 @@ def test_openapi_describes_the_ot2_resources(shared_robot):
         "required"] == ["errors"]
     assert "201" in doc["paths"]["/commands"]["post"]["responses"]
     assert "tags" not in doc["paths"]["/robot/endstops"]["get"]
+
+
+# ---------------------------------------------------------------- the opentrons package stays out of the server
+def test_server_process_does_not_import_opentrons(tmp_path, pty):
+    """The OT-2 facts come from a child process: the server itself never loads opentrons
+    (nor numpy), and its second start reads them from the cache in the data directory."""
+    import re
+    import signal
+    import urllib.request
+    from test_cli import _start_server
+
+    for attempt in ("first", "cached"):
+        server = _start_server(tmp_path, pty.slave_path, attempt)
+        try:
+            line = ""
+            while "HTTP on" not in line:
+                line = server.stderr.readline()
+                assert line, "the server exited"
+            port = int(re.search(r"HTTP on [\d.]+:(\d+)", line).group(1))
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/health", headers={"Opentrons-Version": "*"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                assert json.load(resp)["maximum_protocol_api_version"] == [2, 27]
+            maps = Path(f"/proc/{server.pid}/maps").read_text()
+            assert "numpy" not in maps and "pydantic_core" not in maps
+            modules = {m for m in re.findall(r"(\S+\.so)", maps)}
+            assert not any("opentrons" in m for m in modules)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(15) == 0
+        assert (tmp_path / "robot-server" / "ot2-facts.json").exists()
