@@ -65,6 +65,7 @@ ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], 
                    "attach_tip": {"target": "pipette", "point": [200, 90, 150]}}
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
+DEFAULT_PAGE_LENGTH = 20
 
 
 def _now() -> str:
@@ -400,7 +401,8 @@ class Ot2Resources:
         params: {axes?: ["x", "y", "leftZ", "rightZ", "leftPlunger", "rightPlunger"]},
         intent?}}``: run a command outside any run (HTTP 201 ``{data: command}``), through
         the same motion lock as every other motion. ``waitUntilComplete`` waits up to
-        ``timeout`` ms for it to finish."""
+        ``timeout`` ms (> 0; default: no limit) for it to finish. The intent is always
+        ``setup``, as on the OT-2."""
         p = _obj(params, {"data", "waitUntilComplete", "timeout"})
         data = p.get("data")
         if not isinstance(data, dict):
@@ -414,11 +416,11 @@ class Ot2Resources:
         if axes is not None and (not isinstance(axes, list) or not all(a in ENGINE_AXES for a in axes)):
             raise invalid(f"body.data.params.axes must be a list of {', '.join(ENGINE_AXES)}")
         wait = _bool(p, "waitUntilComplete", default=False)
-        timeout_ms = _number(p, "timeout", 0, 3_600_000, default=None)
+        timeout_ms = _number(p, "timeout", 1, 3_600_000, default=None)
         command = {"id": str(uuid.uuid4()), "key": body.get("key") or str(uuid.uuid4()),
                    "commandType": "home", "createdAt": _now(), "startedAt": None, "completedAt": None,
                    "status": "queued", "params": cparams, "result": None, "error": None,
-                   "intent": body.get("intent", "setup"), "notes": []}
+                   "intent": "setup", "notes": []}
         self.commands[command["id"]] = command
         while len(self.commands) > MAX_COMMANDS:
             self.commands.pop(next(iter(self.commands)))
@@ -443,17 +445,22 @@ class Ot2Resources:
         command["completedAt"] = _now()
 
     async def list_commands(self, params: Any = None) -> dict:
-        """``GET /commands``: the stateless commands (newest last) ``{data, meta}``."""
-        _obj(params, {"cursor", "pageLength"})
-        data = [dict(c) for c in self.commands.values()]
-        return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
+        """``GET /commands?cursor=&pageLength=``: the stateless commands, oldest first,
+        ``{data, meta: {cursor, totalLength}}``; a page of ``pageLength`` (default 20)
+        from ``cursor`` (default: the page ending with the newest)."""
+        p = _obj(params, {"cursor", "pageLength"})
+        commands = list(self.commands.values())
+        length = int(_number(p, "pageLength", 1, MAX_COMMANDS, default=DEFAULT_PAGE_LENGTH))
+        cursor = int(_number(p, "cursor", 0, MAX_COMMANDS, default=max(0, len(commands) - length)))
+        data = [dict(c) for c in commands[cursor:cursor + length]]
+        return {"data": data, "meta": {"cursor": cursor, "totalLength": len(commands)}}
 
     async def get_command(self, params: Any) -> dict:
         """``GET /commands/{id}``: ``{data: command}``; unknown id: 404 ``CommandNotFound``."""
         p = _obj(params, {"id"})
         command = self.commands.get(p.get("id"))
         if command is None:
-            raise Ot2Error(404, "CommandNotFound", "Command Not Found",
+            raise Ot2Error(404, "StatelessCommandNotFound", "Stateless Command Not Found",
                            f"Command {str(p.get('id'))[:60]} not found.")
         return {"data": dict(command)}
 
@@ -530,7 +537,7 @@ def ot2_operations(svc: RobotService) -> list:
            ot2=LEGACY, version_header=False),
         Op("systemTime", "GET", "/system/time", r.system_time, "The robot's clock (UTC)", ot2=JSONAPI),
         Op("createCommand", "POST", "/commands", r.create_command, "Run a stateless command (home)",
-           query={"waitUntilComplete": {"type": "boolean"}, "timeout": {"type": "integer", "minimum": 0}},
+           query={"waitUntilComplete": {"type": "boolean"}, "timeout": {"type": "integer", "minimum": 1}},
            body={"type": "object", "required": ["data"], "properties": {"data": {
                "type": "object", "required": ["commandType"], "properties": {
                    "commandType": {"type": "string", "enum": ["home"]},
@@ -538,7 +545,9 @@ def ot2_operations(svc: RobotService) -> list:
                        "type": "string", "enum": list(ENGINE_AXES)}}}},
                    "intent": {"type": "string"}}}}},
            ot2=JSONAPI, status=201),
-        Op("listCommands", "GET", "/commands", r.list_commands, "Stateless commands run so far", ot2=JSONAPI),
+        Op("listCommands", "GET", "/commands", r.list_commands, "Stateless commands run so far",
+           query={"cursor": {"type": "integer", "minimum": 0},
+                  "pageLength": {"type": "integer", "minimum": 1, "maximum": MAX_COMMANDS}}, ot2=JSONAPI),
         Op("getCommand", "GET", "/commands/{id}", r.get_command, "One stateless command",
            query={"id": {"type": "string", "in": "path"}}, ot2=JSONAPI),
     ]

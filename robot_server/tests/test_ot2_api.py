@@ -194,9 +194,8 @@ def test_settings(robot):
         got, reply = robot.post("/settings", body)
         assert got == status and reply["errorCode"] == "4000", (body, reply)
         validate("legacy_error", reply)
-    options = robot.get("/settings/reset/options")[1]["options"]
-    assert {"id": "runsHistory", "name": "Clear Robot Server Data"}.items() <= options[4].items() or \
-        any(o["id"] == "runsHistory" for o in options)
+    options = {o["id"]: o["name"] for o in robot.get("/settings/reset/options")[1]["options"]}
+    assert options["runsHistory"] == "Clear Robot Server Data" and "deckCalibration" in options
     config = robot.get("/settings/robot")[1]
     assert config["model"] == "OT-2 Standard" and config["gantry_steps_per_mm"]["X"] == 80
 
@@ -243,9 +242,12 @@ def test_stateless_home_command(homed):
     assert homed.service.driver.engaged["X"] and all(homed.service.driver.homed.values())
     assert homed.get(f"/commands/{command['id']}")[1]["data"]["status"] == "succeeded"
     listed = homed.get("/commands")[1]
-    assert command["id"] in [c["id"] for c in listed["data"]]
+    assert listed["data"][-1]["id"] == command["id"] and listed["meta"]["totalLength"] >= 1
     for c in listed["data"]:
         validate("command_summary", c)
+    first = homed.get("/commands?cursor=0&pageLength=1")[1]
+    assert len(first["data"]) == 1 and first["meta"]["cursor"] == 0
+    assert homed.get("/commands?pageLength=0")[0] == 422
 
 
 def test_stateless_command_without_waiting(homed):
@@ -271,7 +273,7 @@ def test_stateless_command_bad_input(shared_robot, body):
 
 def test_unknown_command_id(shared_robot):
     status, reply = shared_robot.get("/commands/nope")
-    assert status == 404 and reply["errors"][0]["id"] == "CommandNotFound"
+    assert status == 404 and reply["errors"][0]["id"] == "StatelessCommandNotFound"
     validate("error", reply)
 
 
