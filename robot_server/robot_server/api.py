@@ -1,7 +1,9 @@
 """HTTP API (aiohttp, port 31950): health, lights, home, move, positions, motors, door,
 an event stream (server-sent events) and ``/openapi.json``.
 
-Every error is a 4xx JSON body ``{"error": code, "message": text}``: 400 ``invalid-json``,
+The OT-2's own endpoints (operations with ``ot2`` set) follow its HTTP API versioning and
+error shapes (see ``versioning.py``; their resources are in ``ot2_api.py``). On our own
+endpoints every error is a 4xx JSON body ``{"error": code, "message": text}``: 400 ``invalid-json``,
 404 ``not-found``, 405 ``method-not-allowed``, 413 ``request-too-large``, 422 validation
 (``invalid-request``, ``unknown-axis``, ``soft-limit``, ``invalid-speed``), 409 robot state
 (``not-homed``, ``door-open``, ``board-not-connected``, ``board-timeout``, ``board-alarm``,
