@@ -215,6 +215,8 @@ class Guest:
         try:
             data = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if data is not None else {}
+            if port == "robot" and path != "/health":   # the OT-2 API's version header; /health
+                headers["Opentrons-Version"] = "*"       # without it also answers our fields
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()

@@ -37,8 +37,10 @@ class Http:
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        self.conn.request(method, path, body=data,
-                          headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Content-Type": "application/json"} if data else {}
+        if path != "/health":      # the OT-2 API's version header; /health without it has our fields
+            headers["Opentrons-Version"] = "*"
+        self.conn.request(method, path, body=data, headers=headers)
         resp = self.conn.getresponse()
         payload = json.loads(resp.read())
         if resp.status != 200:

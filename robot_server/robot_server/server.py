@@ -53,6 +53,7 @@ class RobotServer:
         channel_sock = channel_sock or bind(CHANNEL_HOST, cfg.channel_port)
         await self.service.start()
         await self.service.channel.start(channel_sock)
+        self.service.ot2.preload()
         app = make_app(self.service)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -85,9 +86,11 @@ class ThreadedServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="robot-server", daemon=True)
 
-    def start(self) -> "ThreadedServer":
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> "ThreadedServer":
+        """Serve HTTP on ``host:port`` (default any free port) and the bridge on ``host``."""
+        self.host = host
         self._thread.start()
-        self.call(self.server.start(bind("127.0.0.1", 0), bind("127.0.0.1", 0), bind(CHANNEL_HOST, 0)))
+        self.call(self.server.start(bind(host, port), bind(host, 0), bind(CHANNEL_HOST, 0)))
         return self
 
     def call(self, coro: Coroutine, timeout: float = 30) -> Any:
@@ -95,7 +98,7 @@ class ThreadedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.http_port}"
+        return f"http://{self.host}:{self.server.http_port}"
 
     @property
     def bridge_port(self) -> int:

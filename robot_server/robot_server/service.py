@@ -184,6 +184,8 @@ class RobotService:
         self.channel = Channel(self)
         from .protocol.runs import ProtocolManager       # late: runs.py imports this module
         self.protocols = ProtocolManager(self)
+        from .ot2_api import Ot2Resources                # late: it imports this module
+        self.ot2 = Ot2Resources(self)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:

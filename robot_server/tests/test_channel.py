@@ -65,7 +65,7 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
 
 
 def lease_of(robot):
-    status, health = robot.get("/health")
+    status, health = robot.health()
     assert status == 200
     return health["lease"]
 
@@ -116,7 +116,7 @@ def test_http_and_bridge_motion_refused_while_reads_work(robot):
     status, pos = robot.get("/robot/positions?refresh=true")
     assert status == 200 and pos["position"]["X"] == 100 and pos["position"]["Y"] == 120
     assert all(pos["homed"].values())
-    status, health = robot.get("/health")
+    status, health = robot.health()
     assert status == 200 and health["lease"]["lines"] >= 2 and health["motor_board"]["connected"]
     assert robot.get("/robot/door")[0] == 200
     client.close()
@@ -186,7 +186,7 @@ def test_stop_halts_ends_lease_and_unhomes(robot, how):
     assert client.read_to_end() == b""          # the client is disconnected
     wait_for(lambda: lease_of(robot) is None, what="lease end")
     assert robot.gpio.halt_count == halts + 1
-    status, health = robot.get("/health")
+    status, health = robot.health()
     assert health["motor_board"]["connected"] and not any(health["motor_board"]["homed"].values())
     status, body = robot.post("/robot/move", {"axes": {"X": 100}})
     assert status == 409 and body["error"] == "not-homed"
@@ -317,7 +317,7 @@ def test_opentrons_run_paused_by_door_resumed_then_stopped(tmp_path):
         assert status == 200 and body["stopped"] and body["lease"]["pid"] == proc.pid
         out, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and "socket disconnected" in err
-        health = robot.get("/health")[1]
+        health = robot.health()[1]
         assert health["lease"] is None and not any(health["motor_board"]["homed"].values())
     finally:
         if proc.poll() is None:

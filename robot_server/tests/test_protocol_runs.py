@@ -202,4 +202,4 @@ def test_robot_execute_through_server(runner, tmp_path):
                           "--server", "http://127.0.0.1:9"], cwd=PROJECT_DIR, env=ENV, capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and "cannot reach the robot server" in bad.stderr
-    assert json.loads(json.dumps(runner.get("/health")[1]))["motor_board"]["connected"]
+    assert json.loads(json.dumps(runner.health()[1]))["motor_board"]["connected"]

@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from ..driver import DriverError, MotorDriver
+from ..versioning import API_VERSION, HEADER
 from .errors import HardwareError
 
 #: Seconds an HTTP motion request may take (a door opened mid-run pauses motion up to
@@ -111,8 +112,10 @@ class HttpHardware(Hardware):
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Content-Type": "application/json"} if data else {}
+        if path != "/health":      # with the header /health answers only the OT-2's fields
+            headers[HEADER] = str(API_VERSION)
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"{}")
