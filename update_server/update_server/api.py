@@ -255,9 +255,9 @@ class UpdateServer:
     def _check(self, request) -> None:
         """Refuse a request its caller may not make; raises UpdateError.
 
-        Order: cross-site (``cross-origin`` 403), body type (``unsupported-media-type``
-        415), body size (``payload-too-large`` 413), credentials (``unauthorized`` 401,
-        ``bad-interface`` 403).  Sets ``request[VIA]``: the trusted interface
+        Order: cross-site (``cross-origin`` 403), credentials (``unauthorized`` 401,
+        ``bad-interface`` 403), body type (``unsupported-media-type`` 415), body size
+        (``payload-too-large`` 413).  Sets ``request[VIA]``: the trusted interface
         (``"lo"``, ``"usb0"``), ``"token:<id>"``, ``"open"``, or ``None``.
         """
         policy = self._policy(request)
@@ -265,7 +265,11 @@ class UpdateServer:
         if policy == OPEN:
             return
         self._check_origin(request)
+        request[VIA] = self._caller(request, policy)
         self._check_body(request)
+
+    def _caller(self, request, policy: str) -> str:
+        """How the caller may make a ``policy`` request (see :meth:`_check`); UpdateError if not."""
         transport = request.transport
         interface = interfaces.arrived_on(
             transport.get_extra_info("peername") if transport else None,
@@ -273,18 +277,15 @@ class UpdateServer:
             self.config.trusted_interfaces,
         )
         if interface:
-            request[VIA] = interface
-            return
+            return interface
         if policy == PRESENT:
             raise UpdateError("bad-interface", "only from the robot itself or its USB link")
         presented = bearer_token(request.headers.get("Authorization"))
         record = self.tokens.verify(presented)
         if record:
-            request[VIA] = f"token:{record['id']}"
-            return
+            return f"token:{record['id']}"
         if policy == CHANGE and self.config.open_access:
-            request[VIA] = "open"
-            return
+            return "open"
         if presented:
             raise UpdateError("unauthorized", "the token is not valid (revoked, or from another robot)")
         raise UpdateError("unauthorized", "send 'Authorization: Bearer <token>' (pair with 'ot2 pair'), "
