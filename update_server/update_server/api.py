@@ -326,7 +326,7 @@ class UpdateServer:
                                   f"the bundle must be sent as {' or '.join(UPLOAD_TYPES)}")
             limit = self._max_bundle()
         else:
-            if (has_body or declared is not None) and media != JSON_TYPE:
+            if has_body and media != JSON_TYPE:  # an empty body's type does not matter
                 raise UpdateError("unsupported-media-type", f"the body must be {JSON_TYPE}")
             limit = MAX_JSON_BODY
         if request.content_length is not None and request.content_length > limit:
