@@ -146,6 +146,31 @@ def test_tokens_list_and_revoke(lan):
     assert_error(lan.paired.post("/server/name", json_body={"name": "x"}), 401, "unauthorized")
 
 
+UNPRIVILEGED_POST = """
+import json, sys, urllib.error, urllib.request
+req = urllib.request.Request(sys.argv[1], data=json.dumps({"key": sys.argv[2]}).encode(),
+                             headers={"Content-Type": "application/json"}, method="POST")
+try:
+    print(urllib.request.urlopen(req, timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code, json.loads(e.read())["error"])
+"""
+
+
+def test_unprivileged_local_process_is_not_trusted(rig):
+    """A protocol runs as an unprivileged user on the robot: loopback does not make it
+    someone at the robot (it could otherwise add a root login)."""
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root to run a process as nobody")
+    before = machine(rig)
+    url = f"http://127.0.0.1:{rig.server.port}/server/ssh_keys"
+    out = subprocess.run(["/usr/bin/python3", "-c", UNPRIVILEGED_POST, url, ED25519], user=65534,
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.stdout.split() == ["401", "unauthorized"], out
+    assert machine(rig) == before
+    assert rig.client.post("/server/ssh_keys", json_body={"key": ED25519}).status == 201  # root may
+
+
 def test_trusted_caller_issues_tokens(rig):
     r = rig.client.post("/server/tokens", json_body={"client": "ot2 on the USB laptop"})
     assert r.status == 201 and r.body["token"].startswith("ot2_") and r.body["via"] == "trusted-interface"

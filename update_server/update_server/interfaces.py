@@ -3,7 +3,9 @@
 A connection is *local* (someone at the robot) when:
 
 * its peer is a loopback address (``127.0.0.0/8``, ``::1``; the kernel drops packets
-  from outside that claim such a source) and ``lo`` is a trusted interface, or
+  from outside that claim such a source), ``lo`` is a trusted interface, and the peer's
+  socket belongs to a trusted user (``trusted_uids``, default root: the boot check, an
+  administrator; never the unprivileged user protocols run as), or
 * its peer is an IPv6 link-local address whose scope (the interface the connection
   arrived on, ``sin6_scope_id``) is a trusted interface, or
 * its local address is the IPv4 address of a trusted interface *and* the peer lies in
@@ -15,7 +17,9 @@ A connection is *local* (someone at the robot) when:
 Trusted interfaces are named by shell patterns (``trusted_interfaces``, e.g.
 ``["lo", "usb*"]``: loopback and the OT-2's USB-Ethernet gadget link).  A peer address alone (169.254/16,
 fe80::/10) is never enough.  Linux only: the IPv4 address and netmask of an interface
-come from the ``SIOCGIFADDR``/``SIOCGIFNETMASK`` ioctls (netdevice(7)).
+come from the ``SIOCGIFADDR``/``SIOCGIFNETMASK`` ioctls (netdevice(7)); the owner of a
+loopback peer's socket from ``/proc/net/tcp`` and ``/proc/net/tcp6`` (proc(5): the
+``uid`` column of the row whose local address is the peer's and remote address ours).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import socket
 import struct
 
 SIOCGIFADDR = 0x8915
+TRUSTED_UIDS = (0,)  # local processes trusted over loopback: root only
 SIOCGIFNETMASK = 0x891B
 
 
@@ -66,10 +71,47 @@ def _address(sockaddr) -> tuple:
     return address, scope
 
 
-def arrived_on(peername, sockname, patterns: list) -> str | None:
+def _proc_hex(address: ipaddress._BaseAddress, port: int) -> list:
+    """The ways ``/proc/net/tcp{,6}`` may spell ``address:port`` (32-bit words in host order)."""
+    forms = []
+    if isinstance(address, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(f"::ffff:{address}")
+        forms.append(f"{int.from_bytes(address.packed, 'little'):08X}:{port:04X}")
+    else:
+        mapped = address
+    words = mapped.packed
+    forms.append("".join(f"{int.from_bytes(words[i:i + 4], 'little'):08X}" for i in range(0, 16, 4))
+                 + f":{port:04X}")
+    return forms
+
+
+def socket_owner(peername, sockname) -> int | None:
+    """The uid owning the local peer socket of the loopback connection ``peername`` →
+    ``sockname``, or ``None`` if it cannot be found."""
+    try:
+        peer, _ = _address(peername)
+        local, _ = _address(sockname)
+        theirs = set(_proc_hex(peer, int(peername[1])))
+        ours = set(_proc_hex(local, int(sockname[1])))
+    except (ValueError, IndexError, TypeError):
+        return None
+    for table in ("/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"):  # this thread's netns
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1] in theirs and fields[2] in ours:
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
+def arrived_on(peername, sockname, patterns: list, trusted_uids: tuple = TRUSTED_UIDS) -> str | None:
     """Why the connection ``peername`` → ``sockname`` is local (the trusted interface's
-    name, ``"lo"`` for loopback), or ``None`` if it is not.  Both are socket address tuples as
-    ``transport.get_extra_info`` returns them.
+    name, ``"lo"`` for loopback from a ``trusted_uids`` process), or ``None`` if it is not.
+    Both are socket address tuples as ``transport.get_extra_info`` returns them.
     """
     if not peername or not sockname:
         return None
@@ -79,7 +121,9 @@ def arrived_on(peername, sockname, patterns: list) -> str | None:
     except (ValueError, IndexError, TypeError, AttributeError):
         return None
     if peer.is_loopback:
-        return "lo" if _matches("lo", patterns) else None
+        if _matches("lo", patterns) and socket_owner(peername, sockname) in trusted_uids:
+            return "lo"
+        return None
     if isinstance(peer, ipaddress.IPv6Address):
         if peer.is_link_local and scope:
             try:
