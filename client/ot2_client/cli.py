@@ -232,6 +232,22 @@ def _read_key_arg(text: str | None) -> str:
         raise UsageError(e.code, e.message) from None
 
 
+def _emit_list(out: Out, robot: str, field: str, items: list, noun: str, columns: list) -> None:
+    """A robot's list (keys, tokens): JSON ``{robot, ok, field: items}`` or a table."""
+    if out.json:
+        out.emit({"robot": robot, "ok": True, field: items})
+    else:
+        out.table(f"{robot}: {len(items)} {noun}(s)", columns, [[i.get(c) for c in columns] for i in items])
+
+
+def _emit_result(out: Out, robot: str, result: dict, text: str) -> None:
+    """A robot's answer to a change: JSON ``{robot, ok, **result}`` or ``ROBOT: text``."""
+    if out.json:
+        out.emit({"robot": robot, "ok": True, **result})
+    else:
+        out.console.print(f"{robot}: {text}", markup=False)
+
+
 def cmd_keys(args, out: Out) -> int:
     try:
         if args.keys_command == "add":
@@ -244,11 +260,7 @@ def cmd_keys(args, out: Out) -> int:
                                   f"{result.get('comment', '')}", markup=False)
         elif args.keys_command == "list":
             keys = _run(_with_robot(args, args.robot, lambda r: r.keys()))
-            if out.json:
-                out.emit({"robot": args.robot, "ok": True, "public_keys": keys})
-            else:
-                out.table(f"{args.robot}: {len(keys)} key(s)", ["fingerprint", "type", "bits", "comment"],
-                          [[k.get("fingerprint"), k.get("type"), k.get("bits"), k.get("comment")] for k in keys])
+            _emit_list(out, args.robot, "public_keys", keys, "key", ["fingerprint", "type", "bits", "comment"])
         else:
             if args.all:
                 result = _run(_with_robot(args, args.robot, lambda r: r.clear_keys()))
@@ -256,10 +268,7 @@ def cmd_keys(args, out: Out) -> int:
                 result = _run(_with_robot(args, args.robot, lambda r: r.remove_key(args.fingerprint)))
             else:
                 raise UsageError("bad-request", "give a FINGERPRINT or --all")
-            if out.json:
-                out.emit({"robot": args.robot, "ok": True, **result})
-            else:
-                out.console.print(f"{args.robot}: {result.get('message')}", markup=False)
+            _emit_result(out, args.robot, result, str(result.get("message")))
         return EXIT_OK
     except ClientError as e:
         return _fail(out, args.robot, e)
@@ -364,18 +373,11 @@ def cmd_tokens(args, out: Out) -> int:
     try:
         if args.tokens_command == "list":
             tokens = _run(_with_robot(args, args.robot, lambda r: r.tokens()))
-            if out.json:
-                out.emit({"robot": args.robot, "ok": True, "tokens": tokens})
-            else:
-                out.table(f"{args.robot}: {len(tokens)} token(s)", ["id", "client", "created", "via"],
-                          [[t.get("id"), t.get("client"), t.get("created"), t.get("via")] for t in tokens])
+            _emit_list(out, args.robot, "tokens", tokens, "token", ["id", "client", "created", "via"])
         else:
             result = _run(_with_robot(args, args.robot, lambda r: r.revoke_token(args.id)))
             forget_id(args.id)
-            if out.json:
-                out.emit({"robot": args.robot, "ok": True, **result})
-            else:
-                out.console.print(f"{args.robot}: {result.get('message')}: {args.id}", markup=False)
+            _emit_result(out, args.robot, result, f"{result.get('message')}: {args.id}")
         return EXIT_OK
     except ClientError as e:
         return _fail(out, args.robot, e)

@@ -20,23 +20,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from update_server.benchutil import free_port, start_update_server
+from update_server.benchutil import boot_files, free_port, start_update_server
 from update_server.tokens import TokenStore, tokens_path
 
 
 def make_robot(work: Path, open_access: bool) -> tuple:
     """A config for a robot in ``work``; returns ``(config path, port)``."""
-    (work / "boot").mkdir(parents=True)
-    (work / "boot/env.txt").write_text("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n")
-    subprocess.run(["mkenvimage", "-s", "0x4000", "-o", str(work / "boot/uboot.env"),
-                    str(work / "boot/env.txt")], check=True)
-    (work / "boot/fw_env.config").write_text(f"{work / 'boot/uboot.env'} 0x0 0x4000\n")
-    (work / "cmdline").write_text("ot2.slot=A\n")
+    fw_env_config = boot_files(work)
     for slot in "AB":
         with open(work / f"slot-{slot}.img", "wb") as f:
             f.truncate(1 << 20)
@@ -44,7 +38,7 @@ def make_robot(work: Path, open_access: bool) -> tuple:
     (work / "update-server.toml").write_text(
         f'listen = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\n'
         f'compatible = "ot2-bench"\nkeyring = "{work / "keyring"}"\n'
-        f'fw_env_config = "{work / "boot/fw_env.config"}"\ncmdline = "{work / "cmdline"}"\n'
+        f'fw_env_config = "{fw_env_config}"\ncmdline = "{work / "cmdline"}"\n'
         f'version_file = "{work / "version.json"}"\nreboot_command = ["true"]\nlog_level = "warning"\n'
         f'trusted_interfaces = []\nopen_access = {"true" if open_access else "false"}\n'
         f'[slots.A]\ndevice = "{work / "slot-A.img"}"\n[slots.B]\ndevice = "{work / "slot-B.img"}"\n'
