@@ -47,6 +47,7 @@ RECENT_SESSIONS = 8
 UPLOAD_READ_SIZE = 256 * 1024  # bytes per multipart read
 JSON_TYPE = "application/json"
 UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 
 VIA = web.RequestKey("via", object) if hasattr(web, "RequestKey") else "via"  # see _check
 
@@ -326,7 +327,9 @@ class UpdateServer:
                                   f"the bundle must be sent as {' or '.join(UPLOAD_TYPES)}")
             limit = self._max_bundle()
         else:
-            if has_body and media != JSON_TYPE:  # an empty body's type does not matter
+            # The types an HTML form can send are refused even with an empty body: a
+            # browser too old to send Origin still cannot post a form here.
+            if (has_body and media != JSON_TYPE) or media in FORM_TYPES:
                 raise UpdateError("unsupported-media-type", f"the body must be {JSON_TYPE}")
             limit = MAX_JSON_BODY
         if request.content_length is not None and request.content_length > limit:
