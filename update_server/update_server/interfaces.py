@@ -4,8 +4,8 @@ A connection is *local* (someone at the robot) when:
 
 * its peer is a loopback address (``127.0.0.0/8``, ``::1``; the kernel drops packets
   from outside that claim such a source), ``lo`` is a trusted interface, and the peer's
-  socket belongs to a trusted user (``trusted_uids``, default root: the boot check, an
-  administrator; never the unprivileged user protocols run as), or
+  socket belongs to root or to the server's own user (the boot check, an administrator;
+  never the unprivileged user protocols run as), or
 * its peer is an IPv6 link-local address whose scope (the interface the connection
   arrived on, ``sin6_scope_id``) is a trusted interface, or
 * its local address is the IPv4 address of a trusted interface *and* the peer lies in
@@ -27,11 +27,11 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import ipaddress
+import os
 import socket
 import struct
 
 SIOCGIFADDR = 0x8915
-TRUSTED_UIDS = (0,)  # local processes trusted over loopback: root only
 SIOCGIFNETMASK = 0x891B
 
 
@@ -108,9 +108,9 @@ def socket_owner(peername, sockname) -> int | None:
     return None
 
 
-def arrived_on(peername, sockname, patterns: list, trusted_uids: tuple = TRUSTED_UIDS) -> str | None:
+def arrived_on(peername, sockname, patterns: list) -> str | None:
     """Why the connection ``peername`` → ``sockname`` is local (the trusted interface's
-    name, ``"lo"`` for loopback from a ``trusted_uids`` process), or ``None`` if it is not.
+    name, ``"lo"`` for loopback from root or this process's user), or ``None`` if it is not.
     Both are socket address tuples as ``transport.get_extra_info`` returns them.
     """
     if not peername or not sockname:
@@ -121,7 +121,7 @@ def arrived_on(peername, sockname, patterns: list, trusted_uids: tuple = TRUSTED
     except (ValueError, IndexError, TypeError, AttributeError):
         return None
     if peer.is_loopback:
-        if _matches("lo", patterns) and socket_owner(peername, sockname) in trusted_uids:
+        if _matches("lo", patterns) and socket_owner(peername, sockname) in (0, os.geteuid()):
             return "lo"
         return None
     if isinstance(peer, ipaddress.IPv6Address):
