@@ -499,12 +499,14 @@ class UpdateServer:
     async def cancel(self, request) -> web.Response:
         """``POST /server/update/cancel`` [``{"token": session token}``]: stop the active
         session (even mid-write).  Without a trusted interface the body must name the
-        session's token (403 ``bad-token``): nobody else's update is cancelled."""
+        session's token (404 ``bad-token``): nobody else's update is cancelled."""
         body = await _json_body(request) if request.content_length else {}
         session = self.session
         if session is None or not session.active:
             return web.json_response({"cancelled": False, "message": "no active update session"})
-        if not _on_trusted_interface(request) and body.get("token") != session.token:
+        named = body.get("token")
+        if not _on_trusted_interface(request) and not (
+                isinstance(named, str) and secrets.compare_digest(named, session.token)):
             raise UpdateError("bad-token", "name the session's token to cancel it")
         progress = session.progress
         progress.cancel_requested = True
