@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from conftest import Client, Rig, ServerThread, enter_netns, make_bundle, make_image, manifest_for
-from test_bad_input import ORIGINAL_ENV, assert_error
+from conftest import Client, Rig, ServerThread, enter_netns, make_bundle, make_image
+from test_bad_input import assert_error
 from update_server import bundle
 from update_server.tokens import TokenStore
 from update_server.versions import is_downgrade, version_key
