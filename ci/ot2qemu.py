@@ -130,6 +130,13 @@ class Guest:
         self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
         self.serial = f"qemu-{secrets.token_hex(6)}"
+        # The host reaches the guest through QEMU's user network, which the QEMU board's
+        # update server trusts as its USB link (docs/security.md); a token is sent too if
+        # one is given, for images that do not trust that link.
+        self.token = os.environ.get("OT2_TOKEN")
+
+    def _auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     # -- processes ---------------------------------------------------------------
 
@@ -217,7 +224,7 @@ class Guest:
             headers = {"Content-Type": "application/json"} if data is not None else {}
             if port == "robot" and path != "/health":   # the OT-2 API's version header; /health
                 headers["Opentrons-Version"] = "*"       # without it also answers our fields
-            conn.request(method, path, body=data, headers=headers)
+            conn.request(method, path, body=data, headers={**headers, **self._auth()})
             resp = conn.getresponse()
             raw = resp.read()
             parsed = json.loads(raw) if raw else {}
@@ -267,8 +274,9 @@ class Guest:
         return self.wait_healthy(timeout, not_boot_id=boot_id)
 
     def upload(self, bundle: Path, *, stop_at: float | None = None, progress: list | None = None,
-               chunk: int = 1 << 20) -> tuple[str, int, dict]:
-        """Begins a session and streams `bundle` to it.
+               chunk: int = 1 << 20, allow_downgrade: bool = False) -> tuple[str, int, dict]:
+        """Begins a session and streams `bundle` to it (`allow_downgrade`: a bundle older
+        than the running system may install).
 
         With `stop_at` (0..1), returns as soon as the install's progress reaches it,
         leaving the upload running (for power-cut tests). With a `progress` list, the
@@ -276,7 +284,8 @@ class Guest:
         (0..1) is appended. Returns (token, HTTP status, reply body); status 0 when
         stopped early.
         """
-        token = self.request("update", "POST", "/server/update/begin")["token"]
+        query = "?allow_downgrade=true" if allow_downgrade else ""
+        token = self.request("update", "POST", "/server/update/begin" + query)["token"]
         size = bundle.stat().st_size
         result: dict = {}
 
@@ -286,6 +295,8 @@ class Guest:
                 conn.putrequest("POST", f"/server/update/{token}/file")
                 conn.putheader("Content-Type", "application/octet-stream")
                 conn.putheader("Content-Length", str(size))
+                for name, value in self._auth().items():
+                    conn.putheader(name, value)
                 conn.endheaders()
                 with open(bundle, "rb") as f:
                     while block := f.read(chunk):

@@ -175,6 +175,7 @@ def _rejected_bundles(images, tmp: Path) -> dict[str, Path]:
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0x01]))
     made["bit-flipped image"] = flipped
+    made["older version, not asked for"] = images["v1"] / "rootfs.bundle"
     return made
 
 
@@ -191,7 +192,7 @@ def test_rejected_bundles_change_nothing(guest, images, tmp_path):
         assert after["boot_order"][0] == "B", (name, after["boot_order"])
     health = guest.restart()
     assert health["booted_slot"] == "B" and health["version"] == VERSION_2
-    record("4 rejected bundles, reboot", "B", health["booted_slot"], data_intact(guest),
+    record("5 rejected bundles, reboot", "B", health["booted_slot"], data_intact(guest),
            time.monotonic() - started)
 
 
@@ -199,7 +200,7 @@ def test_rejected_bundles_change_nothing(guest, images, tmp_path):
 def test_power_cut_mid_install_boots_old_slot(guest, images, fraction):
     started = time.monotonic()
     cancel_session(guest)
-    _, _, status = guest.upload(images["v1"] / "rootfs.bundle", stop_at=fraction)
+    _, _, status = guest.upload(images["v1"] / "rootfs.bundle", stop_at=fraction, allow_downgrade=True)
     assert status["stage"] in ("writing", "validating", "done"), status
     guest.kill()
     guest.boot()
@@ -214,7 +215,7 @@ def test_power_cut_mid_install_boots_old_slot(guest, images, fraction):
 
 def test_install_after_power_cuts_succeeds(guest, images):
     cancel_session(guest)
-    token, status, reply = guest.upload(images["v1"] / "rootfs.bundle")
+    token, status, reply = guest.upload(images["v1"] / "rootfs.bundle", allow_downgrade=True)
     assert status == 200, reply
     assert guest.request("update", "GET", f"/server/update/{token}/status")["stage"] == "done"
     cancel_session(guest)  # not committed: B stays the boot selection
