@@ -32,6 +32,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ROBOT_PORT = 31950
+
+
+def free_robot_alias() -> str:
+    """A loopback address (127.x.y.z) whose port 31950 is free: clients of the OT-2 HTTP API
+    that always use port 31950 reach a guest's robot server there."""
+    while True:
+        alias = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(253) + 2}"
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((alias, ROBOT_PORT))
+                return alias
+            except OSError:
+                continue
+
+
 class PortInUse(Exception):
     """A host port the guest needs is taken; the message names it and, if found, its holder."""
 
@@ -130,6 +147,8 @@ class Guest:
         self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
         self.serial = f"qemu-{secrets.token_hex(6)}"
+        # The robot server is also forwarded to port 31950 of this address.
+        self.robot_alias = free_robot_alias()
         # The host reaches the guest through QEMU's user network, which the QEMU board's
         # update server trusts as its USB link (docs/security.md); a token is sent too if
         # one is given, for images that do not trust that link.
@@ -170,7 +189,8 @@ class Guest:
         env = dict(os.environ,
                    OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
                    OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
-                   OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial)
+                   OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial,
+                   OT2_ROBOT_ALIAS=self.robot_alias)
         self.power_ons += 1
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
                                      env=env, stdout=open(self.workdir / "qemu.log", "ab"),
@@ -333,13 +353,15 @@ class Guest:
                             "-f", str(self.ssh_key)], check=True)
         return (self.ssh_key.with_suffix(".pub")).read_text().strip()
 
-    def ssh(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`)."""
+    def ssh(self, command: str, check: bool = True, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`), with
+        `input` on its standard input."""
         return subprocess.run(
             ["ssh", "-i", str(self.ssh_key), "-p", str(self.ports["ssh"]), "-o", "BatchMode=yes",
              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"root@{HOST}", command],
-            check=check, capture_output=True, text=True, timeout=timeout)
+            check=check, capture_output=True, text=True, timeout=timeout, input=input)
 
 
 def copy_disk(src: Path, dst: Path) -> Path:
