@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import socket
 import sys
@@ -164,6 +165,23 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
                       "is the robot server running?") from None
 
 
+def ot2_deck_configuration() -> list[tuple[str, str, None]]:
+    """The OT-2's deck as the engine's deck configuration, ``[(cutout id, fixture id,
+    module serial)]``: each cutout with the most specific fixture that may mount to it
+    (``cutout12``: the fixed trash; the others: a standard slot), taken from the deck
+    definition ``ot2_standard`` v5 in ``opentrons_shared_data``. The OT-2's robot server
+    keeps the same default (Opentrons/opentrons,
+    robot-server/robot_server/deck_configuration/defaults.py)."""
+    from opentrons_shared_data.deck import load
+
+    deck = load("ot2_standard", 5)
+    placements = []
+    for cutout in deck["locations"]["cutouts"]:
+        fixtures = [f for f in deck["cutoutFixtures"] if cutout["id"] in f["mayMountTo"]]
+        placements.append((cutout["id"], min(fixtures, key=lambda f: len(f["mayMountTo"]))["id"], None))
+    return placements
+
+
 def execute_main(argv: list[str] | None = None) -> int:
     """``robot-execute``: ``opentrons_execute``'s options and run log, through the channel."""
     parser = argparse.ArgumentParser(prog="robot-execute", description="Run an OT-2 protocol on this robot "
@@ -184,6 +202,14 @@ def execute_main(argv: list[str] | None = None) -> int:
         print(f"robot-execute: {exc}", file=sys.stderr)
         return 2
     os.environ[CHANNEL_ENV] = uri
+    # opentrons asks the OT-2's own robot server for the deck configuration only on the
+    # OT-2's OS (RUNNING_ON_PI); elsewhere it uses none, and every slot is refused from
+    # API level 2.14 on (Opentrons/opentrons, api/src/opentrons/util/entrypoint_util.py,
+    # get_deck_configuration). The OT-2's deck is fixed: supply it.
+    from opentrons.util import entrypoint_util
+    entrypoint_util.get_deck_configuration = ot2_deck_configuration
+    if args.log_level != "none":          # opentrons_execute shows the engine's logs on stdout too
+        logging.getLogger("opentrons").addHandler(logging.StreamHandler(sys.stdout))
     try:
         ot_execute.execute(args.protocol, args.protocol.name, log_level=args.log_level,
                            emit_runlog=None if args.no_print_runlog else ot_execute.make_runlog_cb(),

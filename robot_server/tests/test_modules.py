@@ -1,0 +1,122 @@
+"""Hardware modules on the engine: a protocol using a temperature module and a magnetic
+module runs with ``robot-execute`` (``opentrons.execute``, not a simulation) against
+``opentrons``' own module emulators and our Smoothieware emulator, and the module
+emulators receive the temperature and height the protocol asks for.
+
+Off the OT-2's OS, ``opentrons``' hardware controller learns of attached modules from its
+emulation module server instead of scanning ``/dev/ot_module_*`` (Opentrons/opentrons,
+api/src/opentrons/hardware_control/module_control.py); the server, the proxies and the
+module emulators are ``opentrons.hardware_control.emulation``'s, configured through the
+``OT_EMULATOR_*`` settings (api/src/opentrons/hardware_control/emulation/settings.py).
+"""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from opentrons.hardware_control.emulation.app import Application
+from opentrons.hardware_control.emulation.magdeck import MagDeckEmulator
+from opentrons.hardware_control.emulation.parser import Parser
+from opentrons.hardware_control.emulation.run_emulator import run_emulator_client
+from opentrons.hardware_control.emulation.settings import ModuleServerSettings, ProxySettings, Settings
+from opentrons.hardware_control.emulation.tempdeck import TempDeckEmulator
+from opentrons.hardware_control.modules.magdeck import OFFSET_TO_LABWARE_BOTTOM
+
+from robot_server.emulator import SmoothieEmulator, TcpServer
+
+BIN = Path(sys.executable).parent
+
+PROTOCOL = '''
+metadata = {"protocolName": "Cold beads", "apiLevel": "2.15"}
+
+
+def run(protocol):
+    protocol.delay(seconds=3)       # opentrons registers emulated modules in the background
+    temp = protocol.load_module("temperature module gen2", 1)
+    tubes = temp.load_labware("opentrons_24_aluminumblock_nest_1.5ml_snapcap")
+    mag = protocol.load_module("magnetic module gen2", 4)
+    plate = mag.load_labware("nest_96_wellplate_100ul_pcr_full_skirt")
+    tips = protocol.load_labware("opentrons_96_tiprack_300ul", 2)
+    p300 = protocol.load_instrument("p300_single_gen2", "right", tip_racks=[tips])
+
+    temp.set_temperature(6)
+    p300.transfer(50, tubes["A1"], plate["A1"])
+    mag.engage(height_from_base=10)
+    protocol.delay(seconds=1)
+    mag.disengage()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Recording:
+    """A module emulator that keeps every line it receives (``lines``)."""
+
+    def __init__(self, emulator) -> None:
+        self.emulator = emulator
+        self.lines: list[str] = []
+
+    def handle(self, line: str):
+        self.lines.append(line.strip())
+        return self.emulator.handle(line)
+
+    def __getattr__(self, name):
+        return getattr(self.emulator, name)
+
+
+@pytest.fixture
+def module_emulators():
+    """opentrons' module server and proxies on loopback ports, a temperature module GEN2 and
+    a magnetic module GEN2 connected to them; yields (OT_EMULATOR_* env, tempdeck, magdeck)."""
+    host = "127.0.0.1"
+    proxies = {name: ProxySettings(host=host, emulator_port=free_port(), driver_port=free_port())
+               for name in ("heatershaker_proxy", "thermocycler_proxy", "temperature_proxy", "magdeck_proxy")}
+    settings = Settings(module_server=ModuleServerSettings(host=host, port=free_port()), **proxies)
+    tempdeck = Recording(TempDeckEmulator(Parser(), settings.tempdeck))
+    magdeck = Recording(MagDeckEmulator(Parser(), settings.magdeck))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = asyncio.run_coroutine_threadsafe(Application(settings).run(), loop)
+
+    async def connect() -> None:
+        await asyncio.sleep(0.5)            # the proxies are listening
+        asyncio.ensure_future(run_emulator_client(host, settings.temperature_proxy.emulator_port, tempdeck))
+        asyncio.ensure_future(run_emulator_client(host, settings.magdeck_proxy.emulator_port, magdeck))
+
+    asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
+    env = {"OT_EMULATOR_module_server": json.dumps({"host": host, "port": settings.module_server.port})}
+    yield env, tempdeck, magdeck
+    app.cancel()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_temperature_and_magnetic_modules_run_against_emulators(module_emulators, tmp_path):
+    env, tempdeck, magdeck = module_emulators
+    board = TcpServer(SmoothieEmulator()).start()
+    try:
+        protocol = tmp_path / "cold_beads.py"
+        protocol.write_text(PROTOCOL)
+        done = subprocess.run([str(BIN / "robot-execute"), str(protocol)], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path,
+                              env=dict(os.environ, HOME=str(tmp_path), OT_SMOOTHIE_EMULATOR_URI=board.url, **env))
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[:6000]
+        assert "Setting Temperature Module temperature to 6.0 °C" in done.stdout
+        assert "Engaging Magnetic Module" in done.stdout
+    finally:
+        board.close()
+    assert "M104 S6" in tempdeck.lines, tempdeck.lines              # target temperature, °C
+    # the magnets' height above home, mm: above the labware bottom plus GEN2's offset to it
+    assert f"G0 Z{10 + OFFSET_TO_LABWARE_BOTTOM['magneticModuleV2']}" in magdeck.lines, magdeck.lines
+    assert magdeck.position == 0                                    # disengaged at the end
+    assert any(line.startswith("G28.2") for line in board.emulator.log)
