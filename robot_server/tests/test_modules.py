@@ -11,6 +11,7 @@ module emulators are ``opentrons.hardware_control.emulation``'s, configured thro
 """
 import asyncio
 import json
+import re
 import os
 import socket
 import subprocess
@@ -120,3 +121,25 @@ def test_temperature_and_magnetic_modules_run_against_emulators(module_emulators
     assert f"G0 Z{10 + OFFSET_TO_LABWARE_BOTTOM['magneticModuleV2']}" in magdeck.lines, magdeck.lines
     assert magdeck.position == 0                                    # disengaged at the end
     assert any(line.startswith("G28.2") for line in board.emulator.log)
+
+
+UDEV_RULES = Path(__file__).resolve().parents[2] / "overlay/usr/lib/udev/rules.d/95-ot2-modules.rules"
+
+
+def test_udev_rules_name_modules_as_opentrons_scans_for_them():
+    """Every module symlink the image's udev rules create is one opentrons' module scan
+    recognises, and every OT-2 module type has one."""
+    from opentrons.hardware_control.module_control import AttachedModulesControl
+
+    links = re.findall(r'ATTRS\{idVendor\}=="([0-9a-f]{4})", ATTRS\{idProduct\}=="([0-9a-f]{4})", '
+                       r'SYMLINK\+="(ot_module_\w+)%n"', UDEV_RULES.read_text())
+    found = {}
+    for vendor, product, link in links:
+        module = AttachedModulesControl.get_module_at_port(f"{link}0")
+        if "bootloader" in link:
+            assert module is None, link
+        else:
+            assert module is not None and module.port == f"/dev/{link}0", link
+            found[module.name] = (vendor, product)
+    assert set(found) == {"tempdeck", "magdeck", "thermocycler", "heatershaker"}
+    assert len(set(found.values())) == len(found)                  # one USB id per module type
