@@ -79,22 +79,27 @@ def _hardware_file(models: list[Any]) -> str:
 
 
 def simulate(protocol: BinaryIO, file_name: str, hardware_simulator_file_path: str | None = None,
-             **kwargs: Any) -> tuple[list, Any]:
+             estimate_duration: bool = False, **kwargs: Any) -> tuple[list, float | None]:
     """``opentrons.simulate.simulate``, taking the modules the protocol loads as attached.
 
     Without ``hardware_simulator_file_path``, each module that ``opentrons`` reports missing
     (below API level 2.14) is attached to a fresh simulator and the protocol simulated
-    again, until it loads them all. Returns ``(run log, bundle)`` as
-    ``opentrons.simulate.simulate`` does; raises what it raises.
+    again, until it loads them all. ``kwargs`` go to ``opentrons.simulate.simulate``.
+    Returns ``(run log, estimated duration in s or None)``; raises what
+    ``opentrons.simulate.simulate`` raises.
     """
     from opentrons import simulate as ot_simulate
+    from opentrons.protocols.duration import DurationEstimator
 
     source = protocol.read()
     attached: list[Any] = []
     while True:
         path = hardware_simulator_file_path or (_hardware_file(attached) if attached else None)
+        estimator = DurationEstimator() if estimate_duration else None
         try:
-            return ot_simulate.simulate(io.BytesIO(source), file_name, hardware_simulator_file_path=path, **kwargs)
+            runlog, _bundle = ot_simulate.simulate(io.BytesIO(source), file_name, hardware_simulator_file_path=path,
+                                                   duration_estimator=estimator, **kwargs)
+            return runlog, estimator.get_total_duration() if estimator else None
         except Exception as exc:
             model = None if hardware_simulator_file_path else _missing_module(exc)
             if model is None or len(attached) >= MAX_MODULES:
@@ -114,26 +119,25 @@ def _error_text(exc: BaseException) -> str:
 def simulate_main(argv: list[str] | None = None) -> int:
     """``robot-simulate``: ``opentrons_simulate``'s options, output and exit status."""
     from opentrons import simulate as ot_simulate
-    from opentrons.protocols.duration import DurationEstimator
 
     parser = ot_simulate.get_arguments(argparse.ArgumentParser(
         prog="robot-simulate", description="Simulate an OT-2 protocol with the opentrons engine; "
         "hardware modules the protocol loads are taken as attached."))
     args = parser.parse_args(argv)
-    estimator = DurationEstimator() if args.estimate_duration else None
     try:
-        runlog, _bundle = simulate(args.protocol, args.protocol.name,
-                                   hardware_simulator_file_path=args.custom_hardware_simulator_file,
-                                   custom_labware_paths=args.custom_labware_path,
-                                   custom_data_paths=args.custom_data_path + args.custom_data_file,
-                                   duration_estimator=estimator, log_level=args.log_level)
+        runlog, duration_s = simulate(args.protocol, args.protocol.name,
+                                      hardware_simulator_file_path=args.custom_hardware_simulator_file,
+                                      estimate_duration=args.estimate_duration,
+                                      custom_labware_paths=args.custom_labware_path,
+                                      custom_data_paths=args.custom_data_path + args.custom_data_file,
+                                      log_level=args.log_level)
     except Exception as exc:        # the protocol's own error, as opentrons words it
         print(f"robot-simulate: {_error_text(exc)}", file=sys.stderr)
         return 1
     if args.output == "runlog":
         print(ot_simulate.format_runlog(runlog))
-    if estimator is not None:
-        minutes = int(estimator.get_total_duration() // 60)
+    if duration_s is not None:
+        minutes = int(duration_s // 60)
         print(f"Estimated duration (opentrons' experimental estimator): {minutes // 60} h {minutes % 60} min")
     return 0
 
