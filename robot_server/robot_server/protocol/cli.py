@@ -33,6 +33,9 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 CHANNEL_ENV = "OT_SMOOTHIE_EMULATOR_URI"
+#: Where opentrons' hardware controller learns of modules off the OT-2's OS
+#: (Opentrons/opentrons, api/src/opentrons/hardware_control/emulation/settings.py).
+MODULE_SERVER_ENV = "OT_EMULATOR_module_server"
 #: The longest series of modules one protocol can load: one per deck slot.
 MAX_MODULES = 12
 
@@ -214,6 +217,10 @@ def execute_main(argv: list[str] | None = None) -> int:
     entrypoint_util.get_deck_configuration = ot2_deck_configuration
     if args.log_level != "none":          # opentrons_execute shows the engine's logs on stdout too
         logging.getLogger("opentrons").addHandler(logging.StreamHandler(sys.stdout))
+    if not os.environ.get(MODULE_SERVER_ENV):
+        # Off the OT-2's OS, opentrons also asks an emulation module server for modules;
+        # with none configured its failure to connect is a traceback, not news.
+        logging.getLogger("opentrons.hardware_control.emulation").setLevel(logging.CRITICAL)
     try:
         ot_execute.execute(args.protocol, args.protocol.name, log_level=args.log_level,
                            emit_runlog=None if args.no_print_runlog else ot_execute.make_runlog_cb(),

@@ -12,7 +12,7 @@ def run(protocol):
 
     hs.close_labware_latch()
     p300.distribute(40, reservoir["A1"], plate.rows()[0][:4])
-    hs.set_and_wait_for_temperature(30)
+    hs.set_and_wait_for_temperature(37)
     hs.set_and_wait_for_shake_speed(800)
     protocol.delay(minutes=1)
     hs.deactivate_shaker()
