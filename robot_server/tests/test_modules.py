@@ -38,18 +38,18 @@ metadata = {"protocolName": "Cold beads", "apiLevel": "2.15"}
 
 def run(protocol):
     protocol.delay(seconds=3)       # opentrons registers emulated modules in the background
-    temp = protocol.load_module("temperature module gen2", 1)
-    tubes = temp.load_labware("opentrons_24_aluminumblock_nest_1.5ml_snapcap")
-    mag = protocol.load_module("magnetic module gen2", 4)
-    plate = mag.load_labware("nest_96_wellplate_100ul_pcr_full_skirt")
-    tips = protocol.load_labware("opentrons_96_tiprack_300ul", 2)
-    p300 = protocol.load_instrument("p300_single_gen2", "right", tip_racks=[tips])
+    cold = protocol.load_module("temperature module gen2", 3)
+    stock = cold.load_labware("opentrons_24_aluminumblock_nest_2ml_snapcap")
+    magnet = protocol.load_module("magnetic module gen2", 6)
+    beads = magnet.load_labware("nest_96_wellplate_100ul_pcr_full_skirt")
+    rack = protocol.load_labware("opentrons_96_tiprack_300ul", 5)
+    pipette = protocol.load_instrument("p300_single_gen2", "right", tip_racks=[rack])
 
-    temp.set_temperature(6)
-    p300.transfer(50, tubes["A1"], plate["A1"])
-    mag.engage(height_from_base=10)
+    cold.set_temperature(6)
+    pipette.transfer(50, stock["B2"], beads["C3"])
+    magnet.engage(height_from_base=10)
     protocol.delay(seconds=1)
-    mag.disengage()
+    magnet.disengage()
 '''
 
 

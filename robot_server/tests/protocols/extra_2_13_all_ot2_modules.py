@@ -5,7 +5,7 @@ metadata = {"protocolName": "All modules", "apiLevel": "2.13"}
 
 def run(protocol):
     temp = protocol.load_module("temperature module", 3)
-    mag = protocol.load_module("magnetic module", 4)
+    mag = protocol.load_module("magnetic module", 9)
     tc = protocol.load_module("thermocycler module")
     hs = protocol.load_module("heaterShakerModuleV1", 1)
     tubes = temp.load_labware("opentrons_24_aluminumblock_nest_1.5ml_snapcap")

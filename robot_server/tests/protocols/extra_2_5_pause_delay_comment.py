@@ -1,6 +1,6 @@
-"""API 2.3, run control: comments, pauses, delays in seconds and minutes, homing and
+"""API 2.5, run control: comments, pauses, delays in seconds and minutes, homing and
 rail lights between liquid steps."""
-metadata = {"protocolName": "Run control", "apiLevel": "2.3"}
+metadata = {"protocolName": "Run control", "apiLevel": "2.5"}
 
 
 def run(protocol):
