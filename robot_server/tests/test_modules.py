@@ -37,7 +37,6 @@ metadata = {"protocolName": "Cold beads", "apiLevel": "2.15"}
 
 
 def run(protocol):
-    protocol.delay(seconds=3)       # opentrons registers emulated modules in the background
     cold = protocol.load_module("temperature module gen2", 3)
     stock = cold.load_labware("opentrons_24_aluminumblock_nest_2ml_snapcap")
     magnet = protocol.load_module("magnetic module gen2", 6)

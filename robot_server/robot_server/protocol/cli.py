@@ -16,11 +16,13 @@ server's G-code channel, a Smoothieware-speaking socket on loopback
 api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py). ``RUNNING_ON_PI`` is never
 set here, so ``opentrons`` keeps simulated GPIO and the robot server keeps the lines.
 
-Exit status: 0 success, 1 the protocol failed, 2 usage errors or no channel.
+Exit status: 0 success, 1 the protocol failed, 2 usage errors, no channel, or announced
+modules that never attached.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import logging
@@ -28,6 +30,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 import typing
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -189,6 +192,42 @@ def ot2_deck_configuration() -> list[tuple[str, str, None]]:
     return placements
 
 
+def wait_for_announced_modules(timeout_s: float = 60.0) -> int:
+    """Wait until ``opentrons``' hardware controller has attached every module its module
+    server announces (``OT_EMULATOR_module_server``); returns how many.
+
+    Off the OT-2's OS the controller learns of modules from that server and attaches them
+    in the background (Opentrons/opentrons,
+    api/src/opentrons/hardware_control/module_control.py, ``listen_module_connection``),
+    so a protocol that loads a module at once could find none. This builds the
+    controller ``opentrons.execute`` runs on (the process-wide one) and waits for it.
+    Raises ``TimeoutError`` after ``timeout_s`` s, ``OSError`` if the server is not
+    reachable.
+    """
+    from opentrons import execute as ot_execute
+    from opentrons.hardware_control.emulation.module_server.client import ModuleStatusClient
+    from opentrons.hardware_control.emulation.settings import Settings
+
+    server = Settings().module_server
+
+    async def announced() -> int:
+        client = await ModuleStatusClient.connect(server.host, server.port)
+        try:
+            return len((await asyncio.wait_for(client.read(), timeout_s)).connections)
+        finally:
+            client.close()
+
+    count = asyncio.run(announced())
+    hardware = ot_execute._get_global_hardware_controller(ot_execute._get_robot_type())
+    deadline = time.monotonic() + timeout_s
+    while len(hardware.attached_modules) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} modules announced by the module server at {server.host}:{server.port}, "
+                               f"{len(hardware.attached_modules)} attached after {timeout_s:g} s")
+        time.sleep(0.1)
+    return count
+
+
 def execute_main(argv: list[str] | None = None) -> int:
     """``robot-execute``: ``opentrons_execute``'s options and run log, through the channel."""
     parser = argparse.ArgumentParser(prog="robot-execute", description="Run an OT-2 protocol on this robot "
@@ -217,7 +256,13 @@ def execute_main(argv: list[str] | None = None) -> int:
     entrypoint_util.get_deck_configuration = ot2_deck_configuration
     if args.log_level != "none":          # opentrons_execute shows the engine's logs on stdout too
         logging.getLogger("opentrons").addHandler(logging.StreamHandler(sys.stdout))
-    if not os.environ.get(MODULE_SERVER_ENV):
+    if os.environ.get(MODULE_SERVER_ENV):
+        try:
+            wait_for_announced_modules()
+        except (OSError, TimeoutError) as exc:
+            print(f"robot-execute: hardware modules: {exc}", file=sys.stderr)
+            return 2
+    else:
         # Off the OT-2's OS, opentrons also asks an emulation module server for modules;
         # with none configured its failure to connect is a traceback, not news.
         logging.getLogger("opentrons.hardware_control.emulation").setLevel(logging.CRITICAL)
