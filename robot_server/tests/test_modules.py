@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tty
 from pathlib import Path
 
 import pytest
@@ -73,16 +74,10 @@ class Recording:
         return getattr(self.emulator, name)
 
 
-@pytest.fixture
-def module_emulators():
-    """opentrons' module server and proxies on loopback ports, a temperature module GEN2 and
-    a magnetic module GEN2 connected to them; yields (OT_EMULATOR_* env, tempdeck, magdeck)."""
-    host = "127.0.0.1"
-    proxies = {name: ProxySettings(host=host, emulator_port=free_port(), driver_port=free_port())
-               for name in ("heatershaker_proxy", "thermocycler_proxy", "temperature_proxy", "magdeck_proxy")}
-    settings = Settings(module_server=ModuleServerSettings(host=host, port=free_port()), **proxies)
-    tempdeck = Recording(TempDeckEmulator(Parser(), settings.tempdeck))
-    magdeck = Recording(MagDeckEmulator(Parser(), settings.magdeck))
+
+def proxied_modules(tempdeck: Recording, magdeck: Recording, settings: Settings):
+    """opentrons' module server and proxies on loopback ports with ``tempdeck`` and
+    ``magdeck`` connected to them, in a thread of their own; yields the server's port."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -90,15 +85,80 @@ def module_emulators():
 
     async def connect() -> None:
         await asyncio.sleep(0.5)            # the proxies are listening
-        asyncio.ensure_future(run_emulator_client(host, settings.temperature_proxy.emulator_port, tempdeck))
-        asyncio.ensure_future(run_emulator_client(host, settings.magdeck_proxy.emulator_port, magdeck))
+        asyncio.ensure_future(run_emulator_client("127.0.0.1", settings.temperature_proxy.emulator_port, tempdeck))
+        asyncio.ensure_future(run_emulator_client("127.0.0.1", settings.magdeck_proxy.emulator_port, magdeck))
 
     asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
-    env = {"OT_EMULATOR_module_server": json.dumps({"host": host, "port": settings.module_server.port})}
-    yield env, tempdeck, magdeck
+    yield settings.module_server.port
     app.cancel()
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
+
+
+class PtyModule:
+    """A module emulator behind a pseudo-terminal, as a USB module's tty is; ``link`` is
+    made a symlink to the tty (what the udev rules do under /dev)."""
+
+    def __init__(self, emulator: Recording, link: Path) -> None:
+        self.emulator = emulator
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        link.symlink_to(os.ttyname(self.slave))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        terminator, buf = self.emulator.get_terminator(), b""
+        while True:
+            try:
+                buf += os.read(self.master, 4096)
+            except OSError:                 # closed
+                return
+            while terminator in buf:
+                line, buf = buf.split(terminator, 1)
+                reply = self.emulator.handle(line.decode().strip())
+                os.write(self.master, (reply.encode() + terminator if reply else b"") + self.emulator.get_ack())
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def announced_modules(tempdeck: Recording, magdeck: Recording, dev: Path):
+    """Our ``ot2-modules`` (a real process) announcing ``tempdeck`` and ``magdeck`` on ptys
+    named as the udev rules name USB modules; yields the module server's port."""
+    dev.mkdir()
+    ptys = [PtyModule(tempdeck, dev / "ot_module_tempdeck0"), PtyModule(magdeck, dev / "ot_module_magdeck1")]
+    (dev / "ot_module_samba_bootloader0").symlink_to("/dev/null")     # not a module
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "ot2-modules"), "--dev", str(dev), "--port", str(port), "--interval", "0.2"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:                # both announced
+        if "magdeck at" in line:
+            break
+    yield port
+    proc.terminate()
+    proc.wait(10)
+    for p in ptys:
+        p.close()
+
+
+@pytest.fixture(params=["opentrons-proxies", "ot2-modules"])
+def module_emulators(request, tmp_path):
+    """A temperature module GEN2 and a magnetic module GEN2 (opentrons' emulators), reaching
+    opentrons through its own emulation proxies or through ``ot2-modules`` over ptys;
+    yields (OT_EMULATOR_* env, tempdeck, magdeck)."""
+    proxies = {name: ProxySettings(host="127.0.0.1", emulator_port=free_port(), driver_port=free_port())
+               for name in ("heatershaker_proxy", "thermocycler_proxy", "temperature_proxy", "magdeck_proxy")}
+    settings = Settings(module_server=ModuleServerSettings(host="127.0.0.1", port=free_port()), **proxies)
+    tempdeck = Recording(TempDeckEmulator(Parser(), settings.tempdeck))
+    magdeck = Recording(MagDeckEmulator(Parser(), settings.magdeck))
+    if request.param == "opentrons-proxies":
+        serve = proxied_modules(tempdeck, magdeck, settings)
+    else:
+        serve = announced_modules(tempdeck, magdeck, tmp_path / "dev")
+    port = next(serve)
+    yield {"OT_EMULATOR_module_server": json.dumps({"host": "127.0.0.1", "port": port})}, tempdeck, magdeck
+    next(serve, None)
 
 
 def test_temperature_and_magnetic_modules_run_against_emulators(module_emulators, tmp_path):

@@ -10,7 +10,8 @@ hardware modules simulates without ``--custom-hardware-simulator-file``. The mod
 loads are taken as attached (``opentrons_simulate`` stops at the first ``load_module``).
 
 ``robot-execute PROTOCOL`` takes ``opentrons_execute``'s options and runs the protocol on
-this robot. The robot server owns the motor board; ``opentrons`` reaches it through the
+this robot. Hardware modules reach ``opentrons`` through ``ot2-modules`` (``modules.py``);
+the protocol starts once the ones it announces are attached. The robot server owns the motor board; ``opentrons`` reaches it through the
 server's G-code channel, a Smoothieware-speaking socket on loopback
 (``OT_SMOOTHIE_EMULATOR_URI``, read by ``SmoothieDriver.get_port`` in
 api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py). ``RUNNING_ON_PI`` is never
@@ -194,7 +195,8 @@ def ot2_deck_configuration() -> list[tuple[str, str, None]]:
 
 def wait_for_announced_modules(timeout_s: float = 60.0) -> int:
     """Wait until ``opentrons``' hardware controller has attached every module its module
-    server announces (``OT_EMULATOR_module_server``); returns how many.
+    server announces (``OT_EMULATOR_module_server``, default port 8989 on this host: on
+    the robot, ``ot2-modules``); returns how many.
 
     Off the OT-2's OS the controller learns of modules from that server and attaches them
     in the background (Opentrons/opentrons,
@@ -256,16 +258,18 @@ def execute_main(argv: list[str] | None = None) -> int:
     entrypoint_util.get_deck_configuration = ot2_deck_configuration
     if args.log_level != "none":          # opentrons_execute shows the engine's logs on stdout too
         logging.getLogger("opentrons").addHandler(logging.StreamHandler(sys.stdout))
-    if os.environ.get(MODULE_SERVER_ENV):
-        try:
-            wait_for_announced_modules()
-        except (OSError, TimeoutError) as exc:
+    try:
+        wait_for_announced_modules()
+    except OSError as exc:
+        if os.environ.get(MODULE_SERVER_ENV):
             print(f"robot-execute: hardware modules: {exc}", file=sys.stderr)
             return 2
-    else:
-        # Off the OT-2's OS, opentrons also asks an emulation module server for modules;
-        # with none configured its failure to connect is a traceback, not news.
+        # No module server (ot2-modules) at opentrons' default address: no modules. The
+        # hardware controller's own attempt to reach it would log a traceback, not news.
         logging.getLogger("opentrons.hardware_control.emulation").setLevel(logging.CRITICAL)
+    except TimeoutError as exc:
+        print(f"robot-execute: hardware modules: {exc}", file=sys.stderr)
+        return 2
     try:
         ot_execute.execute(args.protocol, args.protocol.name, log_level=args.log_level,
                            emit_runlog=None if args.no_print_runlog else ot_execute.make_runlog_cb(),
