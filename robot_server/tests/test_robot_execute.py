@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import start_robot, stop_robot
+
 BIN = Path(sys.executable).parent
-PROTOCOL = 'metadata = {"apiLevel": "2.15"}\n\ndef run(protocol):\n    protocol.home()\n'
+PROTOCOL = 'metadata = {"apiLevel": "2.15"}\n\ndef run(protocol):\n    protocol.home()\n    protocol.comment("homed")\n'
 
 
 def test_refuses_clearly_when_the_channel_is_not_reachable(tmp_path):
@@ -20,3 +22,26 @@ def test_refuses_clearly_when_the_channel_is_not_reachable(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"robot-execute: the motor board channel {uri} is not reachable")
     assert "robot server running?" in done.stderr
+
+
+def test_runs_through_the_robot_servers_channel(tmp_path):
+    """No OT_SMOOTHIE_EMULATOR_URI: robot-execute takes the channel port from the robot
+    server's config and opentrons drives the board through the server's lease."""
+    robot = start_robot(tmp_path / "srv")
+    try:
+        robot.wait_connected()
+        config = tmp_path / "robot-server.toml"
+        config.write_text(f"channel_port = {robot.service.channel.port}\n")
+        protocol = tmp_path / "home.py"
+        protocol.write_text(PROTOCOL)
+        env = {k: v for k, v in os.environ.items() if k not in ("OT_SMOOTHIE_EMULATOR_URI", "RUNNING_ON_PI")}
+        start = len(robot.emulator.log)
+        done = subprocess.run([str(BIN / "robot-execute"), "--config", str(config), str(protocol)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(env, HOME=str(tmp_path)))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.splitlines()[-1] == " homed"                       # opentrons_execute's run log
+        through_channel = robot.emulator.log[start:]
+        assert any(line.startswith("G28.2") for line in through_channel)
+        assert "M371 L" in through_channel and "M371 R" in through_channel     # pipettes read from the board
+    finally:
+        stop_robot(robot)
