@@ -45,3 +45,21 @@ def test_runs_through_the_robot_servers_channel(tmp_path):
         assert "M371 L" in through_channel and "M371 R" in through_channel     # pipettes read from the board
     finally:
         stop_robot(robot)
+
+
+def test_refuses_clearly_while_another_client_holds_the_channel(tmp_path):
+    robot = start_robot(tmp_path / "srv")
+    try:
+        robot.wait_connected()
+        holder = socket.create_connection(("127.0.0.1", robot.service.channel.port))
+        protocol = tmp_path / "home.py"
+        protocol.write_text(PROTOCOL)
+        uri = robot.service.channel.url
+        done = subprocess.run([str(BIN / "robot-execute"), str(protocol)], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, env=dict(os.environ, HOME=str(tmp_path), OT_SMOOTHIE_EMULATOR_URI=uri))
+        holder.close()
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.startswith(f"robot-execute: the motor board channel {uri} refused this client: Error: ")
+        assert "leased" in done.stderr
+    finally:
+        stop_robot(robot)

@@ -162,18 +162,26 @@ def channel_uri(config_path: str | None = None) -> str:
     return f"socket://127.0.0.1:{cfg.channel_port}"
 
 
-def check_reachable(uri: str, timeout: float = 3.0) -> None:
+def check_reachable(uri: str, timeout: float = 3.0, refusal_wait: float = 0.3) -> None:
     """Raise ``OSError`` naming ``uri`` if a ``socket://host:port`` URL does not accept a
-    TCP connection within ``timeout`` s (other pyserial URLs and device paths are left to
-    pyserial)."""
+    TCP connection within ``timeout`` s, or answers it at once with a line (the robot
+    server's channel refuses a client while another holds the lease with one
+    ``Error: ...`` line naming the holder). Other pyserial URLs and device paths are left
+    to pyserial."""
     parts = urlsplit(uri)
     if parts.scheme != "socket":
         return
     try:
-        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as conn:
+            conn.settimeout(refusal_wait)
+            try:
+                answer = conn.recv(4096).decode(errors="replace").strip()
+            except TimeoutError:            # silent: the channel is ours
+                return
     except OSError as exc:
         raise OSError(f"the motor board channel {uri} is not reachable ({exc.strerror or exc}); "
                       "is the robot server running?") from None
+    raise OSError(f"the motor board channel {uri} refused this client: {answer or 'closed at once'}")
 
 
 def ot2_deck_configuration() -> list[tuple[str, str, None]]:
