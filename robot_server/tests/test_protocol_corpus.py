@@ -86,4 +86,4 @@ def test_robot_simulate_reports_a_protocol_error(tmp_path):
                         '    protocol.load_labware("no_such_labware", 1)\n')
     code, out, err = finish(start([str(BIN / "robot-simulate"), str(protocol)], tmp_path / "home"))
     assert code == 1 and out == ""
-    assert err.startswith("robot-simulate: ") and "no_such_labware" in err
+    assert err.splitlines()[-1].startswith("robot-simulate: ") and "no_such_labware" in err
