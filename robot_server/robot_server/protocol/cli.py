@@ -10,12 +10,13 @@ hardware modules simulates without ``--custom-hardware-simulator-file``. The mod
 loads are taken as attached (``opentrons_simulate`` stops at the first ``load_module``).
 
 ``robot-execute PROTOCOL`` takes ``opentrons_execute``'s options and runs the protocol on
-this robot. Hardware modules reach ``opentrons`` through ``ot2-modules`` (``modules.py``);
-the protocol starts once the ones it announces are attached. The robot server owns the motor board; ``opentrons`` reaches it through the
+this robot. The robot server owns the motor board; ``opentrons`` reaches it through the
 server's G-code channel, a Smoothieware-speaking socket on loopback
 (``OT_SMOOTHIE_EMULATOR_URI``, read by ``SmoothieDriver.get_port`` in
 api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py). ``RUNNING_ON_PI`` is never
-set here, so ``opentrons`` keeps simulated GPIO and the robot server keeps the lines.
+set (and dropped if inherited), so ``opentrons`` keeps simulated GPIO and the robot server
+keeps the lines. Hardware modules reach ``opentrons`` through ``ot2-modules``
+(``modules.py``); the protocol starts once the modules it announces are attached.
 
 Exit status: 0 success, 1 the protocol failed, 2 usage errors, no channel, or announced
 modules that never attached.
@@ -246,6 +247,9 @@ def execute_main(argv: list[str] | None = None) -> int:
                         "(default /etc/ot2/robot-server.toml, optional)")
     parser.add_argument("-n", "--no-print-runlog", action="store_true",
                         help="do not print the commands as they are executed")
+    # Read when opentrons is imported: with it, opentrons would take the GPIO lines the
+    # robot server holds (opentrons.config.IS_ROBOT).
+    os.environ.pop("RUNNING_ON_PI", None)
     from opentrons import execute as ot_execute
 
     args = ot_execute.get_arguments(parser).parse_args(argv)
