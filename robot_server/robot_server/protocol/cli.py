@@ -253,13 +253,14 @@ def execute_main(argv: list[str] | None = None) -> int:
     from opentrons import execute as ot_execute
 
     args = ot_execute.get_arguments(parser).parse_args(argv)
+    from opentrons.hardware_control.thread_manager import ThreadManagerException
+
     from ..config import ConfigError
 
     try:
         uri = channel_uri(args.config)
-        check_reachable(uri)
-    except (ConfigError, OSError) as exc:
-        print(f"robot-execute: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"robot-execute: config error: {exc}", file=sys.stderr)
         return 2
     os.environ[CHANNEL_ENV] = uri
     # opentrons asks the OT-2's own robot server for the deck configuration only on the
@@ -271,26 +272,42 @@ def execute_main(argv: list[str] | None = None) -> int:
     if args.log_level != "none":          # opentrons_execute shows the engine's logs on stdout too
         logging.getLogger("opentrons").addHandler(logging.StreamHandler(sys.stdout))
     try:
-        wait_for_announced_modules()
-    except OSError as exc:
-        if os.environ.get(MODULE_SERVER_ENV):
-            print(f"robot-execute: hardware modules: {exc}", file=sys.stderr)
+        problem = _attach_modules()
+        if problem:
+            print(f"robot-execute: hardware modules: {problem}", file=sys.stderr)
             return 2
-        # No module server (ot2-modules) at opentrons' default address: no modules. The
-        # hardware controller's own attempt to reach it would log a traceback, not news.
-        logging.getLogger("opentrons.hardware_control.emulation").setLevel(logging.CRITICAL)
-    except TimeoutError as exc:
-        print(f"robot-execute: hardware modules: {exc}", file=sys.stderr)
-        return 2
-    try:
         ot_execute.execute(args.protocol, args.protocol.name, log_level=args.log_level,
                            emit_runlog=None if args.no_print_runlog else ot_execute.make_runlog_cb(),
                            custom_labware_paths=args.custom_labware_path,
                            custom_data_paths=args.custom_data_path + args.custom_data_file)
+    except ThreadManagerException as exc:       # opentrons could not set the hardware up
+        try:
+            check_reachable(uri)                # probed only now: a probe is a lease of its own
+        except OSError as channel:
+            print(f"robot-execute: {channel}", file=sys.stderr)
+            return 2
+        print(f"robot-execute: {_error_text(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:
         print(f"robot-execute: {_error_text(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _attach_modules() -> str | None:
+    """Wait for the modules a module server announces; None when ready (or when there is
+    no module server and none was configured), else what went wrong."""
+    try:
+        wait_for_announced_modules()
+    except OSError as exc:
+        if os.environ.get(MODULE_SERVER_ENV):
+            return str(exc)
+        # No module server (ot2-modules) at opentrons' default address: no modules. The
+        # hardware controller's own attempt to reach it would log a traceback, not news.
+        logging.getLogger("opentrons.hardware_control.emulation").setLevel(logging.CRITICAL)
+    except TimeoutError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":       # python -m robot_server.protocol.cli {simulate|execute} ...
