@@ -46,7 +46,8 @@ run: venv
 test: test-unit test-compat test-e2e
 
 # The comparisons with the OT-2's own software (opentrons, in .venv) run in test-compat.
-COMPAT_TESTS := robot_server/tests/test_ot2_compat.py robot_server/tests/test_protocol_corpus.py
+COMPAT_TESTS := robot_server/tests/test_ot2_compat.py robot_server/tests/test_protocol_corpus.py \
+	robot_server/tests/test_corpus_channel.py
 
 test-unit: venv
 	$(PYTEST) -q update_server/tests
@@ -55,7 +56,8 @@ test-unit: venv
 	$(PYTEST) -q tests --ignore=tests/e2e
 
 # The OT-2's SmoothieDriver against our emulator; our protocol corpus through robot-simulate
-# and the OT-2's opentrons_simulate, line for line.
+# and the OT-2's opentrons_simulate, line for line; corpus protocols executed through the
+# G-code channel send the board what opentrons sends it directly.
 test-compat: venv
 	$(PYTEST) -q $(COMPAT_TESTS)
 

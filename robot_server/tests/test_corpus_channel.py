@@ -18,16 +18,17 @@ from robot_server.emulator import SmoothieEmulator, TcpServer
 
 PROTOCOLS = Path(__file__).parent / "protocols"
 BIN = Path(sys.executable).parent
-SELECTED = ["v2_05_volume_over_tip", "v2_08_transfer_options", "v2_18_runtime_parameters", "v2_20_nozzle_single",
-            "v2_22_multichannel_consolidate", "v2_27_newest_level"]
+LOAD_INSTRUMENT = re.compile(r'load_instrument\("(p\d+_(?:single|multi))_gen2", "(left|right)"')
+#: Those that run without waiting and name their pipettes literally.
+SELECTED = [p.stem for p in sorted(PROTOCOLS.glob("*.py"))
+            if not re.search(r"\.(delay|pause|load_module|move_labware)\(", p.read_text())
+            and LOAD_INSTRUMENT.search(p.read_text())]
 
 
 def pipettes_of(protocol: Path) -> dict[str, str]:
     """``{mount: model}`` for the GEN2 pipettes the protocol loads by literal name; the
     model is what a GEN2 pipette's memory holds (``p300_single_gen2`` -> ``p300_single_v2.0``)."""
-    loads = re.findall(r'load_instrument\("(p\d+_(?:single|multi))_gen2", "(left|right)"', protocol.read_text())
-    assert loads, protocol
-    return {mount: f"{name}_v2.0" for name, mount in loads}
+    return {mount: f"{name}_v2.0" for name, mount in LOAD_INSTRUMENT.findall(protocol.read_text())}
 
 
 def run_log_of(stdout: str) -> list[str]:
