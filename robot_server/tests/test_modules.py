@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from opentrons.hardware_control.emulation.app import Application
 from opentrons.hardware_control.emulation.magdeck import MagDeckEmulator
+from opentrons.hardware_control.emulation.module_server.client import ModuleStatusClient
 from opentrons.hardware_control.emulation.parser import Parser
 from opentrons.hardware_control.emulation.run_emulator import run_emulator_client
 from opentrons.hardware_control.emulation.settings import ModuleServerSettings, ProxySettings, Settings
@@ -87,8 +88,13 @@ def proxied_modules(tempdeck: Recording, magdeck: Recording, settings: Settings)
         await asyncio.sleep(0.5)            # the proxies are listening
         asyncio.ensure_future(run_emulator_client("127.0.0.1", settings.temperature_proxy.emulator_port, tempdeck))
         asyncio.ensure_future(run_emulator_client("127.0.0.1", settings.magdeck_proxy.emulator_port, magdeck))
+        client = await ModuleStatusClient.connect("127.0.0.1", settings.module_server.port, retries=50)
+        announced = set()
+        while announced != {"tempdeck", "magdeck"}:      # both emulators are in the proxies' pools
+            announced |= {c.module_type for c in (await client.read()).connections}
+        client.close()
 
-    asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
+    asyncio.run_coroutine_threadsafe(connect(), loop).result(60)
     yield settings.module_server.port
     app.cancel()
     loop.call_soon_threadsafe(loop.stop)
