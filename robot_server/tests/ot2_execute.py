@@ -5,8 +5,7 @@ a pyserial URL (``OT_SMOOTHIE_EMULATOR_URI``), in a child process. Shared by
 Off the robot ``opentrons.execute`` takes the deck configuration to be empty (it asks the
 OT-2's robot server for it only on the robot: ``get_deck_configuration`` in
 Opentrons/opentrons, ``api/src/opentrons/util/entrypoint_util.py``), so the runner gives
-it the OT-2's standard deck: slots 1-11 plain, the fixed trash in 12 (cutout fixtures of
-``shared-data/deck/definitions/5/ot2_standard.json``).
+it the OT-2's standard deck as ``robot-execute`` does (``ot2_deck_configuration``).
 """
 from __future__ import annotations
 
@@ -42,9 +41,9 @@ def run(protocol: protocol_api.ProtocolContext):
 RUNNER = '''import sys
 from opentrons.util import entrypoint_util
 
-OT2_DECK = [(f"cutout{i}", "singleStandardSlot", None) for i in range(1, 12)]
-OT2_DECK.append(("cutout12", "fixedTrashSlot", None))
-entrypoint_util.get_deck_configuration = lambda: OT2_DECK
+from robot_server.protocol.cli import ot2_deck_configuration
+
+entrypoint_util.get_deck_configuration = ot2_deck_configuration
 
 from opentrons import execute
 
