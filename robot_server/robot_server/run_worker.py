@@ -8,9 +8,10 @@ simulated in here (``RUNNING_ON_PI`` is never set): the robot server keeps the p
 
 ``python -m robot_server.run_worker <protocol files directory>``
 
-Requests on stdin, one JSON line each: first ``{"labwareOffsets": [...]}`` (the OT-2's
-``LabwareOffsetCreate`` or legacy ``{definitionUri, location, vector}``), then
-``{"action": "play"|"pause"|"stop"}`` or ``{"door": "open"|"closed"}``.
+Requests on stdin, one JSON line each, handled once the hardware and the protocol are set
+up: ``{"labwareOffsets": [...]}`` (the OT-2's ``LabwareOffsetCreate`` or legacy
+``{definitionUri, location, vector}``), ``{"action": "play"|"pause"|"stop"}``,
+``{"door": "open"|"closed"}``. End of input (the server is gone) stops the run.
 Frames back (see :mod:`.worker_io`):
 
 * ``{"status": s}``: the engine's run status (``idle``, ``running``, ``paused``,
@@ -54,12 +55,11 @@ class Worker:
     def send(self, frame: dict) -> None:
         worker_io.send(self.channel, frame)
 
-    async def setup(self, offsets: list) -> None:
+    async def setup(self) -> None:
         from opentrons.hardware_control import API, ThreadManager
         from opentrons.hardware_control.types import HardwareFeatureFlags
         from opentrons.protocol_engine import Config, DeckType, error_recovery_policy
         from opentrons.protocol_engine.create_protocol_engine import create_protocol_engine
-        from opentrons.protocol_engine.types import LabwareOffsetCreate, LegacyLabwareOffsetCreate
         from opentrons.protocol_runner import LiveRunner, RunOrchestrator, create_protocol_runner
         from opentrons.protocol_runner.run_orchestrator import ParseMode
         from opentrons.protocols.api_support.deck_type import should_load_fixed_trash
@@ -82,17 +82,18 @@ class Worker:
             fixit_runner=LiveRunner(protocol_engine=engine, hardware_api=hw),
             setup_runner=LiveRunner(protocol_engine=engine, hardware_api=hw),
             protocol_live_runner=LiveRunner(protocol_engine=engine, hardware_api=hw))
-        for offset in offsets:
-            model = LabwareOffsetCreate if "locationSequence" in offset else LegacyLabwareOffsetCreate
-            self.orchestrator.add_labware_offset(model.model_validate(offset))
         await self.orchestrator.load(protocol_source=source, parse_mode=ParseMode.NORMAL,
                                      run_time_param_values=None, run_time_param_paths=None)
 
     async def handle(self, request: dict) -> None:
         """One request from the server (see the module docstring)."""
         from opentrons.hardware_control.types import DoorState
+        from opentrons.protocol_engine.types import LabwareOffsetCreate, LegacyLabwareOffsetCreate
 
         action = request.get("action")
+        for offset in request.get("labwareOffsets") or []:
+            model = LabwareOffsetCreate if "locationSequence" in offset else LegacyLabwareOffsetCreate
+            self.orchestrator.add_labware_offset(model.model_validate(offset))
         if action == "play":
             if self.run_task is None:
                 self.run_task = asyncio.ensure_future(self.orchestrator.run(deck_configuration=None))
@@ -152,9 +153,8 @@ async def requests() -> asyncio.StreamReader:
 async def serve(channel: IO[str], directory: Path) -> int:
     worker = Worker(channel, directory)
     reader = await requests()
-    first = json.loads(await reader.readline() or b"{}")
     try:
-        await worker.setup(first.get("labwareOffsets") or [])
+        await worker.setup()
     except Exception as exc:  # noqa: BLE001 - reported (never a traceback), then exit
         worker.send({"setupError": f"{type(exc).__name__}: {str(exc)[:1000]}"})
         return 1
@@ -171,8 +171,8 @@ async def serve(channel: IO[str], directory: Path) -> int:
             else:
                 try:
                     await worker.handle(json.loads(line))
-                except ValueError:
-                    pass
+                except ValueError as exc:     # a malformed request or offset (pydantic errors are ValueErrors)
+                    print(f"request refused: {exc}", file=sys.stderr)
                 pending = asyncio.ensure_future(reader.readline())
         worker.report()
         if worker.status in ("stopped", "failed", "succeeded") and worker.run_task is None:

@@ -134,12 +134,13 @@ class Sandbox:
         return setup
 
     async def spawn(self, unit: str, argv: list[str], env: dict[str, str], cwd: str,
-                    stdin: int | None = subprocess.PIPE) -> asyncio.subprocess.Process:
+                    limit: int = 1 << 20) -> asyncio.subprocess.Process:
         """Start ``argv`` in the sandbox named ``unit`` with ``BASE_ENV`` + ``env``; its
-        stdout is a pipe, its stderr too. Raises ``OSError`` if it cannot start."""
+        stdin, stdout and stderr are pipes (``limit``: longest stdout line read, bytes).
+        Raises ``OSError`` if it cannot start."""
         return await asyncio.create_subprocess_exec(
-            *self.command(unit, argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**BASE_ENV, **env}, cwd=cwd, preexec_fn=self.preexec(), close_fds=True)
+            *self.command(unit, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**BASE_ENV, **env}, cwd=cwd, preexec_fn=self.preexec(), close_fds=True, limit=limit)
 
     async def kill_all(self, unit: str, proc: asyncio.subprocess.Process | None) -> None:
         """Kill everything started in sandbox ``unit``: its scope's cgroup under systemd;

@@ -179,8 +179,6 @@ class RobotService:
         self.board_error: str | None = None
         self.started = time.time()
         self.system_version = _system_version()
-        from .protocol.runs import ProtocolManager       # late: runs.py imports this module
-        self.protocols = ProtocolManager(self)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -201,10 +199,6 @@ class RobotService:
 
     async def stop(self) -> None:
         self._stopping = True
-        try:
-            await self.protocols.close()
-        except Exception as exc:  # noqa: BLE001 - shutting down anyway
-            log.warning("stopping the active run: %s", exc)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
