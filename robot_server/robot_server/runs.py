@@ -290,6 +290,7 @@ class RunManager:
         assert run.proc is not None and run.proc.stdout is not None
         summary: dict | None = None
         setup_error: str | None = None
+        final: str | None = None
         with open(run.directory / "commands.jsonl", "ab") as commands, \
                 open(run.directory / "commands.idx", "ab") as index:
             while True:
@@ -312,7 +313,9 @@ class RunManager:
                 elif "current" in frame:
                     run.current_command = frame["current"] if isinstance(frame["current"], dict) else None
                 elif isinstance(frame.get("status"), str):
-                    if not (run.stop_requested and frame["status"] in ("idle", "running", "paused")):
+                    if frame["status"] in TERMINAL:     # shown once the summary is in (see below)
+                        final = frame["status"]
+                    elif not (run.stop_requested and frame["status"] in ("idle", "running", "paused")):
                         run.data["status"] = frame["status"]
                         run.save()
                 elif isinstance(frame.get("summary"), dict):
@@ -323,11 +326,10 @@ class RunManager:
         await self.sandbox.kill_all(run.unit, None)     # whatever it started, whatever its session
         if summary is not None:
             run.data.update({k: v for k, v in summary.items() if k in run.data})
-        status = run.data["status"]
         if setup_error is not None:
             self._end(run, "failed", _error("RunSetupFailed", f"The run could not be set up: {setup_error}"))
-        elif status in TERMINAL:
-            self._end(run, status, None)
+        elif final is not None:
+            self._end(run, final, None)
         elif run.stop_requested:
             self._end(run, "stopped", None)
         else:

@@ -260,9 +260,14 @@ def test_files_the_engine_refuses_are_not_stored(engine):
     before = engine.robot.get("/protocols")[1]["meta"]["totalLength"]
     error = assert_error(engine.upload({"notes.txt": b"not a protocol"}), 422, "ProtocolFilesInvalid")
     assert "Traceback" not in error["detail"]
-    assert_error(engine.upload({"../evil.py": SIMPLE}), 422, "InvalidRequest")
+    assert_error(engine.upload({"run.sh": SIMPLE}), 422, "InvalidRequest")
+    assert_error(engine.upload({".hidden.py": SIMPLE}), 422, "InvalidRequest")
     assert_error(engine.robot.post("/protocols", {"data": {}}), 422, "InvalidRequest")
     assert engine.robot.get("/protocols")[1]["meta"]["totalLength"] == before
+    status, body = engine.upload({"../../evil.py": SIMPLE})          # a path is reduced to its name
+    assert status == 201 and body["data"]["files"] == [{"name": "evil.py", "role": "main"}]
+    assert (engine.data_dir / "robot-server" / "engine" / "protocols" / body["data"]["id"] / "files"
+            / "evil.py").is_file()
 
 
 def test_unknown_ids_and_malformed_envelopes(engine):
@@ -297,7 +302,8 @@ def test_run_plays_to_succeeded_and_its_commands_page_from_disk(engine):
     assert engine.action(run["id"], "play")[0] == 201
     done = engine.wait_status(run["id"], ("succeeded", "failed", "stopped"))
     assert done["status"] == "succeeded", done["errors"]
-    assert done["labwareOffsets"][0]["vector"] == {"x": 0.5, "y": -0.25, "z": 1.0}
+    output = (engine.host.runs.get(run["id"]).directory / "output.log").read_text()
+    assert done["labwareOffsets"][0]["vector"] == {"x": 0.5, "y": -0.25, "z": 1.0}, output[-3000:]
     assert engine.board.log.count("G28.2") > homes_before        # the run homed the board
     status, page = engine.robot.get(f"/runs/{run['id']}/commands?cursor=0&pageLength=2")
     assert status == 200 and len(page["data"]) == 2 and page["meta"]["cursor"] == 0
