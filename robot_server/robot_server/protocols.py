@@ -201,7 +201,12 @@ class Analyzer:
     async def _analyse(self, job: Job) -> None:
         while True:
             job.attempts += 1
-            await self.ensure_worker()
+            try:
+                await self.ensure_worker()
+            except OSError:
+                if job.attempts >= 2:
+                    raise
+                continue                 # e.g. killed with a run's processes while warming
             self.proc.stdin.write(json.dumps({"id": "job", "dir": str(job.directory)}).encode() + b"\n")
             await self.proc.stdin.drain()
             try:

@@ -170,9 +170,13 @@ async def serve(channel: IO[str], directory: Path) -> int:
                     break
             else:
                 try:
-                    await worker.handle(json.loads(line))
+                    request = json.loads(line)
+                    await worker.handle(request)
                 except ValueError as exc:     # a malformed request or offset (pydantic errors are ValueErrors)
                     print(f"request refused: {exc}", file=sys.stderr)
+                    request = {}
+                if request.get("action") == "stop" and worker.run_task is None:
+                    break                    # stopped before it started: nothing more will happen
                 pending = asyncio.ensure_future(reader.readline())
         worker.report()
         if worker.status in ("stopped", "failed", "succeeded") and worker.run_task is None:

@@ -62,6 +62,7 @@ class Run:
     current_command: dict | None = None
     command_count: int = 0
     stop_requested: bool = False
+    set_up: bool = False           # the process reported its first status: the engine is there
     tasks: list[asyncio.Task] = field(default_factory=list)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     scratch: str | None = None
@@ -242,6 +243,9 @@ class RunManager:
         run.stop_requested = True
         if run.data["status"] not in TERMINAL:
             run.data["status"] = "stop-requested"
+        if not run.set_up:              # nothing has started: no engine to ask yet
+            await self.sandbox.kill_all(run.unit, run.proc)
+            return
         self._send(run, {"action": "stop"})
         task = asyncio.ensure_future(self._kill_after_grace(run))
         run.tasks.append(task)
@@ -313,6 +317,7 @@ class RunManager:
                 elif "current" in frame:
                     run.current_command = frame["current"] if isinstance(frame["current"], dict) else None
                 elif isinstance(frame.get("status"), str):
+                    run.set_up = True
                     if frame["status"] in TERMINAL:     # shown once the summary is in (see below)
                         final = frame["status"]
                     elif not (run.stop_requested and frame["status"] in ("idle", "running", "paused")):

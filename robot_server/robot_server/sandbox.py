@@ -91,6 +91,13 @@ class Sandbox:
         self.memory_max = memory_max
         self.tasks_max = tasks_max
         self.use_systemd = systemd_running() if use_systemd is None else use_systemd
+        #: Held while killing: a process spawned meanwhile would be killed with the rest.
+        self._killing: asyncio.Lock | None = None
+
+    def _lock(self) -> asyncio.Lock:
+        if self._killing is None:
+            self._killing = asyncio.Lock()
+        return self._killing
 
     @property
     def isolated(self) -> bool:
@@ -138,18 +145,20 @@ class Sandbox:
         """Start ``argv`` in the sandbox named ``unit`` with ``BASE_ENV`` + ``env``; its
         stdin, stdout and stderr are pipes (``limit``: longest stdout line read, bytes).
         Raises ``OSError`` if it cannot start."""
-        return await asyncio.create_subprocess_exec(
-            *self.command(unit, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**BASE_ENV, **env}, cwd=cwd, preexec_fn=self.preexec(), close_fds=True, limit=limit)
+        async with self._lock():
+            return await asyncio.create_subprocess_exec(
+                *self.command(unit, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={**BASE_ENV, **env}, cwd=cwd, preexec_fn=self.preexec(), close_fds=True, limit=limit)
 
     async def kill_all(self, unit: str, proc: asyncio.subprocess.Process | None) -> None:
         """Kill everything started in sandbox ``unit``: its scope's cgroup under systemd;
         every process of the sandbox user otherwise; at least ``proc``'s process group
         when not isolated."""
-        if self.use_systemd:
-            await _quiet("systemctl", "kill", "--signal=SIGKILL", f"{unit}.scope")
-        elif self.identity is not None:
-            await asyncio.get_running_loop().run_in_executor(None, kill_user, self.identity)
+        async with self._lock():
+            if self.use_systemd:
+                await _quiet("systemctl", "kill", "--signal=SIGKILL", f"{unit}.scope")
+            elif self.identity is not None:
+                await asyncio.get_running_loop().run_in_executor(None, kill_user, self.identity)
         if proc is not None and proc.returncode is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -162,7 +171,8 @@ class Sandbox:
 
 
 def user_processes(uid: int) -> list[int]:
-    """PIDs whose real uid is ``uid`` (from ``/proc/<pid>/status``)."""
+    """PIDs of live processes whose real uid is ``uid`` (from ``/proc/<pid>/status``;
+    zombies, already dead and waiting for their parent to reap them, are not counted)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -170,6 +180,8 @@ def user_processes(uid: int) -> list[int]:
         try:
             with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as fh:
                 for line in fh:
+                    if line.startswith("State:") and line.split()[1] in ("Z", "X"):
+                        break
                     if line.startswith("Uid:"):
                         if int(line.split()[1]) == uid:
                             pids.append(int(entry))

@@ -185,8 +185,9 @@ class Engine:
 
     def started_run(self, source: bytes) -> str:
         """A run of ``source`` played until it is running."""
-        protocol = self.upload({"protocol.py": source})[1]["data"]
-        status, body = self.create_run(protocol["id"])
+        status, body = self.upload({"protocol.py": source})
+        assert status == 201, body
+        status, body = self.create_run(body["data"]["id"])
         assert status == 201, body
         run_id = body["data"]["id"]
         assert self.action(run_id, "play")[0] == 201
@@ -292,7 +293,7 @@ def test_run_plays_to_succeeded_and_its_commands_page_from_disk(engine):
     protocol, analysis = engine.analysed({"simple.py": SIMPLE})
     offset = {"definitionUri": "opentrons/corning_96_wellplate_360ul_flat/2", "location": {"slotName": "2"},
               "vector": {"x": 0.5, "y": -0.25, "z": 1.0}}
-    homes_before = engine.board.log.count("G28.2")
+    homes_before = engine.board.lines_received
     status, body = engine.create_run(protocol["id"], labwareOffsets=[offset])
     assert status == 201, body
     run = body["data"]
@@ -304,7 +305,8 @@ def test_run_plays_to_succeeded_and_its_commands_page_from_disk(engine):
     assert done["status"] == "succeeded", done["errors"]
     output = (engine.host.runs.get(run["id"]).directory / "output.log").read_text()
     assert done["labwareOffsets"][0]["vector"] == {"x": 0.5, "y": -0.25, "z": 1.0}, output[-3000:]
-    assert engine.board.log.count("G28.2") > homes_before        # the run homed the board
+    assert engine.board.lines_received > homes_before
+    assert any(line.startswith("G28.2") for line in engine.board.log)     # the run homed the board
     status, page = engine.robot.get(f"/runs/{run['id']}/commands?cursor=0&pageLength=2")
     assert status == 200 and len(page["data"]) == 2 and page["meta"]["cursor"] == 0
     total = page["meta"]["totalLength"]
@@ -392,8 +394,11 @@ def test_a_protocol_cannot_read_a_root_only_file(engine, tmp_path):
 def test_a_protocol_allocating_1_gib_fails_cleanly(engine):
     protocol, analysis = engine.analysed({"big.py": ALLOCATES_AT_IMPORT})
     assert analysis["result"] == "not-ok"
-    run_id = engine.started_run(ALLOCATES)
-    done = engine.wait_status(run_id, ("failed", "succeeded", "stopped"))
+    protocol, _ = engine.analysed({"allocates.py": ALLOCATES})
+    status, body = engine.create_run(protocol["id"])
+    assert status == 201, body
+    assert engine.action(body["data"]["id"], "play")[0] == 201
+    done = engine.wait_status(body["data"]["id"], ("failed", "succeeded", "stopped"))
     assert done["status"] == "failed"
     assert "MemoryError" in json.dumps(done["errors"]) or "limit" in json.dumps(done["errors"])
     assert engine.robot.get("/health")[0] == 200
