@@ -104,9 +104,11 @@ class Worker:
         elif action == "stop":
             await self.orchestrator.stop()
         elif request.get("door") in ("open", "closed"):
-            # the hardware controller's own door path, which the engine's door watcher follows
+            # the hardware controller's own door path (as its GPIO watcher would call it, in
+            # the controller's thread), which the engine's door watcher follows
             state = DoorState.OPEN if request["door"] == "open" else DoorState.CLOSED
-            self.hardware._update_door_state(state)
+            api = self.hardware.wrapped()
+            api.loop.call_soon_threadsafe(api._update_door_state, state)
 
     def report(self) -> None:
         """Send the status if it changed, then every newly finished command, then the current one."""

@@ -79,6 +79,14 @@ def run(ctx):
         ctx.delay(seconds=30)
 '''
 
+HOMES = b'''
+metadata = {"apiLevel": "2.15", "protocolName": "homes forever"}
+def run(ctx):
+    for _ in range(10000):
+        ctx.home()
+        ctx.delay(seconds=0.2)
+'''
+
 FORKS = b'''
 import subprocess
 metadata = {"apiLevel": "2.15", "protocolName": "forks"}
@@ -415,7 +423,7 @@ def test_a_run_process_that_dies_mid_run_fails_the_run(engine):
 
 
 def test_the_board_disconnected_mid_run_fails_the_run(engine):
-    run_id = engine.started_run(LONG)
+    run_id = engine.started_run(HOMES)
     engine.board.mute = True          # the board stops answering ...
     engine.channel.drop_client()      # ... and its cable is pulled
     try:
