@@ -84,6 +84,10 @@ class FilesInvalid(Exception):
     """The engine's reader refused the uploaded files."""
 
 
+class AnalysisUnavailable(Exception):
+    """The analysis worker could not be started."""
+
+
 @dataclass
 class Job:
     """One analysis: ``source`` resolves with the reader's view of the files (or raises
@@ -193,7 +197,8 @@ class Analyzer:
                 await self._analyse(job)
             except Exception as exc:  # noqa: BLE001 - the job fails, the loop goes on
                 log.warning("analysis failed: %s", exc)
-                _settle(job, None, FilesInvalid("the protocol could not be analysed"))
+                _settle(job, None, AnalysisUnavailable("the analysis worker could not be started"),
+                        "the analysis worker could not be started")
             finally:
                 self._job = None
             await self._clean_up()
@@ -337,7 +342,8 @@ class ProtocolStore:
         """Store ``files`` (``[(name, content)]``) as a new protocol and start its
         analysis. Returns the resource once the engine's reader accepted the files (its
         analysis ``pending``). Raises 422 ``InvalidRequest`` (no files, a bad name, a
-        duplicate name), 413 ``FileTooLarge``, 422 ``ProtocolFilesInvalid``."""
+        duplicate name), 413 ``FileTooLarge``, 422 ``ProtocolFilesInvalid``, 503
+        ``AnalysisUnavailable`` (the worker cannot start: a server fault, not the files')."""
         if not files:
             raise invalid_request("Expected at least one file in the 'files' field.", "/files")
         if len(files) > MAX_FILES:
@@ -367,6 +373,9 @@ class ProtocolStore:
         except FilesInvalid as exc:
             shutil.rmtree(directory, ignore_errors=True)
             raise EngineError(422, "ProtocolFilesInvalid", "Protocol File(s) Invalid", str(exc)) from None
+        except AnalysisUnavailable as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise EngineError(503, "AnalysisUnavailable", "Analysis Unavailable", str(exc)) from None
         meta = {"id": protocol_id, "createdAt": now(), "files": source["files"],
                 "protocolType": source["protocolType"], "robotType": source["robotType"],
                 "metadata": source["metadata"], "analyses": [],
