@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from . import worker_io
 from .engine_errors import EngineError, invalid_request, not_found
 from .sandbox import Sandbox
 
@@ -44,6 +45,8 @@ MAX_FILES = 50
 #: Largest frame (one analysis) accepted from the worker, bytes.
 MAX_FRAME = 256 * 1024 * 1024
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-() ]{0,120}\.(py|json|csv|txt)$")
+#: Prefix of the analysis worker's sandbox (one name per start: systemd refuses to reuse
+#: the name of a scope that has not been collected yet).
 ANALYSIS_UNIT = "ot2-analysis"
 
 
@@ -114,6 +117,7 @@ class Analyzer:
         self.timeout = timeout
         self.run_active = run_active
         self.proc: asyncio.subprocess.Process | None = None
+        self.unit = ANALYSIS_UNIT
         self._ready: asyncio.Event | None = None
         self._jobs: asyncio.Queue = asyncio.Queue()
         self._job: Job | None = None
@@ -156,8 +160,9 @@ class Analyzer:
             self._scratch = tempfile.mkdtemp(prefix="ot2-analysis-")
             self.sandbox.owns(Path(self._scratch))
         self._ready = asyncio.Event()
+        self.unit = f"{ANALYSIS_UNIT}-{new_id()[:8]}"
         self.proc = await self.sandbox.spawn(
-            ANALYSIS_UNIT, [sys.executable, "-m", "robot_server.analysis_worker"],
+            self.unit, [sys.executable, "-m", "robot_server.analysis_worker"],
             env={"OT_API_CONFIG_DIR": self._scratch, "HOME": self._scratch, "TMPDIR": self._scratch},
             cwd=self._scratch, limit=MAX_FRAME)
         self._tasks.append(asyncio.ensure_future(self._read(self.proc)))
@@ -168,18 +173,7 @@ class Analyzer:
             raise OSError(f"the analysis worker exited with status {self.proc.returncode}")
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        reader = proc.stdout
-        while True:
-            try:
-                line = await reader.readline()
-            except ValueError:
-                continue
-            if not line:
-                break
-            try:
-                frame = json.loads(line)
-            except ValueError:
-                continue
+        async for frame in worker_io.frames(proc.stdout):
             if frame.get("ready"):
                 self._ready.set()
             elif self._job is not None:
@@ -274,7 +268,7 @@ class Analyzer:
 
     async def _kill(self) -> None:
         if self.proc is not None:
-            await self.sandbox.kill_all(ANALYSIS_UNIT, self.proc)
+            await self.sandbox.kill_all(self.unit, self.proc)
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
             except asyncio.TimeoutError:

@@ -7,7 +7,8 @@ On disk, ``<data_dir>/robot-server/runs/<id>/``:
 * ``run.json``: the resource (OT-2 ``Run``: ``id``, ``createdAt``, ``status``,
   ``current``, ``actions``, ``errors``, ``labware``, ``pipettes``, ``modules``,
   ``liquids``, ``labwareOffsets``, ``protocolId``, ``startedAt``, ``completedAt``);
-* ``commands.jsonl``: each finished command (one JSON line, in order) and
+* ``commands.jsonl``: each finished command (one JSON line, in order; at most
+  ``MAX_COMMAND_LOG`` bytes) and
   ``commands.idx``: the byte offset of each line (8 bytes, little-endian), so a page
   of commands is read from disk without reading the log before it;
 * ``output.log``: the run process's own output (``print`` in a protocol, the engine's
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import worker_io
 from .engine_errors import ROBOT_IN_USE, EngineError, invalid_request, not_found
 from .protocols import ProtocolStore, new_id, now, write_json
 from .sandbox import Sandbox
@@ -47,6 +49,8 @@ TERMINAL = ("stopped", "failed", "succeeded")
 STARTED = ("running", "paused", "blocked-by-open-door", "stop-requested", "finishing", "awaiting-recovery")
 MAX_RUNS = 20
 MAX_OUTPUT = 4 * 1024 * 1024
+#: Largest command log kept per run, bytes (a run of 10,000 commands writes about 10 MB).
+MAX_COMMAND_LOG = 128 * 1024 * 1024
 STOP_GRACE_S = 10.0
 MAX_FRAME = 16 * 1024 * 1024
 IDX = struct.Struct("<Q")
@@ -297,18 +301,10 @@ class RunManager:
         final: str | None = None
         with open(run.directory / "commands.jsonl", "ab") as commands, \
                 open(run.directory / "commands.idx", "ab") as index:
-            while True:
-                try:
-                    line = await run.proc.stdout.readline()
-                except ValueError:
-                    continue
-                if not line:
-                    break
-                try:
-                    frame = json.loads(line)
-                except ValueError:
-                    continue
+            async for frame in worker_io.frames(run.proc.stdout):
                 if "command" in frame and isinstance(frame["command"], dict):
+                    if commands.tell() > MAX_COMMAND_LOG:     # protocol code could flood /data
+                        continue
                     index.write(IDX.pack(commands.tell()))
                     commands.write(json.dumps(frame["command"], separators=(",", ":")).encode() + b"\n")
                     commands.flush()

@@ -1,5 +1,5 @@
-"""What the sandboxed workers (:mod:`.analysis_worker`, :mod:`.run_worker`) share: the
-framing of their messages to the server, reading a stored protocol with the engine's
+"""What the sandboxed workers (:mod:`.analysis_worker`, :mod:`.run_worker`) and the server
+share: the framing of the workers' messages (written here, read by :func:`frames`), reading a stored protocol with the engine's
 reader, and scrubbing what goes back to clients.
 
 Frames are JSON objects, one per line, on a file descriptor private to the worker (its
@@ -8,11 +8,12 @@ stdout at start-up; ``fd 1`` and ``fd 2`` are then pointed elsewhere so a protoc
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, AsyncIterator
 
 #: Keys never sent to a client: a traceback names the server's files and lines.
 SCRUBBED_KEYS = ("traceback",)
@@ -30,6 +31,24 @@ def send(channel: IO[str], frame: dict) -> None:
     """Write one frame (one JSON line)."""
     channel.write(json.dumps(frame, default=str, separators=(",", ":")) + "\n")
     channel.flush()
+
+
+async def frames(stream: asyncio.StreamReader) -> AsyncIterator[dict]:
+    """The server's side: each frame a worker sends, until it closes its end. Lines that
+    are not a JSON object, or longer than the stream's limit, are skipped."""
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:            # longer than the limit: the rest of it is dropped
+            continue
+        if not line:
+            return
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(frame, dict):
+            yield frame
 
 
 def scrub(value: Any) -> Any:
