@@ -71,6 +71,7 @@ bench: venv
 	$(PY) update_server/bench/bench_install.py
 	$(PY) robot_server/bench/bench_api.py
 	$(PY) robot_server/bench/bench_protocols.py
+	$(PY) robot_server/bench/bench_channel.py
 	$(PY) robot_server/bench/bench_analysis.py
 	$(PY) client/bench/bench_push.py
 	$(PY) client/bench/bench_flash.py

@@ -4,7 +4,7 @@ an event stream (server-sent events) and ``/openapi.json``.
 Every error is a 4xx JSON body ``{"error": code, "message": text}``: 400 ``invalid-json``,
 404 ``not-found``, 405 ``method-not-allowed``, 413 ``request-too-large``, 422 validation
 (``invalid-request``, ``unknown-axis``, ``soft-limit``, ``invalid-speed``), 409 robot state
-(``not-homed``, ``door-open``, ``board-not-connected``, ``board-timeout``, ``board-alarm``,
+(``not-homed``, ``door-open``, ``robot-leased``, ``not-paused``, ``board-not-connected``, ``board-timeout``, ``board-alarm``,
 ``board-halted``, ``board-error``, ``board-disconnected``). Written for aiohttp 3.8
 (Debian bookworm) and newer: no ``web.AppKey``, nothing stored on the app.
 """
@@ -93,6 +93,10 @@ def operations(svc: RobotService) -> list[Op]:
                "axes": {"type": "array", "items": _AXIS}}}),
         Op("door", "GET", "/robot/door", svc.door, "Door switch and motion pause state",
            aliases=("/robot/door/status",)),
+        Op("stop", "POST", "/robot/stop", svc.stop_robot,
+           "Stop: halt the board (halt line) if moving or leased; ends a G-code channel lease"),
+        Op("resume", "POST", "/robot/resume", svc.resume,
+           "Resume a G-code channel lease paused by the door (door closed)"),
         Op("identify", "POST", "/identify", svc.identify, "Blink the frame lights",
            query={"seconds": {"type": "number", "minimum": 1, "maximum": 60}}),
         Op("simGpio", "POST", "/robot/sim/gpio", svc.sim_gpio,
@@ -184,7 +188,8 @@ def openapi(ops: list[Op]) -> dict:
         for path in (op.path, *op.aliases):
             paths.setdefault(path, {})[op.method.lower()] = entry
     paths["/events"] = {"get": {"operationId": "events", "summary": "Server-sent events: "
-                                "position, door, button, lights, motors, board",
+                                "position, door, button, lights, motors, board, lease-started, lease-ended, "
+                                "lease-paused, lease-resumed",
                                 "responses": {"200": {"description": "text/event-stream",
                                                       "content": {"text/event-stream": {}}}}}}
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document",

@@ -10,6 +10,7 @@ key                    default               meaning
 ``port``               ``31950``             HTTP port
 ``bridge_port``        ``7887``              raw TCP JSON bridge port (0: any free port, like ``port``)
 ``bridge_enabled``     ``true``              serve the raw TCP bridge at all
+``channel_port``       ``31960``             G-code channel port, always on 127.0.0.1 (0: any free port)
 ``serial_port``        ``"/dev/ttyAMA0"``    motor board device or pyserial URL
                                              (``socket://127.0.0.1:PORT``)
 ``baudrate``           ``115200``            UART speed
@@ -22,7 +23,6 @@ key                    default               meaning
 ``left_mount_offset``  ``[-34.0, 0.0, 0.0]`` left mount position relative to the right (mm)
 ``protocol_analysis_timeout`` ``60.0``       seconds an uploaded protocol's analysis may take
 ``analysis_prewarm``   ``true``              start the warm analysis worker with the server (else at the first upload)
-``channel_port``       ``31960``             loopback port of the G-code channel runs reach the board through
 ``sandbox_user``       ``"ot2-run"``         user protocol code runs as (``nobody`` if it does not exist)
 ``sandbox_memory_max`` ``805306368``         bytes of memory per analysis worker / run process (768 MiB)
 ``sandbox_tasks_max``  ``256``               processes + threads per sandbox
@@ -47,6 +47,7 @@ class Config:
     port: int = 31950
     bridge_port: int = 7887
     bridge_enabled: bool = True
+    channel_port: int = 31960
     serial_port: str = "/dev/ttyAMA0"
     baudrate: int = 115200
     gpio_backend: str = "rpi"
@@ -58,7 +59,6 @@ class Config:
     left_mount_offset: list = field(default_factory=lambda: [-34.0, 0.0, 0.0])
     protocol_analysis_timeout: float = 60.0
     analysis_prewarm: bool = True
-    channel_port: int = 31960
     sandbox_user: str = "ot2-run"
     sandbox_memory_max: int = 768 * 1024 * 1024
     sandbox_tasks_max: int = 256

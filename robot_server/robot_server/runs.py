@@ -35,7 +35,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import worker_io
 from .engine_errors import ROBOT_IN_USE, EngineError, invalid_request, not_found
@@ -87,14 +87,17 @@ class Run:
 
 
 class RunManager:
-    """The runs (see the module docstring). ``channel_url``: the pyserial URL the run
-    processes reach the motor board through (``socket://127.0.0.1:<channel_port>``)."""
+    """The runs (see the module docstring). ``channel_url()``: the pyserial URL the run
+    processes reach the motor board through (``socket://127.0.0.1:<channel_port>``);
+    ``on_play()``: called when a run is played (the board may be held by the door)."""
 
-    def __init__(self, root: Path, protocols: ProtocolStore, sandbox: Sandbox, channel_url: str) -> None:
+    def __init__(self, root: Path, protocols: ProtocolStore, sandbox: Sandbox,
+                 channel_url: Callable[[], str], on_play: Callable[[], None]) -> None:
         self.root = root
         self.protocols = protocols
         self.sandbox = sandbox
         self.channel_url = channel_url
+        self.on_play = on_play
         self.runs: dict[str, Run] = {}
 
     # ------------------------------------------------------------ state
@@ -172,7 +175,7 @@ class RunManager:
         try:
             run.proc = await self.sandbox.spawn(
                 run.unit, [sys.executable, "-m", "robot_server.run_worker", str(files)],
-                env={"OT_SMOOTHIE_EMULATOR_URI": self.channel_url, "OT_API_CONFIG_DIR": run.scratch,
+                env={"OT_SMOOTHIE_EMULATOR_URI": self.channel_url(), "OT_API_CONFIG_DIR": run.scratch,
                      "HOME": run.scratch, "TMPDIR": run.scratch},
                 cwd=run.scratch, limit=MAX_FRAME)
         except OSError as exc:
@@ -235,6 +238,8 @@ class RunManager:
         if action_type == "stop":
             await self.stop(run)
         else:
+            if action_type == "play":
+                self.on_play()
             self._send(run, {"action": action_type})
         run.save()
         return action
@@ -261,6 +266,22 @@ class RunManager:
         if run is not None:
             await self.stop(run)
         return {"stopped": run.id if run is not None else None}
+
+    def holder_name(self, pid: int | None) -> str | None:
+        """``"run <id>"`` when ``pid`` is the active run's process (the G-code channel's
+        namer: 409 ``robot-leased`` messages then name the run)."""
+        run = self.active()
+        if run is not None and pid is not None and run.proc is not None and run.proc.pid == pid:
+            return f"run {run.id}"
+        return None
+
+    async def lease_stopped(self, holder_name: str) -> None:
+        """The G-code channel ended the lease of ``holder_name`` by a stop (HTTP
+        ``/robot/stop``, the bridge, the front button): if that was the active run, it
+        ends ``stopped`` rather than failed."""
+        run = self.active()
+        if run is not None and holder_name == f"run {run.id}":
+            await self.stop(run)
 
     def door(self, is_open: bool) -> None:
         """Tell the active run's engine about the door (it blocks the run while open)."""

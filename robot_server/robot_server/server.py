@@ -15,6 +15,7 @@ from aiohttp import web
 from . import runs_api
 from .api import make_app, operations
 from .bridge import Bridge
+from .channel import HOST as CHANNEL_HOST
 from .config import Config
 from .driver import MotorDriver
 from .engine_host import EngineHost
@@ -39,15 +40,22 @@ class RobotServer:
         self.http_port = 0
         self.bridge_port = 0
 
+    @property
+    def channel_port(self) -> int:
+        return self.service.channel.port
+
     async def start(self, http_sock: socket.socket | None = None,
-                    bridge_sock: socket.socket | None = None) -> None:
+                    bridge_sock: socket.socket | None = None,
+                    channel_sock: socket.socket | None = None) -> None:
         """Bind (unless sockets are given), start the service (board connection happens in
-        the background), then serve HTTP and the bridge."""
+        the background), then serve HTTP, the bridge and the G-code channel (loopback)."""
         cfg = self.config
         http_sock = http_sock or bind(cfg.listen, cfg.port)
         if bridge_sock is None and cfg.bridge_enabled:
             bridge_sock = bind(cfg.listen, cfg.bridge_port)
+        channel_sock = channel_sock or bind(CHANNEL_HOST, cfg.channel_port)
         await self.service.start()
+        await self.service.channel.start(channel_sock)
         await self.engine.start()
         app = make_app(self.service, self.engine)
         self._runner = web.AppRunner(app, access_log=None)
@@ -62,12 +70,13 @@ class RobotServer:
             self.bridge_port = bridge_sock.getsockname()[1]
 
     async def stop(self) -> None:
+        await self.engine.stop()             # an active run stops while its lease still works
+        await self.service.channel.close()
         self.service.events.close()          # ends event streams so HTTP can shut down
         if self.bridge is not None:
             await self.bridge.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.engine.stop()
         await self.service.stop()
 
 
@@ -81,7 +90,7 @@ class ThreadedServer:
 
     def start(self) -> "ThreadedServer":
         self._thread.start()
-        self.call(self.server.start(bind("127.0.0.1", 0), bind("127.0.0.1", 0)))
+        self.call(self.server.start(bind("127.0.0.1", 0), bind("127.0.0.1", 0), bind(CHANNEL_HOST, 0)))
         return self
 
     def call(self, coro: Coroutine, timeout: float = 30) -> Any:
@@ -94,6 +103,10 @@ class ThreadedServer:
     @property
     def bridge_port(self) -> int:
         return self.server.bridge_port
+
+    @property
+    def channel_url(self) -> str:
+        return self.server.service.channel.url
 
     def stop(self) -> None:
         try:
