@@ -1,6 +1,9 @@
-"""The warm analysis worker: imports ``opentrons`` once, analyses one small protocol to
-warm the engine's caches, then forks one child per uploaded protocol (started by
-:class:`robot_server.protocols.Analyzer` inside the sandbox, never as root).
+"""The warm analysis worker: imports ``opentrons`` once, analyses one small protocol of
+ours to warm the engine's caches, then forks one child per uploaded protocol. Started by
+:class:`robot_server.protocols.Analyzer` in the sandbox's limits but as the server's user,
+so that killing every process of the sandbox user (a run's end) leaves it warm; each child
+drops to the sandbox user and its limits (:func:`robot_server.sandbox.drop_privileges`,
+spec in ``argv[1]``) before it reads an uploaded file: uploaded code never runs as root.
 
 Requests on stdin, one JSON line each: ``{"id": analysis id, "dir": protocol directory}``.
 Frames back (see :mod:`.worker_io`), each carrying the request's ``id``:
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from . import worker_io
+from .sandbox import drop_privileges
 
 WARM_UP_PROTOCOL = '''
 metadata = {"apiLevel": "2.20"}
@@ -99,11 +103,15 @@ async def analyse(directory: Path) -> tuple[dict, dict]:
     return source_info(source), analysis
 
 
-def child(channel: IO[str], request: dict) -> None:
-    """The forked child: analyse one protocol and report it; never returns."""
+def child(channel: IO[str], request: dict, drop_spec: str) -> None:
+    """The forked child: drop privileges, analyse one protocol and report it; never returns."""
     from opentrons.protocol_reader import ProtocolFilesInvalidError
 
     os.setsid()
+    try:
+        drop_privileges(drop_spec)
+    except BaseException:  # noqa: BLE001 - never analyse with the worker's privileges
+        os._exit(1)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -129,6 +137,7 @@ def warm_up() -> None:
 
 
 def main() -> None:
+    drop_spec = sys.argv[1]
     channel = worker_io.private_channel()
     warm_up()
     worker_io.send(channel, {"ready": True})
@@ -140,7 +149,7 @@ def main() -> None:
             continue
         pid = os.fork()
         if pid == 0:
-            child(channel, {"id": rid, "dir": directory})
+            child(channel, {"id": rid, "dir": directory}, drop_spec)
         worker_io.send(channel, {"id": rid, "pid": pid})
         _, status = os.waitpid(pid, 0)
         worker_io.send(channel, {"id": rid, "exit": os.waitstatus_to_exitcode(status)})

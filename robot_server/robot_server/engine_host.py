@@ -39,7 +39,9 @@ class EngineHost:
                                  run_active=lambda: self.runs.active() is not None)
         self.protocols = ProtocolStore(root / "protocols", self.analyzer)
         self.runs = RunManager(root / "runs", self.protocols, self.sandbox,
-                               channel_url=lambda: service.channel.url, on_play=self._resume_board)
+                               channel_url=lambda: service.channel.url, on_play=self._resume_board,
+                               stopped_elsewhere=self._stopped_by_channel)
+        self._stopped_leases: set[str] = set()
         self.prewarm = config.analysis_prewarm
         self._events: asyncio.Task | None = None
 
@@ -64,10 +66,18 @@ class EngineHost:
         if not self.service.gpio.door_open():
             self.service.channel.resume("run played")
 
+    def _stopped_by_channel(self, name: str) -> bool:
+        """Whether the channel ended (or is ending) the lease of ``name`` by a stop."""
+        lease = self.service.channel.lease
+        if lease is not None and lease.name == name and lease.ending in STOP_REASONS:
+            return True
+        return name in self._stopped_leases
+
     async def _follow(self, queue: asyncio.Queue) -> None:
         while (event := await queue.get()) is not None:
             data = event["data"]
             if event["event"] == "door":
                 self.runs.door(bool(data.get("open")))
             elif event["event"] == "lease-ended" and data.get("reason") in STOP_REASONS:
+                self._stopped_leases.add(str(data.get("name")))
                 await self.runs.lease_stopped(str(data.get("name")))

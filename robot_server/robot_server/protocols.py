@@ -162,9 +162,9 @@ class Analyzer:
         self._ready = asyncio.Event()
         self.unit = f"{ANALYSIS_UNIT}-{new_id()[:8]}"
         self.proc = await self.sandbox.spawn(
-            self.unit, [sys.executable, "-m", "robot_server.analysis_worker"],
+            self.unit, [sys.executable, "-m", "robot_server.analysis_worker", self.sandbox.drop_spec()],
             env={"OT_API_CONFIG_DIR": self._scratch, "HOME": self._scratch, "TMPDIR": self._scratch},
-            cwd=self._scratch, limit=MAX_FRAME)
+            cwd=self._scratch, limit=MAX_FRAME, switch_user=False)
         self._tasks.append(asyncio.ensure_future(self._read(self.proc)))
         self._tasks.append(asyncio.ensure_future(_drain(self.proc.stderr)))
         self._tasks = [t for t in self._tasks if not t.done()]
@@ -255,16 +255,15 @@ class Analyzer:
             await self._kill()
 
     async def _clean_up(self) -> None:
-        """Restart the worker if an analysis left processes behind (e.g. children that
-        called ``setsid``): on hosts without systemd, any process of the sandbox user
-        other than the worker while no run is active."""
-        if self.proc is None or self.proc.returncode is not None:
-            return
+        """Kill what an analysis left behind (e.g. children that called ``setsid``): on
+        hosts without systemd, every process of the sandbox user while no run is active
+        (the worker itself runs as the server's user). Under systemd they stay in the
+        worker's scope, inside its memory and task limits, until the worker restarts."""
         if self.sandbox.isolated and not self.sandbox.use_systemd and not self.run_active():
-            strays = set(self.sandbox.processes()) - {self.proc.pid}
+            strays = self.sandbox.processes()
             if strays:
-                log.warning("analysis left %d process(es) behind; restarting the worker", len(strays))
-                await self._kill()
+                log.warning("analysis left %d process(es) behind; killing them", len(strays))
+                await self.sandbox.kill_all(self.unit, None)
 
     async def _kill(self) -> None:
         if self.proc is not None:

@@ -89,15 +89,19 @@ class Run:
 class RunManager:
     """The runs (see the module docstring). ``channel_url()``: the pyserial URL the run
     processes reach the motor board through (``socket://127.0.0.1:<channel_port>``);
-    ``on_play()``: called when a run is played (the board may be held by the door)."""
+    ``on_play()``: called when a run is played (the board may be held by the door);
+    ``stopped_elsewhere(name)``: whether the lease of holder ``name`` was ended by a stop
+    (then a run that lost its board ends ``stopped``, not ``failed``)."""
 
     def __init__(self, root: Path, protocols: ProtocolStore, sandbox: Sandbox,
-                 channel_url: Callable[[], str], on_play: Callable[[], None]) -> None:
+                 channel_url: Callable[[], str], on_play: Callable[[], None],
+                 stopped_elsewhere: Callable[[str], bool]) -> None:
         self.root = root
         self.protocols = protocols
         self.sandbox = sandbox
         self.channel_url = channel_url
         self.on_play = on_play
+        self.stopped_elsewhere = stopped_elsewhere
         self.runs: dict[str, Run] = {}
 
     # ------------------------------------------------------------ state
@@ -346,12 +350,13 @@ class RunManager:
                     setup_error = str(frame["setupError"])[:2000]
         code = await run.proc.wait()
         await self.sandbox.kill_all(run.unit, None)     # whatever it started, whatever its session
+        run.stop_requested = run.stop_requested or self.stopped_elsewhere(f"run {run.id}")
         if summary is not None:
             run.data.update({k: v for k, v in summary.items() if k in run.data})
         if setup_error is not None:
             self._end(run, "failed", _error("RunSetupFailed", f"The run could not be set up: {setup_error}"))
         elif final is not None:
-            self._end(run, final, None)
+            self._end(run, "stopped" if run.stop_requested and final == "failed" else final, None)
         elif run.stop_requested:
             self._end(run, "stopped", None)
         else:
@@ -364,7 +369,8 @@ class RunManager:
         if error is not None:
             run.data["errors"].append(error)
         run.current_command = None
-        run.save()
+        if run.id in self.runs:           # not deleted meanwhile
+            run.save()
         run.finished.set()
         if run.scratch:
             shutil.rmtree(run.scratch, ignore_errors=True)

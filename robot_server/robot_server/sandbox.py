@@ -1,8 +1,10 @@
 """Where uploaded protocol code runs: an unprivileged user, memory and task limits, and a
 way to kill everything it started.
 
-A *sandbox* is one process tree started by :meth:`Sandbox.spawn` (a run process, or the
-warm analysis worker whose children analyse uploads). Its code never runs as root:
+A *sandbox* is one process tree started by :meth:`Sandbox.spawn`: a run process, or the
+warm analysis worker (which keeps the server's user and whose forked children drop to the
+sandbox user with :func:`drop_privileges` before they read an upload). Uploaded code never
+runs as root:
 
 * **User.** The server, when it runs as root, switches the child to ``sandbox_user``
   (config; the image creates the system user ``ot2-run`` in ``sysusers.d``). A server
@@ -20,9 +22,9 @@ warm analysis worker whose children analyse uploads). Its code never runs as roo
   :meth:`kill_all` forks a helper that becomes the sandbox user and calls ``kill(-1,
   SIGKILL)``, which signals every process of that user (``kill(2)``: "all processes for
   which the calling process has permission to send signals"), even children that called
-  ``setsid``. Every sandbox shares that one user, so this kills every sandbox at once:
-  callers kill a sandbox's user only when that is what they mean (a run ends or is
-  stopped; the analysis worker restarts when it dies).
+  ``setsid``. Every sandbox shares that one user, so this kills all of them at once:
+  callers do it when a run ends or is stopped, or after an analysis while no run is
+  active; the analysis worker, not being of that user, stays warm.
 
 Systemd sources: ``systemd-run(1)`` (``--scope``, ``--uid``, ``--collect``, ``-p``) and
 ``systemd.resource-control(5)`` (``MemoryMax=``, ``TasksMax=``).
@@ -109,46 +111,52 @@ class Sandbox:
         if self.identity is not None:
             os.chown(path, self.identity.uid, self.identity.gid)
 
-    def command(self, unit: str, argv: list[str]) -> list[str]:
+    def command(self, unit: str, argv: list[str], switch_user: bool = True) -> list[str]:
         """The argv that starts ``argv`` in the sandbox: wrapped in ``systemd-run --scope``
         under systemd, unchanged otherwise (:meth:`preexec` then applies the limits)."""
         if not self.use_systemd:
             return argv
         wrap = ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={unit}",
                 "-p", f"MemoryMax={self.memory_max}", "-p", f"TasksMax={self.tasks_max}", "-p", "MemorySwapMax=0"]
-        if self.identity is not None:
+        if self.identity is not None and switch_user:
             wrap += [f"--uid={self.identity.uid}", f"--gid={self.identity.gid}"]
         return [*wrap, "--", *argv]
 
-    def preexec(self) -> Callable[[], None]:
+    def drop_spec(self) -> str:
+        """What :func:`drop_privileges` needs, as one string for a forking worker's argv
+        (``uid:gid:memory_max:tasks_max``; uid and gid empty when not isolated)."""
+        ident = self.identity
+        ids = f"{ident.uid}:{ident.gid}" if ident is not None else ":"
+        return f"{ids}:{self.memory_max}:{self.tasks_max}"
+
+    def preexec(self, switch_user: bool = True) -> Callable[[], None]:
         """What runs in the child between ``fork`` and ``exec``: a new session (so a
         stop of the process group reaches its children), and without systemd the
-        rlimits and the switch to the sandbox user (after which it cannot switch back)."""
-        ident, memory, tasks, systemd = self.identity, self.memory_max, self.tasks_max, self.use_systemd
+        rlimits and (``switch_user``) the switch to the sandbox user."""
+        spec = self.drop_spec() if switch_user else f"::{self.memory_max}:{self.tasks_max}"
+        systemd = self.use_systemd
 
         def setup() -> None:
             os.setsid()
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if systemd:
-                return
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            if ident is not None:
-                os.setgroups([])
-                os.setgid(ident.gid)
-                resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
-                os.setuid(ident.uid)
+            if not systemd:
+                drop_privileges(spec)
 
         return setup
 
     async def spawn(self, unit: str, argv: list[str], env: dict[str, str], cwd: str,
-                    limit: int = 1 << 20) -> asyncio.subprocess.Process:
+                    limit: int = 1 << 20, switch_user: bool = True) -> asyncio.subprocess.Process:
         """Start ``argv`` in the sandbox named ``unit`` with ``BASE_ENV`` + ``env``; its
         stdin, stdout and stderr are pipes (``limit``: longest stdout line read, bytes).
+        ``switch_user=False``: the process keeps the server's user (a worker that forks
+        children which call :func:`drop_privileges` first, e.g. the analysis worker, so
+        that killing the sandbox user's processes never kills the worker itself).
         Raises ``OSError`` if it cannot start."""
         async with self._lock():
             return await asyncio.create_subprocess_exec(
-                *self.command(unit, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={**BASE_ENV, **env}, cwd=cwd, preexec_fn=self.preexec(), close_fds=True, limit=limit)
+                *self.command(unit, argv, switch_user), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env={**BASE_ENV, **env}, cwd=cwd, preexec_fn=self.preexec(switch_user),
+                close_fds=True, limit=limit)
 
     async def kill_all(self, unit: str, proc: asyncio.subprocess.Process | None) -> None:
         """Kill everything started in sandbox ``unit``: its scope's cgroup under systemd;
@@ -168,6 +176,19 @@ class Sandbox:
     def processes(self) -> list[int]:
         """PIDs of the sandbox user's processes (non-systemd hosts; empty when not isolated)."""
         return user_processes(self.identity.uid) if self.identity is not None else []
+
+
+def drop_privileges(spec: str) -> None:
+    """Apply a :meth:`Sandbox.drop_spec`: ``RLIMIT_AS`` (bytes), then, with a user,
+    no supplementary groups, its gid, ``RLIMIT_NPROC`` and its uid (from root this sets
+    the real, effective and saved uid: there is no way back)."""
+    uid, gid, memory, tasks = spec.split(":")
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+    if uid:
+        os.setgroups([])
+        os.setgid(int(gid))
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(tasks), int(tasks)))
+        os.setuid(int(uid))
 
 
 def user_processes(uid: int) -> list[int]:
