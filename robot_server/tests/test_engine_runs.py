@@ -343,6 +343,20 @@ def test_run_plays_to_succeeded_and_its_commands_page_from_disk(engine):
     assert engine.host.runs.get(run["id"]).current_command is None
 
 
+def test_a_transfer_with_custom_labware_runs_through_the_channel(engine):
+    protocol, analysis = engine.analysed({"transfer.py": TRANSFER, "plate.json": custom_plate()})
+    assert analysis["result"] == "ok"
+    status, body = engine.create_run(protocol["id"])
+    assert status == 201, body
+    assert engine.action(body["data"]["id"], "play")[0] == 201
+    done = engine.wait_status(body["data"]["id"], ("succeeded", "failed", "stopped"))
+    assert done["status"] == "succeeded", done["errors"]
+    assert [p["pipetteName"] for p in done["pipettes"]] == ["p300_single_gen2"]
+    ran = engine.robot.get(f"/runs/{done['id']}/commands?cursor=0&pageLength=1000")[1]["data"]
+    planned = [c["commandType"] for c in analysis["commands"]]
+    assert [c["commandType"] for c in ran][:len(planned)] == planned      # the run did what analysis said
+
+
 def test_play_on_a_finished_run_and_a_second_run_while_one_is_active(engine):
     run_id = engine.started_run(LONG)
     other = engine.robot.get("/protocols")[1]["data"][0]["id"]
