@@ -108,9 +108,10 @@ class Job:
 
 
 class Analyzer:
-    """The warm analysis worker: started in the sandbox, restarted when it dies or leaves
-    processes behind; one analysis at a time. ``run_active()`` tells whether a run
-    (sharing the sandbox user) is active, so its processes are not taken for leaks."""
+    """The warm analysis worker: started in the sandbox's limits, restarted when it dies;
+    one analysis at a time, each in a child that runs as the sandbox user. ``run_active()``
+    tells whether a run (also the sandbox user) is active, so its processes are not taken
+    for an analysis's leftovers."""
 
     def __init__(self, sandbox: Sandbox, timeout: float, run_active: Callable[[], bool]) -> None:
         self.sandbox = sandbox
