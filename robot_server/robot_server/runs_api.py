@@ -241,17 +241,51 @@ class EngineRoutes:
         ]
 
 
+def _envelope(properties: dict, required: list[str]) -> dict:
+    return {"type": "object", "required": ["data"], "properties": {"data": {
+        "type": "object", "required": required, "properties": properties}}}
+
+
+_OFFSET = {"type": "object", "required": ["definitionUri", "vector"], "properties": {
+    "definitionUri": {"type": "string"}, "location": {"type": "object"}, "locationSequence": {"type": "array"},
+    "vector": {"type": "object", "required": ["x", "y", "z"], "properties": {
+        a: {"type": "number", "description": "mm"} for a in "xyz"}}}}
+#: Request bodies for ``/openapi.json`` (JSON; the upload is multipart).
+BODIES = {
+    ("POST", "/protocols"): {"multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}, "key": {"type": "string"}}}}},
+    ("POST", "/runs"): {"application/json": {"schema": _envelope(
+        {"protocolId": {"type": "string"}, "labwareOffsets": {"type": "array", "items": _OFFSET}}, ["protocolId"])}},
+    ("PATCH", "/runs/{runId}"): {"application/json": {"schema": _envelope(
+        {"current": {"type": "boolean", "enum": [False]}}, ["current"])}},
+    ("POST", "/runs/{runId}/actions"): {"application/json": {"schema": _envelope(
+        {"actionType": {"type": "string", "enum": ["play", "pause", "stop"]}}, ["actionType"])}},
+    ("POST", "/runs/{runId}/labware_offsets"): {"application/json": {"schema": {
+        "type": "object", "required": ["data"], "properties": {"data": _OFFSET}}}},
+}
+_QUERY = {("GET", "/runs/{runId}/commands"): [
+    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+    {"name": "pageLength", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_LENGTH}}]}
+
+
 def register(app: web.Application, host: EngineHost) -> dict:
     """Add the engine routes to ``app``; returns their ``/openapi.json`` ``paths``."""
     paths: dict[str, dict] = {}
     for method, path, handler in EngineRoutes(host).routes():
         app.router.add_route(method, path, _ot2_errors(handler))
-        paths.setdefault(path, {})[method.lower()] = {
-            "operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
-            "responses": {"200": {"description": "OK"}, "201": {"description": "Created"},
-                          "404": {"description": "not found (OT-2 error body)"},
-                          "409": {"description": "conflict (OT-2 error body)"},
-                          "422": {"description": "invalid request (OT-2 error body)"}}}
+        entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
+                 "responses": {"200": {"description": "OK"}, "201": {"description": "Created"},
+                               "404": {"description": "not found (OT-2 error body)"},
+                               "409": {"description": "conflict (OT-2 error body)"},
+                               "422": {"description": "invalid request (OT-2 error body)"}}}
+        if (method, path) in BODIES:
+            entry["requestBody"] = {"required": True, "content": BODIES[(method, path)]}
+        params = [{"name": name[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in path.split("/") if name.startswith("{")]
+        if params or (method, path) in _QUERY:
+            entry["parameters"] = params + _QUERY.get((method, path), [])
+        paths.setdefault(path, {})[method.lower()] = entry
     return paths
 
 
