@@ -2,7 +2,9 @@
 #   make run    build the QEMU board's image offline and boot it, servers on localhost
 #   make test   every test: unit, static checks of the Buildroot tree, image boot and OTA end to end
 
-PYTHON ?= python3
+# The system's Python where there is one: protocol code runs as an unprivileged sandbox
+# user, which must be able to run the venv's interpreter (a Python under /root is not).
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
@@ -77,6 +79,7 @@ bench: venv
 	$(PY) robot_server/bench/bench_api.py
 	$(PY) robot_server/bench/bench_protocols.py
 	$(PY) robot_server/bench/bench_channel.py
+	$(PY) robot_server/bench/bench_analysis.py
 	$(PY) client/bench/bench_push.py
 	$(PY) client/bench/bench_flash.py
 

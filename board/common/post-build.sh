@@ -64,7 +64,7 @@ done
 wants="$target/etc/systemd/system/multi-user.target.wants"
 mkdir -p "$wants"
 for unit in ot2-persist.service ot2-provision.service ot2-update-server.service ot2-robot-server.service \
-	ot2-boot-check.service ot2-dropbear.service ot2-modules.service systemd-networkd.service; do
+	ot2-boot-check.service ot2-dropbear.service systemd-networkd.service; do
 	ln -sf "/usr/lib/systemd/system/$unit" "$wants/$unit"
 done
 mkdir -p "$target/etc/systemd/system/sysinit.target.wants"

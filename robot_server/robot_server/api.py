@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, runs_api
+from .engine_host import EngineHost
 from .service import ApiError, RobotService
 from .versioning import LEGACY, from_http_exception, openapi_parts, version_middleware
 
@@ -49,7 +50,6 @@ class Op:
     body: dict | None = None
     query: dict = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
-    upload: bool = False       # also accepts multipart/form-data (a protocol file)
     ot2: str | None = None     # an OT-2 endpoint: its error shape, LEGACY or JSONAPI (versioning.py)
     version_header: bool = True   # OT-2 endpoints: Opentrons-Version required
     ot2_fields: tuple[str, ...] = ()   # with Opentrons-Version, answer only these fields
@@ -109,43 +109,10 @@ def operations(svc: RobotService) -> list[Op]:
         Op("identify", "POST", "/identify", ot2.identify, "Blink the frame lights",
            query={"seconds": {"type": "number", "minimum": 1, "maximum": 60}}, ot2=LEGACY),
         *ot2_operations(svc),
-        *protocol_operations(svc),
         Op("simGpio", "POST", "/robot/sim/gpio", svc.sim_gpio,
            "Simulated GPIO only: set door / button inputs",
            body={"type": "object", "additionalProperties": False, "properties": {
                "door_open": {"type": "boolean"}, "button": {"type": "boolean"}}}),
-    ]
-
-
-_ID_PARAM = {"id": {"type": "string", "in": "path"}}
-
-
-def protocol_operations(svc: RobotService) -> list[Op]:
-    """``/protocols`` and ``/runs`` (see ``protocol/runs.py``)."""
-    pm = svc.protocols
-    return [
-        Op("uploadProtocol", "POST", "/protocols", pm.upload,
-           "Upload a Python protocol (JSON {filename, source} or multipart 'files'); analysed by simulation "
-           "first, refused with the failing line",
-           body={"type": "object", "additionalProperties": False, "required": ["source"], "properties": {
-               "filename": {"type": "string", "description": "e.g. dilution.py"},
-               "source": {"type": "string", "description": "the protocol file's text"}}}, upload=True),
-        Op("listProtocols", "GET", "/protocols", pm.list_protocols, "Uploaded protocols"),
-        Op("getProtocol", "GET", "/protocols/{id}", pm.get_protocol, "One protocol and its analysis",
-           query=dict(_ID_PARAM)),
-        Op("deleteProtocol", "DELETE", "/protocols/{id}", pm.delete_protocol, "Delete an uploaded protocol",
-           query=dict(_ID_PARAM)),
-        Op("createRun", "POST", "/runs", pm.create_run, "Start a run of an uploaded protocol",
-           body={"type": "object", "additionalProperties": False, "properties": {
-               "protocol_id": {"type": "string"}, "protocolId": {"type": "string"}}}),
-        Op("listRuns", "GET", "/runs", pm.list_runs, "Runs (status, current command; no logs)"),
-        Op("getRun", "GET", "/runs/{id}", pm.get_run, "A run: status, current command, error with line, log",
-           query={**_ID_PARAM, "since": {"type": "number", "minimum": 0, "description": "log sequence number"}}),
-        Op("runAction", "POST", "/runs/{id}/actions", pm.run_action, "Pause, resume or stop a run",
-           query=dict(_ID_PARAM),
-           body={"type": "object", "additionalProperties": False, "properties": {
-               "action": {"type": "string", "enum": ["pause", "resume", "stop"]},
-               "actionType": {"type": "string", "enum": ["play", "pause", "stop"]}}}),
     ]
 
 
@@ -172,34 +139,6 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         return error_response(500, "internal-error", "internal server error (see the server log)")
 
 
-#: Largest protocol file accepted as multipart upload (JSON bodies stay under MAX_BODY).
-MAX_UPLOAD = 1024 * 1024
-
-
-async def _multipart(request: web.Request) -> dict:
-    """The protocol file of a multipart upload (part ``files`` or ``file``, OT-2 style)."""
-    try:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if getattr(part, "name", None) not in ("files", "file", "protocolFile"):
-                continue
-            data = b""
-            while True:
-                chunk = await part.read_chunk(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if len(data) > MAX_UPLOAD:
-                    raise ApiError(413, "request-too-large", f"protocol file larger than {MAX_UPLOAD} bytes")
-            return {"filename": (part.filename or "protocol.py").rsplit("/", 1)[-1], "source": data}
-    except (ValueError, AssertionError, KeyError) as exc:
-        raise ApiError(400, "invalid-multipart", f"malformed multipart body: {exc}") from None
-    raise ApiError(422, "invalid-request", "multipart upload needs a 'files' part with the protocol file")
-
-
 async def _params(request: web.Request, op: Op) -> Any:
     params: dict[str, Any] = {}
     for key, val in request.query.items():
@@ -208,8 +147,6 @@ async def _params(request: web.Request, op: Op) -> Any:
     params.update(request.match_info)
     if request.method in ("GET", "DELETE"):
         return params
-    if op.upload and request.content_type.startswith("multipart/"):
-        return {**params, **(await _multipart(request))}
     raw = await request.read()
     if not raw.strip():
         return params or {}
@@ -311,14 +248,17 @@ class EventStream:
         return f"event: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode()
 
 
-def make_app(svc: RobotService) -> web.Application:
-    """Build the aiohttp application for ``svc`` (routes from :func:`operations`)."""
+def make_app(svc: RobotService, engine: EngineHost | None = None) -> web.Application:
+    """Build the aiohttp application for ``svc`` (routes from :func:`operations`), plus the
+    engine's ``/protocols`` and ``/runs`` (:mod:`.runs_api`) when ``engine`` is given."""
     app = web.Application(middlewares=[error_middleware, version_middleware], client_max_size=MAX_BODY)
     ops = operations(svc)
     for op in ops:
         for path in (op.path, *op.aliases):
             app.router.add_route(op.method, path, _handler(op))
     doc = openapi(ops)
+    if engine is not None:
+        doc["paths"].update(runs_api.register(app, engine))
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(doc)

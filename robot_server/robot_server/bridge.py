@@ -10,8 +10,9 @@ Messages may arrive split across or packed into TCP segments.
 * A request is ``{"id"?: any, "command": <operationId>, "params"?: {...}}`` with the same
   operations as the HTTP API (``health``, ``getLights``, ``setLights``, ``home``, ``move``,
   ``positions``, ``endstops``, ``engaged``, ``disengage``, ``door``, ``identify``,
-  ``simGpio``); ``name``/``param`` are accepted for ``command``/``params`` (the original
-  bridge's field names).
+  ``simGpio``), plus the engine's ``stopRun`` (stop the active run) and ``listRuns``;
+  ``name``/``param`` are accepted for ``command``/``params`` (the original bridge's field
+  names).
 * The reply goes only to the requesting client: ``{"type": "reply", "id", "ok": true,
   "result"}`` or ``{"type": "reply", "id", "ok": false, "error", "message"}``.
   Requests of one client run in order; different clients run concurrently (motion is

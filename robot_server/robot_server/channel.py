@@ -59,9 +59,6 @@ DRAIN_TIMEOUT = 30.0
 CLOSE_GRACE = 2.0
 #: Least seconds between two ``position`` events published from channel traffic.
 POSITION_EVENT_INTERVAL = 0.1
-#: Variables a child process that uses the channel must not inherit: with
-#: ``RUNNING_ON_PI`` set, ``opentrons`` would take the GPIO lines the server holds.
-CHILD_ENV_DROP = ("RUNNING_ON_PI",)
 
 Namer = Callable[["int | None"], "str | None"]
 
@@ -129,11 +126,10 @@ class Channel:
 
     def child_env(self, base: dict | None = None) -> dict:
         """A copy of ``base`` (default ``os.environ``) for a child that drives the robot
-        through the channel: ``OT_SMOOTHIE_EMULATOR_URI`` = :attr:`url`, and without
-        ``RUNNING_ON_PI`` (``opentrons`` then uses simulated GPIO and leaves the lines to
-        this server; Opentrons/opentrons, ``api/src/opentrons/config/__init__.py``,
-        ``IS_ROBOT``)."""
-        env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CHILD_ENV_DROP}
+        through the channel: ``OT_SMOOTHIE_EMULATOR_URI`` = :attr:`url` (read by
+        ``SmoothieDriver.get_port``, Opentrons/opentrons,
+        api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py)."""
+        env = dict(os.environ if base is None else base)
         env["OT_SMOOTHIE_EMULATOR_URI"] = self.url
         return env
 

@@ -21,7 +21,11 @@ key                    default               meaning
 ``reconnect_interval`` ``2.0``               seconds between attempts to (re)open the board
 ``bridge_max_message`` ``65536``             bytes; a longer bridge message is refused and closed
 ``left_mount_offset``  ``[-34.0, 0.0, 0.0]`` left mount position relative to the right (mm)
-``protocol_analysis_timeout`` ``60.0``       seconds an uploaded protocol's simulation may take
+``protocol_analysis_timeout`` ``60.0``       seconds an uploaded protocol's analysis may take
+``analysis_prewarm``   ``true``              start the warm analysis worker with the server (else at the first upload)
+``sandbox_user``       ``"ot2-run"``         user protocol code runs as (``nobody`` if it does not exist)
+``sandbox_memory_max`` ``805306368``         bytes of memory per analysis worker / run process (768 MiB)
+``sandbox_tasks_max``  ``256``               processes + threads per sandbox
 =====================  ====================  ==================================================
 """
 from __future__ import annotations
@@ -54,6 +58,10 @@ class Config:
     bridge_max_message: int = 65536
     left_mount_offset: list = field(default_factory=lambda: [-34.0, 0.0, 0.0])
     protocol_analysis_timeout: float = 60.0
+    analysis_prewarm: bool = True
+    sandbox_user: str = "ot2-run"
+    sandbox_memory_max: int = 768 * 1024 * 1024
+    sandbox_tasks_max: int = 256
 
     def validate(self) -> "Config":
         if self.gpio_backend not in ("rpi", "sim"):
@@ -76,6 +84,12 @@ class Config:
         self.left_mount_offset = [float(v) for v in self.left_mount_offset]
         if not 0 < self.protocol_analysis_timeout <= 3600:
             raise ConfigError("protocol_analysis_timeout must be in (0, 3600] seconds")
+        if self.sandbox_memory_max < 256 * 1024 * 1024:
+            raise ConfigError("sandbox_memory_max must be at least 268435456 bytes (256 MiB)")
+        if not 16 <= self.sandbox_tasks_max <= 65536:
+            raise ConfigError("sandbox_tasks_max must be in [16, 65536]")
+        if not self.sandbox_user or self.sandbox_user == "root":
+            raise ConfigError("sandbox_user must name an unprivileged user")
         return self
 
     @property

@@ -12,11 +12,13 @@ from typing import Any, Coroutine
 
 from aiohttp import web
 
+from . import runs_api
 from .api import make_app, operations
 from .bridge import Bridge
 from .channel import HOST as CHANNEL_HOST
 from .config import Config
 from .driver import MotorDriver
+from .engine_host import EngineHost
 from .gpio import GPIOBackend, make_backend
 from .service import RobotService
 
@@ -32,6 +34,7 @@ class RobotServer:
         self.config = config
         self.gpio = gpio or make_backend(config.gpio_backend)
         self.service = RobotService(config, self.gpio, driver)
+        self.engine = EngineHost(config, self.service)
         self.bridge: Bridge | None = None
         self._runner: web.AppRunner | None = None
         self.http_port = 0
@@ -54,21 +57,21 @@ class RobotServer:
         await self.service.start()
         await self.service.channel.start(channel_sock)
         self.service.ot2.preload()
-        app = make_app(self.service)
+        await self.engine.start()
+        app = make_app(self.service, self.engine)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, http_sock).start()
         self.http_port = http_sock.getsockname()[1]
-        host = http_sock.getsockname()[0]
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        self.service.protocols.server_url = f"http://{'[' + host + ']' if ':' in host else host}:{self.http_port}"
         if bridge_sock is not None:
             ops = {op.op_id: op.func for op in operations(self.service)}
+            ops.update(runs_api.bridge_operations(self.engine))
             self.bridge = Bridge(self.service, ops, cfg.bridge_max_message)
             await self.bridge.start(bridge_sock)
             self.bridge_port = bridge_sock.getsockname()[1]
 
     async def stop(self) -> None:
+        await self.engine.stop()             # an active run stops while its lease still works
         await self.service.channel.close()
         self.service.events.close()          # ends event streams so HTTP can shut down
         if self.bridge is not None:

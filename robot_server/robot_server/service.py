@@ -182,8 +182,6 @@ class RobotService:
         self.started = time.time()
         self.system_version = _system_version()
         self.channel = Channel(self)
-        from .protocol.runs import ProtocolManager       # late: runs.py imports this module
-        self.protocols = ProtocolManager(self)
         from .ot2_api import Ot2Resources                # late: it imports this module
         self.ot2 = Ot2Resources(self)
 
@@ -206,10 +204,6 @@ class RobotService:
 
     async def stop(self) -> None:
         self._stopping = True
-        try:
-            await self.protocols.close()
-        except Exception as exc:  # noqa: BLE001 - shutting down anyway
-            log.warning("stopping the active run: %s", exc)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -21,6 +21,8 @@ fields, since clients build objects from them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import re
 from http import HTTPStatus
@@ -60,6 +62,15 @@ _JSONAPI_SCHEMA = {"type": "object", "required": ["errors"], "properties": {"err
     "type": "array", "items": {"type": "object", "required": ["id", "title", "detail", "errorCode"], "properties": {
         "id": {"type": "string"}, "title": {"type": "string"}, "detail": {"type": "string"},
         "errorCode": {"type": "string"}}}}}}
+
+
+@dataclass(frozen=True)
+class Ot2Endpoint:
+    """Marks a route handler (``handler.op``) added outside :mod:`.api`'s operations as one
+    of the OT-2's endpoints, for :func:`version_middleware` (same fields as ``api.Op``)."""
+    ot2: str
+    version_header: bool = True
+    ot2_fields: tuple[str, ...] = ()
 
 
 def openapi_parts(kind: str, header_required: bool) -> tuple[dict, dict, dict]:

@@ -41,7 +41,8 @@ def driver(pty):
 
 def make_config(tmp_path, serial_port: str, **kw) -> Config:
     base = dict(serial_port=serial_port, gpio_backend="sim", reconnect_interval=0.05,
-                ack_timeout=ACK_TIMEOUT, lock_file=str(tmp_path / "lock"), data_dir=str(tmp_path))
+                ack_timeout=ACK_TIMEOUT, lock_file=str(tmp_path / "lock"), data_dir=str(tmp_path),
+                analysis_prewarm=False)
     base.update(kw)
     return Config(**base).validate()
 

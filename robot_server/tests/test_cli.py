@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ENV, PROJECT_DIR, PYTHON
-from robot_server.config import Config, ConfigError, from_dict, load
+from robot_server.config import ConfigError, from_dict, load
 from robot_server.owner import HardwareLock, OwnerError
 
 

@@ -1,6 +1,5 @@
 """The driver against the emulator over a real pty: motion, limits, and every failure."""
 import math
-import os
 import threading
 import time
 
@@ -10,7 +9,6 @@ from conftest import ACK_TIMEOUT
 from robot_server.driver import (AlarmError, BoardDisconnected, BoardError, BoardNotConnected,
                                  BoardTimeout, HaltedError, InvalidSpeedError, MotorDriver,
                                  NotHomedError, SoftLimitError, UnknownAxisError)
-from robot_server.emulator import PtyServer, SmoothieEmulator
 from robot_server.gcode import HOMED_POSITION
 
 

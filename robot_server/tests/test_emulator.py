@@ -5,7 +5,6 @@ import socket
 import subprocess
 import time
 
-import pytest
 
 from conftest import ENV, PROJECT_DIR, PYTHON
 from robot_server.driver import MotorDriver

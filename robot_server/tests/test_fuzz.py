@@ -1,6 +1,5 @@
 """Fuzz the HTTP API (and the bridge) from /openapi.json: nothing a client sends yields a 5xx."""
 import json
-import math
 import urllib.parse
 
 import pytest

@@ -26,8 +26,7 @@ def test_refuses_clearly_when_the_channel_is_not_reachable(tmp_path):
 
 def test_runs_through_the_robot_servers_channel(tmp_path):
     """No OT_SMOOTHIE_EMULATOR_URI: robot-execute takes the channel port from the robot
-    server's config and opentrons drives the board through the server's lease. An
-    inherited RUNNING_ON_PI is dropped (with it opentrons would take the GPIO lines)."""
+    server's config and opentrons drives the board through the server's lease."""
     robot = start_robot(tmp_path / "srv")
     try:
         robot.wait_connected()
@@ -36,15 +35,12 @@ def test_runs_through_the_robot_servers_channel(tmp_path):
         protocol = tmp_path / "home.py"
         protocol.write_text(PROTOCOL)
         env = {k: v for k, v in os.environ.items() if k != "OT_SMOOTHIE_EMULATOR_URI"}
-        env.update(RUNNING_ON_PI="1", HOME=str(tmp_path))
+        env.update(HOME=str(tmp_path))
         start = len(robot.emulator.log)
         done = subprocess.run([str(BIN / "robot-execute"), "--config", str(config), str(protocol)],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.splitlines()[-1] == " homed"                       # opentrons_execute's run log
-        # opentrons did not take itself for the OT-2 (IS_ROBOT: settings in /data, real GPIO)
-        assert f"{tmp_path}/.opentrons/robot_settings.json" in done.stdout
-        assert "/data/robot_settings.json" not in done.stdout
         through_channel = robot.emulator.log[start:]
         assert any(line.startswith("G28.2") for line in through_channel)
         assert "M371 L" in through_channel and "M371 R" in through_channel     # pipettes read from the board

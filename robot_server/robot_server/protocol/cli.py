@@ -13,10 +13,12 @@ loads are taken as attached (``opentrons_simulate`` stops at the first ``load_mo
 this robot. The robot server owns the motor board; ``opentrons`` reaches it through the
 server's G-code channel, a Smoothieware-speaking socket on loopback
 (``OT_SMOOTHIE_EMULATOR_URI``, read by ``SmoothieDriver.get_port`` in
-api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py). ``RUNNING_ON_PI`` is never
-set (and dropped if inherited), so ``opentrons`` keeps simulated GPIO and the robot server
-keeps the lines. Hardware modules reach ``opentrons`` through ``ot2-modules``
-(``modules.py``); the protocol starts once the modules it announces are attached.
+api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py). The robot's
+environment (``/etc/ot2/environment``) sets ``RUNNING_ON_PI`` as on an OT-2, so ``opentrons``
+finds USB modules by their udev names; its GPIO stays simulated (the image has no ``gpiod``
+module for it) and the robot server keeps the lines. Elsewhere, modules reach ``opentrons``
+through its module server (``ot2-modules``, ``modules.py``); the protocol starts once the
+modules announced there are attached.
 
 Exit status: 0 success, 1 the protocol failed, 2 usage errors, no channel, or announced
 modules that never attached.
@@ -247,9 +249,6 @@ def execute_main(argv: list[str] | None = None) -> int:
                         "(default /etc/ot2/robot-server.toml, optional)")
     parser.add_argument("-n", "--no-print-runlog", action="store_true",
                         help="do not print the commands as they are executed")
-    # Read when opentrons is imported: with it, opentrons would take the GPIO lines the
-    # robot server holds (opentrons.config.IS_ROBOT).
-    os.environ.pop("RUNNING_ON_PI", None)
     from opentrons import execute as ot_execute
 
     args = ot_execute.get_arguments(parser).parse_args(argv)

@@ -1,0 +1,299 @@
+"""HTTP routes of the engine resources, in the OT-2 robot server's shapes (Opentrons/opentrons,
+robot-server/robot_server/protocols/router.py, runs/router/*.py, and the HTTP API's
+``openapi.json``): bodies are ``{"data": ..., "links"?, "meta"?}``, errors
+``{"errors": [{"id", "title", "detail", "errorCode", "source"?}]}`` (:mod:`.engine_errors`).
+
+=======  ====================================================  ======================
+method   path                                                  success
+=======  ====================================================  ======================
+POST     /protocols  (multipart: ``files`` parts, ``key``)     201 protocol
+GET      /protocols                                            200 list + meta
+GET      /protocols/{protocolId}                               200 protocol + links
+DELETE   /protocols/{protocolId}                               200 ``{}``
+GET      /protocols/{protocolId}/analyses                      200 list
+GET      /protocols/{protocolId}/analyses/{analysisId}         200 analysis
+POST     /runs  ``{"data": {"protocolId", "labwareOffsets"?}}``  201 run
+GET      /runs                                                 200 list + links.current
+GET      /runs/{runId}                                         200 run
+PATCH    /runs/{runId}  ``{"data": {"current": false}}``       200 run
+DELETE   /runs/{runId}                                         200 ``{}``
+POST     /runs/{runId}/actions  ``{"data": {"actionType"}}``   201 action
+GET      /runs/{runId}/commands  (``cursor``, ``pageLength``)  200 page + meta + links
+GET      /runs/{runId}/commands/{commandId}                    200 command
+POST     /runs/{runId}/labware_offsets  ``{"data": offset}``   201 offset
+=======  ====================================================  ======================
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .engine_errors import EngineError, invalid_request
+from .engine_host import EngineHost
+from .protocols import MAX_UPLOAD_BYTES
+from .versioning import JSONAPI, Ot2Endpoint, openapi_parts
+
+DEFAULT_PAGE_LENGTH = 20
+MAX_PAGE_LENGTH = 1000
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def reply(data: Any, status: int = 200, **extra: Any) -> web.Response:
+    return web.json_response({"data": data, **extra}, status=status)
+
+
+def _ot2_errors(handler: Handler) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except EngineError as exc:
+            return web.json_response(exc.ot2_body(), status=exc.status)
+
+    handle.__doc__ = handler.__doc__
+    handle.op = Ot2Endpoint(JSONAPI)
+    return handle
+
+
+async def data_of(request: web.Request) -> dict:
+    """The ``data`` object of a JSON request body; 422 ``InvalidRequest`` otherwise."""
+    try:
+        body = json.loads(await request.read() or b"null")
+    except (ValueError, RecursionError):
+        raise invalid_request("The request body is not valid JSON.", "/") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+        raise invalid_request("The request body must be an object with a 'data' object.", "/data")
+    return body["data"]
+
+
+def _labware_offsets(value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid_request("labwareOffsets must be a list.", "/data/labwareOffsets")
+    for i, offset in enumerate(value):
+        check_offset(offset, f"/data/labwareOffsets/{i}")
+    return value
+
+
+def check_offset(offset: Any, pointer: str) -> dict:
+    """A labware offset's shape: ``definitionUri``, ``vector`` ``{x, y, z}`` (mm) and a
+    ``location`` (legacy) or ``locationSequence``; the engine checks the rest."""
+    vector = offset.get("vector") if isinstance(offset, dict) else None
+    if (not isinstance(offset, dict) or not isinstance(offset.get("definitionUri"), str)
+            or not isinstance(vector, dict)
+            or not all(isinstance(vector.get(a), (int, float)) and not isinstance(vector.get(a), bool)
+                       and math.isfinite(vector[a]) for a in "xyz")
+            or not (isinstance(offset.get("location"), dict) or isinstance(offset.get("locationSequence"), list))):
+        raise invalid_request("A labware offset needs definitionUri, vector {x, y, z} (mm) and location.", pointer)
+    return offset
+
+
+async def _files(request: web.Request) -> tuple[list[tuple[str, bytes]], str | None]:
+    if not request.content_type.startswith("multipart/"):
+        raise invalid_request("Upload protocol files as multipart/form-data parts named 'files'.", "/files")
+    files: list[tuple[str, bytes]] = []
+    key = None
+    size = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            chunks = []
+            while chunk := await part.read_chunk(65536):
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise EngineError(413, "FileTooLarge", "File Too Large",
+                                      f"The upload is larger than {MAX_UPLOAD_BYTES} bytes.")
+                chunks.append(chunk)
+            if part.name == "files":
+                files.append(((part.filename or "").rsplit("/", 1)[-1], b"".join(chunks)))
+            elif part.name == "key":
+                key = b"".join(chunks).decode("utf-8", "replace")[:200]
+    except (ValueError, AssertionError, KeyError):
+        raise invalid_request("Malformed multipart body.", "/files") from None
+    return files, key
+
+
+def _int_query(request: web.Request, name: str, default: int | None, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid_request(f"'{name}' must be a whole number.", f"/{name}") from None
+    if not 0 <= value <= hi:
+        raise invalid_request(f"'{name}' must be between 0 and {hi}.", f"/{name}")
+    return value
+
+
+class EngineRoutes:
+    """The handlers (see the module table) over an :class:`EngineHost`."""
+
+    def __init__(self, host: EngineHost) -> None:
+        self.protocols = host.protocols
+        self.runs = host.runs
+
+    # ---------------------------------------------------------------- protocols
+    async def upload(self, request: web.Request) -> web.Response:
+        """Store and analyse a protocol: 201 with ``analysisSummaries`` ``pending``; 422
+        ``ProtocolFilesInvalid`` when the engine's reader refuses the files."""
+        files, key = await _files(request)
+        return reply(await self.protocols.upload(files, key), 201)
+
+    async def list_protocols(self, request: web.Request) -> web.Response:
+        data = self.protocols.list()
+        return reply(data, meta={"cursor": 0, "totalLength": len(data)})
+
+    async def get_protocol(self, request: web.Request) -> web.Response:
+        protocol = self.protocols.get(request.match_info["protocolId"])
+        runs = [{"id": r["id"], "href": f"/runs/{r['id']}"} for r in self.runs.list()
+                if r["protocolId"] == protocol["id"]]
+        return reply(protocol, links={"referencingRuns": runs})
+
+    async def delete_protocol(self, request: web.Request) -> web.Response:
+        """409 ``ProtocolUsedByRun`` while a run of it is active."""
+        protocol = self.protocols.get(request.match_info["protocolId"])
+        if self.runs.protocol_in_use(protocol["id"]):
+            raise EngineError(409, "ProtocolUsedByRun", "Protocol Used by Run",
+                              f"Protocol {protocol['id']} is used by the active run.")
+        self.protocols.delete(protocol["id"])
+        return web.json_response({})
+
+    async def analyses(self, request: web.Request) -> web.Response:
+        data = self.protocols.analyses(request.match_info["protocolId"])
+        return reply(data, meta={"cursor": 0, "totalLength": len(data)})
+
+    async def analysis(self, request: web.Request) -> web.Response:
+        return reply(self.protocols.analysis(request.match_info["protocolId"], request.match_info["analysisId"]))
+
+    # ---------------------------------------------------------------- runs
+    async def create_run(self, request: web.Request) -> web.Response:
+        """409 ``RunAlreadyActive`` while the current run has started and not finished."""
+        data = await data_of(request)
+        protocol_id = data.get("protocolId")
+        if not isinstance(protocol_id, str):
+            raise invalid_request("protocolId (a stored protocol's id) is required.", "/data/protocolId")
+        offsets = _labware_offsets(data.get("labwareOffsets"))
+        return reply(await self.runs.create(protocol_id, offsets), 201)
+
+    async def list_runs(self, request: web.Request) -> web.Response:
+        data = self.runs.list()
+        current = self.runs.current()
+        links = {"current": {"href": f"/runs/{current.id}"}} if current is not None else {}
+        return reply(data, links=links, meta={"cursor": 0, "totalLength": len(data)})
+
+    async def get_run(self, request: web.Request) -> web.Response:
+        return reply(self.runs.get(request.match_info["runId"]).data)
+
+    async def patch_run(self, request: web.Request) -> web.Response:
+        data = await data_of(request)
+        return reply(self.runs.dismiss(request.match_info["runId"], data.get("current")))
+
+    async def delete_run(self, request: web.Request) -> web.Response:
+        self.runs.delete(request.match_info["runId"])
+        return web.json_response({})
+
+    async def action(self, request: web.Request) -> web.Response:
+        """``play`` / ``pause`` / ``stop``; 409 ``RunActionNotAllowed`` or ``RunStopped``."""
+        run_id = request.match_info["runId"]
+        self.runs.get(run_id)
+        data = await data_of(request)
+        action_type = data.get("actionType")
+        if action_type not in ("play", "pause", "stop"):
+            raise invalid_request("actionType must be 'play', 'pause' or 'stop'.", "/data/actionType")
+        return reply(await self.runs.action(run_id, action_type), 201)
+
+    async def commands(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["runId"]
+        self.runs.get(run_id)
+        cursor = _int_query(request, "cursor", None, 1 << 40)
+        length = _int_query(request, "pageLength", DEFAULT_PAGE_LENGTH, MAX_PAGE_LENGTH)
+        data, meta, links = self.runs.commands(run_id, cursor, length)
+        return reply(data, meta=meta, links=links)
+
+    async def command(self, request: web.Request) -> web.Response:
+        return reply(self.runs.command(request.match_info["runId"], request.match_info["commandId"]))
+
+    async def labware_offset(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["runId"]
+        self.runs.get(run_id)
+        offset = check_offset(await data_of(request), "/data")
+        return reply(self.runs.add_labware_offset(run_id, offset), 201)
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [
+            ("POST", "/protocols", self.upload),
+            ("GET", "/protocols", self.list_protocols),
+            ("GET", "/protocols/{protocolId}", self.get_protocol),
+            ("DELETE", "/protocols/{protocolId}", self.delete_protocol),
+            ("GET", "/protocols/{protocolId}/analyses", self.analyses),
+            ("GET", "/protocols/{protocolId}/analyses/{analysisId}", self.analysis),
+            ("POST", "/runs", self.create_run),
+            ("GET", "/runs", self.list_runs),
+            ("GET", "/runs/{runId}", self.get_run),
+            ("PATCH", "/runs/{runId}", self.patch_run),
+            ("DELETE", "/runs/{runId}", self.delete_run),
+            ("POST", "/runs/{runId}/actions", self.action),
+            ("GET", "/runs/{runId}/commands", self.commands),
+            ("GET", "/runs/{runId}/commands/{commandId}", self.command),
+            ("POST", "/runs/{runId}/labware_offsets", self.labware_offset),
+        ]
+
+
+def _envelope(properties: dict, required: list[str]) -> dict:
+    return {"type": "object", "required": ["data"], "properties": {"data": {
+        "type": "object", "required": required, "properties": properties}}}
+
+
+_OFFSET = {"type": "object", "required": ["definitionUri", "vector"], "properties": {
+    "definitionUri": {"type": "string"}, "location": {"type": "object"}, "locationSequence": {"type": "array"},
+    "vector": {"type": "object", "required": ["x", "y", "z"], "properties": {
+        a: {"type": "number", "description": "mm"} for a in "xyz"}}}}
+#: Request bodies for ``/openapi.json`` (JSON; the upload is multipart).
+BODIES = {
+    ("POST", "/protocols"): {"multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}, "key": {"type": "string"}}}}},
+    ("POST", "/runs"): {"application/json": {"schema": _envelope(
+        {"protocolId": {"type": "string"}, "labwareOffsets": {"type": "array", "items": _OFFSET}}, ["protocolId"])}},
+    ("PATCH", "/runs/{runId}"): {"application/json": {"schema": _envelope(
+        {"current": {"type": "boolean", "enum": [False]}}, ["current"])}},
+    ("POST", "/runs/{runId}/actions"): {"application/json": {"schema": _envelope(
+        {"actionType": {"type": "string", "enum": ["play", "pause", "stop"]}}, ["actionType"])}},
+    ("POST", "/runs/{runId}/labware_offsets"): {"application/json": {"schema": {
+        "type": "object", "required": ["data"], "properties": {"data": _OFFSET}}}},
+}
+_QUERY = {("GET", "/runs/{runId}/commands"): [
+    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+    {"name": "pageLength", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_LENGTH}}]}
+
+
+def register(app: web.Application, host: EngineHost) -> dict:
+    """Add the engine routes to ``app``; returns their ``/openapi.json`` ``paths``."""
+    paths: dict[str, dict] = {}
+    for method, path, handler in EngineRoutes(host).routes():
+        app.router.add_route(method, path, _ot2_errors(handler))
+        header, errors, headers = openapi_parts(JSONAPI, header_required=True)
+        entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
+                 "tags": ["OT-2 HTTP API"],
+                 "responses": {"200": {"description": "OK", "headers": headers},
+                               "201": {"description": "Created", "headers": headers}, **errors}}
+        if (method, path) in BODIES:
+            entry["requestBody"] = {"required": True, "content": BODIES[(method, path)]}
+        params = [{"name": name[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in path.split("/") if name.startswith("{")]
+        entry["parameters"] = params + _QUERY.get((method, path), []) + [header]
+        paths.setdefault(path, {})[method.lower()] = entry
+    return paths
+
+
+def bridge_operations(host: EngineHost) -> dict[str, Callable[[Any], Awaitable[dict]]]:
+    """Run operations for the TCP bridge: ``stopRun`` (the active run), ``listRuns``."""
+
+    async def list_runs(params: Any = None) -> dict:
+        return {"data": host.runs.list()}
+
+    return {"stopRun": host.runs.stop_active, "listRuns": list_runs}
