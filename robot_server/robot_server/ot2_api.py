@@ -17,6 +17,7 @@ import asyncio
 import fcntl
 import json
 import logging
+import re
 import shutil
 import socket
 import struct
@@ -102,6 +103,18 @@ class Ot2Resources:
         self.preload()
         return await asyncio.shield(self._facts)
 
+    @staticmethod
+    def robot_serial(cmdline: str = "/proc/cmdline") -> str | None:
+        """The robot's serial number: ``ot2.serial=`` on the kernel command line, put there by
+        the bootloader (board/qemu/grub.cfg from the SMBIOS system serial, board/ot2/boot.cmd
+        from U-Boot's ``serial#``); the update server reports the same as ``serialNumber``."""
+        try:
+            text = Path(cmdline).read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+        match = re.search(r"(?:^|\s)ot2\.serial=([A-Za-z0-9._-]{1,64})(?:\s|$)", text)
+        return match.group(1) if match else None
+
     def robot_name(self) -> str:
         """The robot's name as the update server keeps it (``<data_dir>/update-server/name``,
         see update_server/name.py); the host name if none is stored."""
@@ -147,7 +160,7 @@ class Ot2Resources:
                 "logs": OT2_LOG_PATHS, "system_version": self.svc.system_version or "0.0.0",
                 "maximum_protocol_api_version": facts["maximum_protocol_api_version"],
                 "minimum_protocol_api_version": facts["minimum_protocol_api_version"],
-                "robot_serial": None,
+                "robot_serial": self.robot_serial(),
                 "links": {"apiLog": "/logs/api.log", "serialLog": "/logs/serial.log",
                           "serverLog": "/logs/server.log", "apiSpec": "/openapi.json",
                           "systemTime": "/system/time"},

@@ -365,3 +365,13 @@ def test_server_process_does_not_import_opentrons(tmp_path, pty):
             server.send_signal(signal.SIGTERM)
             assert server.wait(15) == 0
         assert (tmp_path / "robot-server" / "ot2-facts.json").exists()
+
+
+def test_robot_serial_from_the_kernel_cmdline(tmp_path):
+    from robot_server.ot2_api import Ot2Resources
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda2 ot2.slot=A ot2.serial=qemu-0123abcd quiet\n")
+    assert Ot2Resources.robot_serial(str(cmdline)) == "qemu-0123abcd"
+    cmdline.write_text("root=/dev/vda2 ot2.slot=A ot2.serial= quiet\n")   # no serial to give
+    assert Ot2Resources.robot_serial(str(cmdline)) is None
+    assert Ot2Resources.robot_serial(str(tmp_path / "absent")) is None

@@ -64,6 +64,8 @@ def test_cold_boot_both_servers_healthy(guest, images):
     assert health["booted_slot"] == "A"
     robot = guest.health("robot")
     assert robot["motor_board"]["connected"], robot
+    # Both servers name the board's serial number, which the harness gave the firmware.
+    assert health["serialNumber"] == robot["robot_serial"] == guest.serial
     figure("cold boot to both servers healthy", f"{seconds:.1f} s")
     record("cold boot", "A", health["booted_slot"], True, seconds)
 
