@@ -301,7 +301,7 @@ def test_unknown_ids_and_malformed_envelopes(engine):
     assert_error(engine.robot.get(f"/runs/{missing}/commands"), 404, "RunNotFound")
     assert_error(engine.action(missing, "play"), 404, "RunNotFound")
     assert_error(engine.create_run(missing), 404, "ProtocolNotFound")
-    for body in (None, [], {"data": 1}, {"data": {}}, {"protocolId": "x"}, {"data": {"protocolId": 5}},
+    for body in ([], {"data": 1}, {"protocolId": "x"}, {"data": {"protocolId": 5}},
                  {"data": {"protocolId": "x", "labwareOffsets": [{"definitionUri": "a"}]}}):
         assert_error(engine.robot.post("/runs", body), 422, "InvalidRequest")
     assert_error(engine.robot.post("/runs", raw=b"{nope"), 422, "InvalidRequest")
