@@ -350,6 +350,8 @@ class RunManager:
                     run.command_count += 1
                     command_id = frame["command"].get("id")
                     run.queued.pop(command_id, None)
+                    if run.current_command is not None and run.current_command.get("id") == command_id:
+                        run.current_command = None       # finished: the log has it now
                     if command_id in run.done:
                         run.done.pop(command_id).set()
                 elif "current" in frame:
