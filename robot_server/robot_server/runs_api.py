@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -341,7 +342,9 @@ def register(app: web.Application, host: EngineHost) -> dict:
     """Add the engine routes to ``app``; returns their ``/openapi.json`` ``paths``."""
     paths: dict[str, dict] = {}
     for method, path, handler in EngineRoutes(host).routes():
-        app.router.add_route(method, path, _ot2_errors(handler))
+        # any id but a slash (aiohttp's default leaves out braces): an unknown id is the
+        # resource's own 404 in the OT-2's shape, never the server's generic one
+        app.router.add_route(method, re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", path), _ot2_errors(handler))
         header, errors, headers = openapi_parts(JSONAPI, header_required=True)
         entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
                  "tags": ["OT-2 HTTP API"],

@@ -299,6 +299,7 @@ def test_unknown_ids_and_malformed_envelopes(engine):
     assert_error(engine.robot.request("DELETE", f"/protocols/{missing}"), 404, "ProtocolNotFound")
     assert_error(engine.robot.get(f"/runs/{missing}"), 404, "RunNotFound")
     assert_error(engine.robot.get(f"/runs/{missing}/commands"), 404, "RunNotFound")
+    assert_error(engine.robot.get("/protocols/%7B"), 404, "ProtocolNotFound")    # any id: the OT-2's 404
     assert_error(engine.action(missing, "play"), 404, "RunNotFound")
     assert_error(engine.create_run(missing), 404, "ProtocolNotFound")
     for body in ([], {"data": 1}, {"protocolId": "x"}, {"data": {"protocolId": 5}},
