@@ -24,7 +24,6 @@ Frames back (see :mod:`.worker_io`):
 * ``{"reply": {"ref": n, "command": {...}}`` (the queued command),
   ``{"reply": {"ref": n, "definitionUri": uri}}`` or
   ``{"reply": {"ref": n, "error": {status, id, title, detail}}}``: the answer to request ``n``;
-
 * ``{"status": s}``: the engine's run status (``idle``, ``running``, ``paused``,
   ``blocked-by-open-door``, ``stop-requested``, ``stopped``, ``finishing``, ``failed``,
   ``succeeded``), whenever it changes;
@@ -142,6 +141,9 @@ class Worker:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
             return {"error": {"status": 422, "id": "InvalidRequest", "title": "Invalid Request",
                               "detail": problems[:1000]}}
+        except (ValueError, TypeError, KeyError) as exc:     # a request the engine cannot take apart
+            return {"error": {"status": 422, "id": "InvalidRequest", "title": "Invalid Request",
+                              "detail": f"{type(exc).__name__}: {str(exc)[:1000]}"}}
         except errors.RunStoppedError as exc:
             return {"error": {"status": 409, "id": "RunStopped", "title": "Run Stopped", "detail": str(exc)[:1000]}}
         except errors.ProtocolEngineError as exc:     # SetupCommandNotAllowedError, CommandNotAllowedError
