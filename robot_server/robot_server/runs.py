@@ -203,14 +203,18 @@ class RunManager:
             self._send(run, {"labwareOffsets": labware_offsets})
         return run.data
 
-    def delete(self, run_id: str) -> None:
-        """Delete a finished or unstarted run; 409 ``RunNotIdle`` while it runs."""
+    async def delete(self, run_id: str) -> None:
+        """Delete a finished or unstarted run (an unstarted one's process is stopped first,
+        so the next run finds the G-code channel free); 409 ``RunNotIdle`` while it runs."""
         run = self.get(run_id)
         if not run.finished.is_set():
             if run.data["status"] != "idle":
                 raise EngineError(409, "RunNotIdle", "Run is not Idle",
                                   f"Run {run_id} is {run.data['status']}; stop it before deleting it.")
-            asyncio.ensure_future(self.stop(run))
+            await self.stop(run)
+            await run.finished.wait()       # at most STOP_GRACE_S: then the sandbox is killed
+        if run_id not in self.runs:         # deleted meanwhile
+            return
         del self.runs[run_id]
         shutil.rmtree(run.directory, ignore_errors=True)
 

@@ -211,7 +211,7 @@ class EngineRoutes:
         return reply(self.runs.dismiss(request.match_info["runId"], data.get("current")))
 
     async def delete_run(self, request: web.Request) -> web.Response:
-        self.runs.delete(request.match_info["runId"])
+        await self.runs.delete(request.match_info["runId"])
         return web.json_response({})
 
     async def action(self, request: web.Request) -> web.Response:
