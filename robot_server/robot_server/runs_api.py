@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -39,7 +38,7 @@ from aiohttp import web
 from .engine_errors import EngineError, invalid_request
 from .engine_host import EngineHost
 from .protocols import MAX_UPLOAD_BYTES
-from .versioning import JSONAPI, Ot2Endpoint, openapi_parts
+from .versioning import JSONAPI, Ot2Endpoint, openapi_parts, route_path
 
 DEFAULT_PAGE_LENGTH = 20
 MAX_PAGE_LENGTH = 1000
@@ -342,9 +341,7 @@ def register(app: web.Application, host: EngineHost) -> dict:
     """Add the engine routes to ``app``; returns their ``/openapi.json`` ``paths``."""
     paths: dict[str, dict] = {}
     for method, path, handler in EngineRoutes(host).routes():
-        # any id but a slash (aiohttp's default leaves out braces): an unknown id is the
-        # resource's own 404 in the OT-2's shape, never the server's generic one
-        app.router.add_route(method, re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", path), _ot2_errors(handler))
+        app.router.add_route(method, route_path(path), _ot2_errors(handler))
         header, errors, headers = openapi_parts(JSONAPI, header_required=True)
         entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
                  "tags": ["OT-2 HTTP API"],
