@@ -23,7 +23,7 @@ from aiohttp import web
 from . import __version__, runs_api
 from .engine_host import EngineHost
 from .service import ApiError, RobotService
-from .versioning import LEGACY, from_http_exception, openapi_parts, version_middleware
+from .versioning import LEGACY, from_http_exception, openapi_parts, route_path, version_middleware
 
 log = logging.getLogger("robot_server.api")
 
@@ -255,7 +255,7 @@ def make_app(svc: RobotService, engine: EngineHost | None = None) -> web.Applica
     ops = operations(svc)
     for op in ops:
         for path in (op.path, *op.aliases):
-            app.router.add_route(op.method, path, _handler(op))
+            app.router.add_route(op.method, route_path(path), _handler(op))
     doc = openapi(ops)
     if engine is not None:
         doc["paths"].update(runs_api.register(app, engine))

@@ -8,14 +8,22 @@ simulated in here (the image has no ``gpiod`` module for ``opentrons``' GPIO dri
 Opentrons/opentrons, api/src/opentrons/drivers/rpi_drivers/__init__.py): the robot server
 keeps the pins.
 
-``python -m robot_server.run_worker <protocol files directory>``
+``python -m robot_server.run_worker [<protocol files directory>]``; without a directory
+the run has no protocol (the OT-2's protocol-less run, built as its robot-server does with
+``RunOrchestrator.build_orchestrator`` and no protocol config: Opentrons/opentrons,
+robot-server/robot_server/runs/run_orchestrator_store.py) and is driven by commands.
 
 Requests on stdin, one JSON line each, handled once the hardware and the protocol are set
 up: ``{"labwareOffsets": [...]}`` (the OT-2's ``LabwareOffsetCreate`` or legacy
 ``{definitionUri, location, vector}``), ``{"action": "play"|"pause"|"stop"}``,
-``{"door": "open"|"closed"}``. End of input (the server is gone) stops the run.
+``{"door": "open"|"closed"}``, ``{"ref": n, "command": CommandCreate}`` (enqueue a command,
+``ProtocolEngine.add_command``), ``{"ref": n, "labwareDefinition": definition}``
+(``ProtocolEngine.add_labware_definition``). End of input (the server is gone) stops the run.
 Frames back (see :mod:`.worker_io`):
 
+* ``{"reply": {"ref": n, "command": {...}}`` (the queued command),
+  ``{"reply": {"ref": n, "definitionUri": uri}}`` or
+  ``{"reply": {"ref": n, "error": {status, id, title, detail}}}``: the answer to request ``n``;
 * ``{"status": s}``: the engine's run status (``idle``, ``running``, ``paused``,
   ``blocked-by-open-door``, ``stop-requested``, ``stopped``, ``finishing``, ``failed``,
   ``succeeded``), whenever it changes;
@@ -44,7 +52,7 @@ COMMAND_PAGE = 200
 
 
 class Worker:
-    def __init__(self, channel: IO[str], directory: Path) -> None:
+    def __init__(self, channel: IO[str], directory: Path | None) -> None:
         self.channel = channel
         self.directory = directory
         self.orchestrator: Any = None
@@ -62,11 +70,11 @@ class Worker:
         from opentrons.hardware_control.types import HardwareFeatureFlags
         from opentrons.protocol_engine import Config, DeckType, error_recovery_policy
         from opentrons.protocol_engine.create_protocol_engine import create_protocol_engine
-        from opentrons.protocol_runner import LiveRunner, RunOrchestrator, create_protocol_runner
+        from opentrons.protocol_runner import RunOrchestrator
         from opentrons.protocol_runner.run_orchestrator import ParseMode
         from opentrons.protocols.api_support.deck_type import should_load_fixed_trash
 
-        source = await worker_io.read_source(self.directory)
+        source = await worker_io.read_source(self.directory) if self.directory is not None else None
         self.hardware = ThreadManager(API.build_hardware_controller,
                                       feature_flags=HardwareFeatureFlags.build_from_ff())
         await self.hardware.managed_thread_ready_async()
@@ -77,21 +85,21 @@ class Worker:
             config=Config(robot_type="OT-2 Standard", deck_type=DeckType.OT2_STANDARD, block_on_door_open=True,
                           use_simulated_deck_config=True),
             error_recovery_policy=error_recovery_policy.never_recover,
-            load_fixed_trash=should_load_fixed_trash(source.config))
-        runner = create_protocol_runner(protocol_config=source.config, protocol_engine=engine, hardware_api=hw)
-        self.orchestrator = RunOrchestrator(
-            hardware_api=hw, protocol_engine=engine, json_or_python_protocol_runner=runner,
-            fixit_runner=LiveRunner(protocol_engine=engine, hardware_api=hw),
-            setup_runner=LiveRunner(protocol_engine=engine, hardware_api=hw),
-            protocol_live_runner=LiveRunner(protocol_engine=engine, hardware_api=hw))
-        await self.orchestrator.load(protocol_source=source, parse_mode=ParseMode.NORMAL,
-                                     run_time_param_values=None, run_time_param_paths=None)
+            load_fixed_trash=source is not None and should_load_fixed_trash(source.config))
+        self.orchestrator = RunOrchestrator.build_orchestrator(
+            hardware_api=hw, protocol_engine=engine, protocol_config=source.config if source else None)
+        if source is not None:
+            await self.orchestrator.load(protocol_source=source, parse_mode=ParseMode.NORMAL,
+                                         run_time_param_values=None, run_time_param_paths=None)
 
     async def handle(self, request: dict) -> None:
         """One request from the server (see the module docstring)."""
         from opentrons.hardware_control.types import DoorState
         from opentrons.protocol_engine.types import LabwareOffsetCreate, LegacyLabwareOffsetCreate
 
+        if "ref" in request:
+            self.send({"reply": {"ref": request["ref"], **(await self.add(request))}})
+            return
         action = request.get("action")
         for offset in request.get("labwareOffsets") or []:
             model = LabwareOffsetCreate if "locationSequence" in offset else LegacyLabwareOffsetCreate
@@ -111,6 +119,36 @@ class Worker:
             state = DoorState.OPEN if request["door"] == "open" else DoorState.CLOSED
             api = self.hardware.wrapped()
             api.loop.call_soon_threadsafe(api._update_door_state, state)
+
+    async def add(self, request: dict) -> dict:
+        """Enqueue a command or add a labware definition; the reply's payload, or its error
+        in the OT-2's terms (Opentrons/opentrons, robot-server/robot_server/runs/router/
+        commands_router.py: 409 ``CommandNotAllowed``, 409 ``RunStopped``; 422 for a body
+        the engine's models refuse)."""
+        from opentrons.protocol_engine import errors
+        from opentrons.protocol_engine.commands import CommandCreateAdapter
+        from opentrons_shared_data.labware.labware_definition import labware_definition_type_adapter
+        from pydantic import ValidationError
+
+        try:
+            if "command" in request:
+                create = CommandCreateAdapter.validate_python(request["command"])
+                added = await self.orchestrator.add_command_and_wait_for_interval(create)
+                return {"command": worker_io.dump(added)}
+            definition = labware_definition_type_adapter.validate_python(request["labwareDefinition"])
+            return {"definitionUri": self.orchestrator.add_labware_definition(definition)}
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            return {"error": {"status": 422, "id": "InvalidRequest", "title": "Invalid Request",
+                              "detail": problems[:1000]}}
+        except (ValueError, TypeError, KeyError) as exc:     # a request the engine cannot take apart
+            return {"error": {"status": 422, "id": "InvalidRequest", "title": "Invalid Request",
+                              "detail": f"{type(exc).__name__}: {str(exc)[:1000]}"}}
+        except errors.RunStoppedError as exc:
+            return {"error": {"status": 409, "id": "RunStopped", "title": "Run Stopped", "detail": str(exc)[:1000]}}
+        except errors.ProtocolEngineError as exc:     # SetupCommandNotAllowedError, CommandNotAllowedError
+            return {"error": {"status": 409, "id": "CommandNotAllowed", "title": "Setup Command Not Allowed",
+                              "detail": str(exc)[:1000]}}
 
     def report(self) -> None:
         """Send the status if it changed, then every newly finished command, then the current one."""
@@ -154,7 +192,7 @@ async def requests() -> asyncio.StreamReader:
     return reader
 
 
-async def serve(channel: IO[str], directory: Path) -> int:
+async def serve(channel: IO[str], directory: Path | None) -> int:
     worker = Worker(channel, directory)
     reader = await requests()
     try:
@@ -196,7 +234,7 @@ async def serve(channel: IO[str], directory: Path) -> int:
 
 def main() -> None:
     channel = worker_io.private_channel()
-    sys.exit(asyncio.run(serve(channel, Path(sys.argv[1]))))
+    sys.exit(asyncio.run(serve(channel, Path(sys.argv[1]) if len(sys.argv) > 1 else None)))
 
 
 if __name__ == "__main__":

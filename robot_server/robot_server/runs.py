@@ -1,4 +1,5 @@
-"""Runs of stored protocols (``/runs``), each in its own sandboxed process
+"""Runs (``/runs``) of stored protocols or of no protocol (driven by commands sent over
+HTTP, as on the OT-2), each in its own sandboxed process
 (:mod:`.run_worker`) driving the engine's runner against the robot server's G-code
 channel.
 
@@ -26,6 +27,7 @@ its sandbox is killed too (children that called ``setsid`` included).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import shutil
@@ -34,7 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import worker_io
 from .engine_errors import ROBOT_IN_USE, EngineError, invalid_request, not_found
@@ -48,6 +50,9 @@ TERMINAL = ("stopped", "failed", "succeeded")
 STARTED = ("running", "paused", "blocked-by-open-door", "stop-requested", "finishing", "awaiting-recovery")
 MAX_RUNS = 20
 MAX_OUTPUT = 4 * 1024 * 1024
+#: Longest wait for the run process to answer a request (it answers once its engine is
+#: built, which on a loaded Pi takes tens of seconds), seconds.
+REPLY_TIMEOUT_S = 120.0
 #: Largest command log kept per run, bytes (a run of 10,000 commands writes about 10 MB).
 MAX_COMMAND_LOG = 128 * 1024 * 1024
 STOP_GRACE_S = 10.0
@@ -67,6 +72,13 @@ class Run:
     stop_requested: bool = False
     set_up: bool = False           # the process reported its first status: the engine is there
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: Commands enqueued over HTTP that have not started yet, by id.
+    queued: dict[str, dict] = field(default_factory=dict)
+    #: Requests sent to the run process awaiting its reply, by ``ref`` (from ``refs``).
+    replies: dict[int, asyncio.Future] = field(default_factory=dict)
+    refs: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    #: Set when the command of that id has finished (for ``waitUntilComplete``).
+    done: dict[str, asyncio.Event] = field(default_factory=dict)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     scratch: str | None = None
 
@@ -146,10 +158,11 @@ class RunManager:
         return run is not None and run.data["protocolId"] == protocol_id
 
     # ------------------------------------------------------------ create / delete
-    async def create(self, protocol_id: str, labware_offsets: list) -> dict:
-        """Create a run of a stored protocol (status ``idle``; ``play`` starts it).
+    async def create(self, protocol_id: str | None, labware_offsets: list) -> dict:
+        """Create a run (status ``idle``; ``play`` starts it) of a stored protocol, or with
+        ``protocol_id`` ``None`` a run with no protocol, driven by :meth:`add_command`.
         Raises 404 ``ProtocolNotFound``, 409 ``RunAlreadyActive``."""
-        files = self.protocols.files_dir(protocol_id)
+        files = self.protocols.files_dir(protocol_id) if protocol_id is not None else None
         current = self.current()
         if current is not None and current.data["status"] in STARTED:
             raise EngineError(409, "RunAlreadyActive", "Run Already Active",
@@ -176,9 +189,9 @@ class RunManager:
         run.scratch = tempfile.mkdtemp(prefix="ot2-run-")
         self.sandbox.owns(Path(run.scratch))
         try:
-            files = copy_in(files, Path(run.scratch), self.sandbox.drop_spec())
+            args = [str(copy_in(files, Path(run.scratch), self.sandbox.drop_spec()))] if files is not None else []
             run.proc = await self.sandbox.spawn(
-                run.unit, [sys.executable, "-m", "robot_server.run_worker", str(files)],
+                run.unit, [sys.executable, "-m", "robot_server.run_worker", *args],
                 env={"OT_SMOOTHIE_EMULATOR_URI": self.channel_url(), "OT_API_CONFIG_DIR": run.scratch,
                      "HOME": run.scratch, "TMPDIR": run.scratch},
                 cwd=run.scratch, limit=MAX_FRAME)
@@ -190,14 +203,18 @@ class RunManager:
             self._send(run, {"labwareOffsets": labware_offsets})
         return run.data
 
-    def delete(self, run_id: str) -> None:
-        """Delete a finished or unstarted run; 409 ``RunNotIdle`` while it runs."""
+    async def delete(self, run_id: str) -> None:
+        """Delete a finished or unstarted run (an unstarted one's process is stopped first,
+        so the next run finds the G-code channel free); 409 ``RunNotIdle`` while it runs."""
         run = self.get(run_id)
         if not run.finished.is_set():
             if run.data["status"] != "idle":
                 raise EngineError(409, "RunNotIdle", "Run is not Idle",
                                   f"Run {run_id} is {run.data['status']}; stop it before deleting it.")
-            asyncio.ensure_future(self.stop(run))
+            await self.stop(run)
+            await run.finished.wait()       # at most STOP_GRACE_S: then the sandbox is killed
+        if run_id not in self.runs:         # deleted meanwhile
+            return
         del self.runs[run_id]
         shutil.rmtree(run.directory, ignore_errors=True)
 
@@ -335,8 +352,24 @@ class RunManager:
                     commands.flush()
                     index.flush()
                     run.command_count += 1
+                    command_id = frame["command"].get("id")
+                    run.queued.pop(command_id, None)
+                    if run.current_command is not None and run.current_command.get("id") == command_id:
+                        run.current_command = None       # finished: the log has it now
+                    if command_id in run.done:
+                        run.done.pop(command_id).set()
                 elif "current" in frame:
                     run.current_command = frame["current"] if isinstance(frame["current"], dict) else None
+                    if run.current_command is not None:
+                        run.queued.pop(run.current_command.get("id"), None)
+                elif isinstance(frame.get("reply"), dict):
+                    added = frame["reply"].get("command")
+                    if isinstance(added, dict) and added.get("status") in ("queued", "running"):
+                        run.queued[added["id"]] = added       # before any later frame about it
+                        run.done[added["id"]] = asyncio.Event()
+                    future = run.replies.pop(frame["reply"].get("ref"), None)
+                    if future is not None and not future.done():
+                        future.set_result(frame["reply"])
                 elif isinstance(frame.get("status"), str):
                     run.set_up = True
                     if frame["status"] in TERMINAL:     # shown once the summary is in (see below)
@@ -349,6 +382,11 @@ class RunManager:
                 elif "setupError" in frame:
                     setup_error = str(frame["setupError"])[:2000]
         code = await run.proc.wait()
+        for future in run.replies.values():     # asked, never answered: the run is over
+            if not future.done():
+                future.set_result({"error": {"status": 409, "id": "RunStopped", "title": "Run Stopped",
+                                             "detail": f"Run {run.id} has ended."}})
+        run.replies.clear()
         await self.sandbox.kill_all(run.unit, None)     # whatever it started, whatever its session
         run.stop_requested = run.stop_requested or self.stopped_elsewhere(f"run {run.id}")
         if summary is not None:
@@ -369,6 +407,10 @@ class RunManager:
         if error is not None:
             run.data["errors"].append(error)
         run.current_command = None
+        run.queued.clear()
+        for event in run.done.values():
+            event.set()
+        run.done.clear()
         if run.id in self.runs:           # not deleted meanwhile
             run.save()
         run.finished.set()
@@ -413,16 +455,68 @@ class RunManager:
         return summaries, {"cursor": cursor, "totalLength": total}, links
 
     def command(self, run_id: str, command_id: str) -> dict:
-        """One command in full; 404 ``CommandNotFound``."""
+        """One command in full (queued, running or finished); 404 ``CommandNotFound``."""
         run = self.get(run_id)
         if run.current_command is not None and run.current_command.get("id") == command_id:
             return run.current_command
+        if command_id in run.queued:
+            return run.queued[command_id]
         prefix = json.dumps({"id": command_id}, separators=(",", ":"))[:-1].encode() + b","
         with open(run.directory / "commands.jsonl", "rb") as fh:
             for line in fh:
                 if line.startswith(prefix):
                     return json.loads(line)
         raise not_found("Command", command_id)
+
+    async def add_command(self, run_id: str, command: dict, wait: bool, timeout_s: float | None) -> dict:
+        """Enqueue ``command`` (the OT-2's ``CommandCreate``: ``commandType``, ``params``,
+        ``intent`` ``setup``|``protocol``) into the current run's engine. Setup commands run
+        while the run is idle or paused, protocol commands once it is played. With ``wait``,
+        answers once the command has finished or after ``timeout_s`` (``None``: no limit).
+        Returns the command resource as it is then. Raises 404 ``RunNotFound``, 409
+        ``RunStopped`` (not current, or finished), 409 ``CommandNotAllowed``, 422
+        ``InvalidRequest`` (a command the engine's models refuse)."""
+        run = self.get(run_id)
+        reply = await self._ask(run, {"command": command})
+        added = reply["command"]
+        command_id = added["id"]
+        if wait and command_id in run.done:
+            try:
+                await asyncio.wait_for(run.done[command_id].wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        try:
+            return self.command(run_id, command_id)
+        except EngineError:             # finished between the reply and its log line
+            return added
+
+    async def add_labware_definition(self, run_id: str, definition: dict) -> dict:
+        """Add a custom labware definition (a labware schema 2 or 3 object) to the current
+        run's engine. Returns ``{"definitionUri": "<namespace>/<loadName>/<version>"}``.
+        Raises 404 ``RunNotFound``, 409 ``RunStopped``, 422 ``InvalidRequest``."""
+        reply = await self._ask(self.get(run_id), {"labwareDefinition": definition})
+        return {"definitionUri": reply["definitionUri"]}
+
+    async def _ask(self, run: Run, request: dict) -> dict:
+        """Send ``request`` to the run's process and wait for its reply (raised as an
+        :class:`EngineError` when it is an error)."""
+        if not run.data["current"] or run.finished.is_set() or run.stop_requested or run.data["status"] in TERMINAL:
+            raise EngineError(409, "RunStopped", "Run Stopped",
+                              f"Run {run.id} is not the current run or has finished ({run.data['status']}).")
+        ref = next(run.refs)
+        future = run.replies[ref] = asyncio.get_running_loop().create_future()
+        self._send(run, {"ref": ref, **request})
+        try:
+            reply = await asyncio.wait_for(future, REPLY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            run.replies.pop(ref, None)
+            raise EngineError(503, "RunNotReady", "Run Not Ready",
+                              f"Run {run.id} did not answer within {REPLY_TIMEOUT_S:g} s.") from None
+        if "error" in reply:
+            error = reply["error"]
+            raise EngineError(int(error["status"]), error["id"], error["title"], error["detail"],
+                              pointer="/data" if error["status"] == 422 else None)
+        return reply
 
     def add_labware_offset(self, run_id: str, offset: dict) -> dict:
         """Add a labware offset to a run that has not started; the engine validates it."""

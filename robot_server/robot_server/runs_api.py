@@ -12,15 +12,19 @@ GET      /protocols/{protocolId}                               200 protocol + li
 DELETE   /protocols/{protocolId}                               200 ``{}``
 GET      /protocols/{protocolId}/analyses                      200 list
 GET      /protocols/{protocolId}/analyses/{analysisId}         200 analysis
-POST     /runs  ``{"data": {"protocolId", "labwareOffsets"?}}``  201 run
+POST     /runs  ``{"data": {"protocolId"?, "labwareOffsets"?}}``  201 run (no body or no
+         ``protocolId``: a run with no protocol, driven by commands)
 GET      /runs                                                 200 list + links.current
 GET      /runs/{runId}                                         200 run
 PATCH    /runs/{runId}  ``{"data": {"current": false}}``       200 run
 DELETE   /runs/{runId}                                         200 ``{}``
 POST     /runs/{runId}/actions  ``{"data": {"actionType"}}``   201 action
+POST     /runs/{runId}/commands  ``{"data": CommandCreate}``   201 command
+         (``waitUntilComplete``, ``timeout`` ms)
 GET      /runs/{runId}/commands  (``cursor``, ``pageLength``)  200 page + meta + links
 GET      /runs/{runId}/commands/{commandId}                    200 command
 POST     /runs/{runId}/labware_offsets  ``{"data": offset}``   201 offset
+POST     /runs/{runId}/labware_definitions  ``{"data": def}``  201 ``{definitionUri}``
 =======  ====================================================  ======================
 """
 from __future__ import annotations
@@ -34,7 +38,7 @@ from aiohttp import web
 from .engine_errors import EngineError, invalid_request
 from .engine_host import EngineHost
 from .protocols import MAX_UPLOAD_BYTES
-from .versioning import JSONAPI, Ot2Endpoint, openapi_parts
+from .versioning import JSONAPI, Ot2Endpoint, openapi_parts, route_path
 
 DEFAULT_PAGE_LENGTH = 20
 MAX_PAGE_LENGTH = 1000
@@ -57,10 +61,14 @@ def _ot2_errors(handler: Handler) -> Handler:
     return handle
 
 
-async def data_of(request: web.Request) -> dict:
-    """The ``data`` object of a JSON request body; 422 ``InvalidRequest`` otherwise."""
+async def data_of(request: web.Request, optional: bool = False) -> dict:
+    """The ``data`` object of a JSON request body (``{}`` for no body when ``optional``);
+    422 ``InvalidRequest`` otherwise."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return {}
     try:
-        body = json.loads(await request.read() or b"null")
+        body = json.loads(raw or b"null")
     except (ValueError, RecursionError):
         raise invalid_request("The request body is not valid JSON.", "/") from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
@@ -114,6 +122,13 @@ async def _files(request: web.Request) -> tuple[list[tuple[str, bytes]], str | N
     except (ValueError, AssertionError, KeyError):
         raise invalid_request("Malformed multipart body.", "/files") from None
     return files, key
+
+
+def _bool_query(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise invalid_request(f"'{name}' must be true or false.", f"/{name}")
+    return raw in ("true", "1")
 
 
 def _int_query(request: web.Request, name: str, default: int | None, hi: int) -> int | None:
@@ -171,11 +186,13 @@ class EngineRoutes:
 
     # ---------------------------------------------------------------- runs
     async def create_run(self, request: web.Request) -> web.Response:
-        """409 ``RunAlreadyActive`` while the current run has started and not finished."""
-        data = await data_of(request)
+        """A run of a stored protocol, or with no body or no ``protocolId`` a run with no
+        protocol (commands are then sent with ``POST /runs/{runId}/commands``); 409
+        ``RunAlreadyActive`` while the current run has started and not finished."""
+        data = await data_of(request, optional=True)
         protocol_id = data.get("protocolId")
-        if not isinstance(protocol_id, str):
-            raise invalid_request("protocolId (a stored protocol's id) is required.", "/data/protocolId")
+        if protocol_id is not None and not isinstance(protocol_id, str):
+            raise invalid_request("protocolId must be a stored protocol's id.", "/data/protocolId")
         offsets = _labware_offsets(data.get("labwareOffsets"))
         return reply(await self.runs.create(protocol_id, offsets), 201)
 
@@ -193,7 +210,7 @@ class EngineRoutes:
         return reply(self.runs.dismiss(request.match_info["runId"], data.get("current")))
 
     async def delete_run(self, request: web.Request) -> web.Response:
-        self.runs.delete(request.match_info["runId"])
+        await self.runs.delete(request.match_info["runId"])
         return web.json_response({})
 
     async def action(self, request: web.Request) -> web.Response:
@@ -214,6 +231,32 @@ class EngineRoutes:
         data, meta, links = self.runs.commands(run_id, cursor, length)
         return reply(data, meta=meta, links=links)
 
+    async def add_command(self, request: web.Request) -> web.Response:
+        """Enqueue a command (``{"data": {"commandType", "params", "intent"?: "setup" (the
+        default) | "protocol"}}``, the engine's ``CommandCreate``) into the current run:
+        setup commands run while the run is idle or paused, protocol commands once it is
+        played (Opentrons/opentrons, robot-server/robot_server/runs/router/commands_router.py).
+        Query ``waitUntilComplete`` (``true``/``false``) and ``timeout`` (ms, > 0; no limit
+        without it): answer once the command has finished or the timeout has passed. 201
+        with the command; 404 ``RunNotFound``; 409 ``RunStopped`` (not the current run, or
+        finished) or ``CommandNotAllowed``; 422 ``InvalidRequest`` (a malformed body or a
+        command type or parameters the engine refuses)."""
+        run_id = request.match_info["runId"]
+        self.runs.get(run_id)
+        wait = _bool_query(request, "waitUntilComplete")
+        timeout_ms = _int_query(request, "timeout", None, 1 << 40)
+        if timeout_ms == 0:
+            raise invalid_request("'timeout' must be more than 0 ms.", "/timeout")
+        data = await data_of(request)
+        if not isinstance(data.get("commandType"), str):
+            raise invalid_request("commandType (a string) is required.", "/data/commandType")
+        intent = data.get("intent") or "setup"
+        if intent not in ("setup", "protocol"):
+            raise invalid_request("intent must be 'setup' or 'protocol'.", "/data/intent")
+        command = {**data, "intent": intent}
+        timeout_s = timeout_ms / 1000 if timeout_ms is not None else None
+        return reply(await self.runs.add_command(run_id, command, wait, timeout_s), 201)
+
     async def command(self, request: web.Request) -> web.Response:
         return reply(self.runs.command(request.match_info["runId"], request.match_info["commandId"]))
 
@@ -222,6 +265,14 @@ class EngineRoutes:
         self.runs.get(run_id)
         offset = check_offset(await data_of(request), "/data")
         return reply(self.runs.add_labware_offset(run_id, offset), 201)
+
+    async def labware_definition(self, request: web.Request) -> web.Response:
+        """Add a custom labware definition (``{"data": definition}``, labware schema 2 or 3)
+        to the current run: 201 ``{"data": {"definitionUri"}}``; 404 ``RunNotFound``; 409
+        ``RunStopped``; 422 ``InvalidRequest`` for a definition the engine's model refuses."""
+        run_id = request.match_info["runId"]
+        self.runs.get(run_id)
+        return reply(await self.runs.add_labware_definition(run_id, await data_of(request)), 201)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -237,15 +288,17 @@ class EngineRoutes:
             ("PATCH", "/runs/{runId}", self.patch_run),
             ("DELETE", "/runs/{runId}", self.delete_run),
             ("POST", "/runs/{runId}/actions", self.action),
+            ("POST", "/runs/{runId}/commands", self.add_command),
             ("GET", "/runs/{runId}/commands", self.commands),
             ("GET", "/runs/{runId}/commands/{commandId}", self.command),
             ("POST", "/runs/{runId}/labware_offsets", self.labware_offset),
+            ("POST", "/runs/{runId}/labware_definitions", self.labware_definition),
         ]
 
 
 def _envelope(properties: dict, required: list[str]) -> dict:
-    return {"type": "object", "required": ["data"], "properties": {"data": {
-        "type": "object", "required": required, "properties": properties}}}
+    data = {"type": "object", "properties": properties, **({"required": required} if required else {})}
+    return {"type": "object", "required": ["data"], "properties": {"data": data}}
 
 
 _OFFSET = {"type": "object", "required": ["definitionUri", "vector"], "properties": {
@@ -257,7 +310,14 @@ BODIES = {
     ("POST", "/protocols"): {"multipart/form-data": {"schema": {"type": "object", "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}}, "key": {"type": "string"}}}}},
     ("POST", "/runs"): {"application/json": {"schema": _envelope(
-        {"protocolId": {"type": "string"}, "labwareOffsets": {"type": "array", "items": _OFFSET}}, ["protocolId"])}},
+        {"protocolId": {"type": "string"}, "labwareOffsets": {"type": "array", "items": _OFFSET}}, [])}},
+    ("POST", "/runs/{runId}/commands"): {"application/json": {"schema": _envelope(
+        {"commandType": {"type": "string"}, "params": {"type": "object"},
+         "intent": {"type": "string", "enum": ["setup", "protocol"]}, "key": {"type": "string"}},
+        ["commandType"])}},
+    ("POST", "/runs/{runId}/labware_definitions"): {"application/json": {"schema": {
+        "type": "object", "required": ["data"], "properties": {"data": {
+            "type": "object", "description": "a labware definition (labware schema 2 or 3)"}}}}},
     ("PATCH", "/runs/{runId}"): {"application/json": {"schema": _envelope(
         {"current": {"type": "boolean", "enum": [False]}}, ["current"])}},
     ("POST", "/runs/{runId}/actions"): {"application/json": {"schema": _envelope(
@@ -265,7 +325,13 @@ BODIES = {
     ("POST", "/runs/{runId}/labware_offsets"): {"application/json": {"schema": {
         "type": "object", "required": ["data"], "properties": {"data": _OFFSET}}}},
 }
-_QUERY = {("GET", "/runs/{runId}/commands"): [
+#: Requests whose body may be left out.
+OPTIONAL_BODIES = {("POST", "/runs")}
+_QUERY = {("POST", "/runs/{runId}/commands"): [
+    {"name": "waitUntilComplete", "in": "query", "required": False, "schema": {"type": "boolean"}},
+    {"name": "timeout", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "description": "ms"}}],
+    ("GET", "/runs/{runId}/commands"): [
     {"name": "cursor", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
     {"name": "pageLength", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_LENGTH}}]}
@@ -275,14 +341,15 @@ def register(app: web.Application, host: EngineHost) -> dict:
     """Add the engine routes to ``app``; returns their ``/openapi.json`` ``paths``."""
     paths: dict[str, dict] = {}
     for method, path, handler in EngineRoutes(host).routes():
-        app.router.add_route(method, path, _ot2_errors(handler))
+        app.router.add_route(method, route_path(path), _ot2_errors(handler))
         header, errors, headers = openapi_parts(JSONAPI, header_required=True)
         entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
                  "tags": ["OT-2 HTTP API"],
                  "responses": {"200": {"description": "OK", "headers": headers},
                                "201": {"description": "Created", "headers": headers}, **errors}}
         if (method, path) in BODIES:
-            entry["requestBody"] = {"required": True, "content": BODIES[(method, path)]}
+            entry["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
+                                    "content": BODIES[(method, path)]}
         params = [{"name": name[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in path.split("/") if name.startswith("{")]
         entry["parameters"] = params + _QUERY.get((method, path), []) + [header]

@@ -89,6 +89,13 @@ def openapi_parts(kind: str, header_required: bool) -> tuple[dict, dict, dict]:
     return param, errors, headers
 
 
+def route_path(path: str) -> str:
+    """The aiohttp route for an OpenAPI path template (``/runs/{runId}``): each ``{name}``
+    matches any text but a slash (aiohttp's default leaves out braces), so an odd id
+    reaches its resource and gets that resource's 404, in its API's error shape."""
+    return re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", path)
+
+
 def from_http_exception(exc: web.HTTPException) -> ApiError:
     """The :class:`ApiError` for an aiohttp 4xx (unknown path, method, body too large)."""
     code = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(

@@ -299,9 +299,10 @@ def test_unknown_ids_and_malformed_envelopes(engine):
     assert_error(engine.robot.request("DELETE", f"/protocols/{missing}"), 404, "ProtocolNotFound")
     assert_error(engine.robot.get(f"/runs/{missing}"), 404, "RunNotFound")
     assert_error(engine.robot.get(f"/runs/{missing}/commands"), 404, "RunNotFound")
+    assert_error(engine.robot.get("/protocols/%7B"), 404, "ProtocolNotFound")    # any id: the OT-2's 404
     assert_error(engine.action(missing, "play"), 404, "RunNotFound")
     assert_error(engine.create_run(missing), 404, "ProtocolNotFound")
-    for body in (None, [], {"data": 1}, {"data": {}}, {"protocolId": "x"}, {"data": {"protocolId": 5}},
+    for body in ([], {"data": 1}, {"protocolId": "x"}, {"data": {"protocolId": 5}},
                  {"data": {"protocolId": "x", "labwareOffsets": [{"definitionUri": "a"}]}}):
         assert_error(engine.robot.post("/runs", body), 422, "InvalidRequest")
     assert_error(engine.robot.post("/runs", raw=b"{nope"), 422, "InvalidRequest")
@@ -379,6 +380,64 @@ def test_play_on_a_finished_run_and_a_second_run_while_one_is_active(engine):
     assert engine.robot.get(f"/runs/{run_id}")[1]["data"]["current"] is False
     assert engine.robot.request("DELETE", f"/runs/{body['data']['id']}")[0] == 200
     assert_error(engine.robot.get(f"/runs/{body['data']['id']}"), 404, "RunNotFound")
+
+
+def test_a_run_without_a_protocol_takes_commands_and_labware_definitions(engine):
+    status, body = engine.robot.post("/runs")                      # no body, as ot_api sends it
+    assert status == 201, body
+    run_id = body["data"]["id"]
+    assert body["data"]["status"] == "idle" and body["data"]["protocolId"] is None
+    commands = f"/runs/{run_id}/commands"
+    status, body = engine.robot.post(f"{commands}?waitUntilComplete=true&timeout=60000",
+                                     {"data": {"commandType": "home", "params": {}}}, timeout=90)
+    assert status == 201 and body["data"]["status"] == "succeeded", body
+    assert body["data"]["intent"] == "setup"                       # the OT-2's default intent
+    home_id = body["data"]["id"]
+    assert engine.robot.get(f"{commands}/{home_id}")[1]["data"]["status"] == "succeeded"
+
+    definition = json.loads(custom_plate())
+    status, body = engine.robot.post(f"/runs/{run_id}/labware_definitions", {"data": definition})
+    uri = f"custom_beta/test_custom_plate/{definition['version']}"
+    assert status == 201 and body["data"]["definitionUri"] == uri, body
+    status, body = engine.robot.post(f"{commands}?waitUntilComplete=true", {"data": {
+        "commandType": "loadLabware", "intent": "setup", "params": {
+            "location": {"slotName": "2"}, "loadName": "test_custom_plate", "namespace": "custom_beta",
+            "version": definition["version"]}}}, timeout=90)
+    assert status == 201 and body["data"]["status"] == "succeeded", body
+
+    # a protocol command waits for play: the timeout (ms) answers with it still queued
+    status, body = engine.robot.post(f"{commands}?waitUntilComplete=true&timeout=300", {"data": {
+        "commandType": "comment", "intent": "protocol", "params": {"message": "after play"}}})
+    assert status == 201 and body["data"]["status"] == "queued", body
+    assert engine.robot.get(f"{commands}/{body['data']['id']}")[1]["data"]["status"] == "queued"
+
+    for bad in ({"data": {"commandType": "noSuchCommand", "params": {}}},        # unknown command type
+                {"data": {"commandType": "home", "params": {"axes": "sideways"}}},
+                {"data": {"commandType": "home", "intent": "fixit"}},
+                {"data": {"params": {}}}, {"data": []}, {"commandType": "home"}, [], None):
+        error = assert_error(engine.robot.post(commands, bad), 422, "InvalidRequest")
+        assert "Traceback" not in error["detail"] and "site-packages" not in error["detail"]
+    assert_error(engine.robot.post(commands, raw=b"{nope"), 422, "InvalidRequest")
+    for query in ("waitUntilComplete=maybe", "timeout=0", "timeout=-5", "timeout=x"):
+        assert_error(engine.robot.post(f"{commands}?{query}", {"data": {"commandType": "home"}}),
+                     422, "InvalidRequest")
+    assert_error(engine.robot.post(f"/runs/{run_id}/labware_definitions", {"data": {"schemaVersion": 2}}),
+                 422, "InvalidRequest")
+
+    missing = str(uuid.uuid4())
+    assert_error(engine.robot.post(f"/runs/{missing}/commands", {"data": {"commandType": "home"}}),
+                 404, "RunNotFound")
+    assert_error(engine.robot.post(f"/runs/{missing}/labware_definitions", {"data": definition}),
+                 404, "RunNotFound")
+
+    assert engine.finish(run_id)["status"] == "stopped"
+    assert_error(engine.robot.post(commands, {"data": {"commandType": "home"}}), 409, "RunStopped")
+    assert_error(engine.robot.post(f"/runs/{run_id}/labware_definitions", {"data": definition}),
+                 409, "RunStopped")
+    logged = (engine.data_dir / "robot-server" / "engine" / "runs" / run_id / "commands.jsonl").read_text()
+    assert home_id in logged                                         # the command log on disk
+    page = engine.robot.get(f"{commands}?cursor=0&pageLength=100")[1]["data"]
+    assert [c["commandType"] for c in page][:2] == ["home", "loadLabware"]
 
 
 @needs_root

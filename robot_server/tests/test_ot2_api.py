@@ -226,6 +226,8 @@ def test_logs(shared_robot):
     status, body = shared_robot.get("/logs/api.log?format=json&records=2")
     assert status == 200 and isinstance(body, list) and len(body) <= 2
     assert shared_robot.get("/logs/nope.log")[0] == 404
+    status, body = shared_robot.get("/logs/%7B")           # any name, braces too: the route's own 404
+    assert status == 404 and "errorCode" in body, body
     assert shared_robot.get("/logs/api.log?records=0")[0] == 422
     assert shared_robot.get("/logs/api.log?format=xml")[0] == 422
 
