@@ -214,7 +214,7 @@ def test_client_killed_mid_move_ends_lease(tmp_path):
         assert holder["pid"] == proc.pid
         wait_for(lambda: "M400" in robot.emulator.log, what="M400 forwarded")   # the 4 s move runs
         proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
+        proc.wait(30)
         wait_for(lambda: lease_of(robot) is None, timeout=15, what="lease end")
         health = robot.wait_connected()
         assert health["motor_board"]["homed"]["X"]

@@ -135,7 +135,7 @@ def test_cli_tcp_subprocess():
         d.disconnect()
     finally:
         proc.terminate()
-        assert proc.wait(5) == 0
+        assert proc.wait(30) == 0
 
 
 def test_cli_pty_subprocess_with_link(tmp_path):
@@ -151,7 +151,7 @@ def test_cli_pty_subprocess_with_link(tmp_path):
         d.disconnect()
     finally:
         proc.terminate()
-        proc.wait(5)
+        proc.wait(30)
     assert not link.exists()
 
 
