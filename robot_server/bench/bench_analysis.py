@@ -53,7 +53,8 @@ def free_port() -> int:
 def request(port: int, method: str, path: str, body: bytes | None = None, ctype: str | None = None) -> tuple:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
+        headers = {"Opentrons-Version": "*", **({"Content-Type": ctype} if ctype else {})}
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read() or b"null")
     finally:
