@@ -13,16 +13,19 @@ export OT2_CACHE
 OPENTRONS_VERSION := 8.8.2
 OPENTRONS_VENV := $(OT2_CACHE)/opentrons-$(OPENTRONS_VERSION)
 
-.PHONY: help deps venv qemu-image run test test-unit test-compat test-e2e bench bench-e2e bench-boot clean
+.PHONY: help deps venv qemu-image pi-image run run-pi test test-unit test-compat test-e2e test-e2e-pi bench bench-e2e bench-boot clean
 
 help:
 	@echo "make deps        install the Debian packages the build and tests need (root)"
 	@echo "make run         build the QEMU image and boot it (servers forwarded to localhost)"
+	@echo "make run-pi      build the Raspberry Pi 3 image and boot it in QEMU raspi3b through U-Boot"
 	@echo "make test        unit tests, Buildroot tree checks, image boot and OTA end-to-end tests"
 	@echo "make test-unit   only the tests that need no QEMU"
 	@echo "make test-compat the OT-2's own driver and simulator against ours"
 	@echo "make test-e2e    only the image boot and OTA end-to-end tests"
+	@echo "make test-e2e-pi the same on the Raspberry Pi 3 image (QEMU raspi3b), and its GPIO"
 	@echo "make qemu-image  build the QEMU board's image and signed bundle from Debian packages"
+	@echo "make pi-image    build the Raspberry Pi 3 image (arm64), U-Boot and signed bundle from Debian packages"
 	@echo "make bench       update-server install and robot-server API benchmarks"
 	@echo "make bench-e2e   boot, OTA throughput and reboot figures from a QEMU run"
 	@echo "make ot2         Buildroot build for the Raspberry Pi 3 (needs internet)"
@@ -44,6 +47,9 @@ venv: $(VENV)/.done
 qemu-image: venv
 	ci/build-qemu-image.sh --out build/qemu
 
+pi-image: venv
+	ci/build-pi-image.sh --out build/pi-image
+
 # Host ports the guest's servers are forwarded to (make run UPDATE_PORT=... ...).
 UPDATE_PORT ?= 34000
 ROBOT_PORT ?= 31950
@@ -54,7 +60,11 @@ run: venv
 	$(PY) ci/run-qemu.py --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
 		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
 
-test: test-unit test-compat test-e2e
+run-pi: venv
+	$(PY) ci/run-qemu.py --board ot2 --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
+		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
+
+test: test-unit test-compat test-e2e test-e2e-pi
 
 test-unit: venv
 	$(PYTEST) -q update_server/tests
@@ -71,8 +81,15 @@ $(OPENTRONS_VENV)/.done:
 	$(OPENTRONS_VENV)/bin/pip install --quiet 'opentrons==$(OPENTRONS_VERSION)'
 	touch $@
 
+# Runs a test suite and prints its wall time (CI's log shows each suite's).
+timed = start=$$(date +%s); $(1); status=$$?; echo "== $@: $$(( $$(date +%s) - start )) s"; exit $$status
+
 test-e2e: venv
-	$(PYTEST) -q tests/e2e
+	@$(call timed,$(PYTEST) -q tests/e2e)
+
+# The Pi's scenarios (rejected bundles are board-independent: test-e2e has them), then its GPIO.
+test-e2e-pi: venv
+	@$(call timed,OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py tests/e2e/test_gpio_pi.py -k "not rejected")
 
 bench: venv
 	$(PY) update_server/bench/bench_install.py
