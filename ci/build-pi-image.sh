@@ -14,14 +14,8 @@
 set -euo pipefail
 
 tree=$(cd "$(dirname "$0")/.." && pwd)
-cache=${OT2_CACHE:-$HOME/.cache/ot2}
-venv=${OT2_VENV:-$tree/.venv}
-began=$(date +%s)
-log() { echo "[build-pi-image +$(( $(date +%s) - began ))s] $*" >&2; }
 . "$tree/ci/cache.sh"
-image_args "$@"
-cache_lock
-ensure_keys
+begin_build build-pi-image "$@"
 
 # U-Boot: Debian's source (its patches applied), rpi_arm64_defconfig + board/ot2/uboot.fragment.
 uboot_version=$(apt-cache showsrc u-boot | awk '/^Version:/ {print $2; exit}')

@@ -10,14 +10,8 @@
 set -euo pipefail
 
 tree=$(cd "$(dirname "$0")/.." && pwd)
-cache=${OT2_CACHE:-$HOME/.cache/ot2}
-venv=${OT2_VENV:-$tree/.venv}
-began=$(date +%s)
-log() { echo "[build-qemu-image +$(( $(date +%s) - began ))s] $*" >&2; }
 . "$tree/ci/cache.sh"
-image_args "$@"
-cache_lock
-ensure_keys
+begin_build build-qemu-image "$@"
 ensure_base amd64
 ensure_wheels x86_64
 

@@ -1,10 +1,25 @@
 # Shared parts of the offline image builds (ci/build-qemu-image.sh, ci/build-pi-image.sh),
-# sourced by them. Needs: tree, venv, cache, and a `log` function.
+# sourced by them after setting `tree` (the repository), then `begin_build NAME ARG...`.
 #
 # Results are cached in $cache keyed by a hash of their inputs. One build at a time per
 # cache. Every artifact is made under a temporary name and renamed into place when
 # complete, so what an interrupted build left (*.tmp, work.*) is never taken for a
 # result; holding the lock, a build clears it away.
+
+# begin_build NAME ARG...: the build's settings (cache, venv, options), its log lines
+# ("[NAME +Ns] ..."), the cache lock and the signing key.
+begin_build() {
+	build_name=$1
+	shift
+	cache=${OT2_CACHE:-$HOME/.cache/ot2}
+	venv=${OT2_VENV:-$tree/.venv}
+	began=$(date +%s)
+	image_args "$@"
+	cache_lock
+	ensure_keys
+}
+
+log() { echo "[$build_name +$(( $(date +%s) - began ))s] $*" >&2; }
 
 # image_args ARG...: the options of both image builds -> $version, $fault, $out.
 image_args() {
@@ -76,6 +91,7 @@ ensure_base() {
 # wheels for the image's Python (3.11, glibc 2.36) on MACHINE (x86_64, aarch64)
 # -> $wheels, $wheels_key.
 ensure_wheels() {
+	wheels_machine=$1
 	wheels_key=$( (echo "$1"; cat "$tree/ci/image-requirements.txt") | hash_of)
 	wheels=$cache/wheels-$1-$wheels_key
 	if [ ! -e "$wheels/.complete" ]; then
@@ -113,7 +129,7 @@ prune_modules() {
 }
 
 # install_projects ROOT BOARD: the overlays (common and board/BOARD's), both Python
-# projects and the engine (from $wheels), compiled.
+# projects and the engine (from $wheels, for $wheels_machine), compiled.
 install_projects() {
 	local root=$1 board=$2 site=/usr/local/lib/python3.11/dist-packages script
 	cp -a "$tree/overlay/." "$root/"
@@ -124,7 +140,8 @@ install_projects() {
 	# The engine goes where Debian's Python looks for locally installed packages; its
 	# commands (opentrons_execute, opentrons_simulate) to /usr/local/bin for that Python.
 	"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --no-deps \
-		--no-compile --target "$root$site" -r "$tree/ci/image-requirements.txt"
+		--only-binary :all: --platform "manylinux2014_$wheels_machine" --platform "manylinux_2_28_$wheels_machine" \
+		--python-version 3.11 --implementation cp --no-compile --target "$root$site" -r "$tree/ci/image-requirements.txt"
 	mkdir -p "$root/usr/local/bin"
 	for script in "$root$site"/bin/*; do
 		sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$root/usr/local/bin/${script##*/}"

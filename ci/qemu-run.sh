@@ -38,11 +38,14 @@ if [ "${OT2_BOARD:-qemu}" = ot2 ]; then
 		qtest=(-qtest "unix:$OT2_QTEST" -qtest-log /dev/null)
 	fi
 	# First -serial: the PL011 (ttyAMA0, the motor board); second: the mini UART (ttyS1,
-	# the console, named on the command line the "firmware" gives: -append).
+	# the console, named on the command line the "firmware" gives: -append). The network
+	# is a USB-Ethernet link with link-local addresses, as the OT-2's USB cable: the host
+	# (forwarded ports) is 169.254.94.1 to the guest.
 	exec qemu-system-aarch64 -M raspi3b -m "${OT2_QEMU_MEM:-1024}" -accel tcg -no-reboot \
 		-kernel "$OT2_UBOOT" -dtb "$OT2_DTB" -append "console=ttyS1,115200" \
 		-drive "file=$disk,if=sd,format=raw" \
-		-netdev "user,id=net0,$fwd" -device usb-net,netdev=net0 \
+		-netdev "user,id=net0,net=169.254.0.0/16,host=169.254.94.1,dhcpstart=169.254.94.15,$fwd" \
+		-device usb-net,netdev=net0 \
 		-display none -monitor none "${uart[@]}" "${console_dev[@]}" -serial chardev:console "${qtest[@]}"
 fi
 
