@@ -55,17 +55,8 @@ image_key=$( (echo "$root_key $uboot_key $version $fault"; cat "$keys/dev.pem"
 	cat "$tree/board/ot2/boot.cmd" "$tree/board/ot2/uboot-env.txt" "$tree/board/ot2/genimage.cfg"
 	cat "$tree/board/ot2/config.txt" "$tree/board/ot2/cmdline.txt") | hash_of)
 result=$cache/image-pi-$image_key
-if [ -s "$result/sdcard.img" ]; then
-	log "cached: $result"
-	deliver
-	exit 0
-fi
-
-work=$(mktemp -d "$cache/work.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-root=$work/root
-binaries=$work/images
-mkdir -p "$root" "$binaries"
+cached sdcard.img && exit 0
+start_work
 
 # The Pi 3's devices: SD card (bcm2835 sdhost, sdhci-iproc), USB (dwc2) with the LAN9514's
 # smsc95xx and USB-Ethernet gadgets' cdc_ether/rndis_host, the watchdog (reboot, power off).

@@ -20,17 +20,9 @@ root_key=$( (echo "$base_key $wheels_key"; project_sources ci/build-qemu-image.s
 rootfs=$cache/root-$root_key.tar
 image_key=$( (echo "$root_key $version $fault"; cat "$keys/dev.pem") | hash_of)
 result=$cache/image-$image_key
-if [ -s "$result/disk.img" ]; then
-	log "cached: $result"
-	deliver
-	exit 0
-fi
-
-work=$(mktemp -d "$cache/work.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-root=$work/root
-binaries=$work/images
-mkdir -p "$root" "$binaries/efi-part/EFI/BOOT"
+cached disk.img && exit 0
+start_work
+mkdir -p "$binaries/efi-part/EFI/BOOT"
 
 # The root filesystem: the base with only the kernel modules a virtio machine needs.
 ensure_root qemu virtio_blk virtio_pci virtio_net virtio_console virtio_rng squashfs ext4 vfat \

@@ -58,6 +58,23 @@ deliver() {
 	echo "$result"
 }
 
+# cached IMAGE: when $result holds the disk IMAGE, prints where it is and succeeds.
+cached() {
+	[ -s "$result/$1" ] || return 1
+	log "cached: $result"
+	deliver
+}
+
+# start_work: a fresh work directory in the cache, removed on exit: $work, with $root (the
+# root filesystem) and $binaries (what the disk image is assembled from).
+start_work() {
+	work=$(mktemp -d "$cache/work.XXXXXX")
+	trap 'rm -rf "$work"' EXIT
+	root=$work/root
+	binaries=$work/images
+	mkdir -p "$root" "$binaries"
+}
+
 # The development signing key ($keys/dev.key, keyring/dev.pem): made once per machine,
 # kept outside the repository.
 ensure_keys() {
