@@ -61,7 +61,7 @@ start_work
 # The Pi 3's devices: SD card (bcm2835 sdhost, sdhci-iproc), USB (dwc2) with the LAN9514's
 # smsc95xx and USB-Ethernet gadgets' cdc_ether/rndis_host, the watchdog (reboot, power off).
 ensure_root ot2 squashfs ext4 vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 autofs4 loop af_packet \
-	ipv6 crc32c_generic bcm2835 sdhci-iproc dwc2 smsc95xx cdc_ether rndis_host bcm2835_wdt bcm2835-rng
+	ipv6 crc32c_generic binfmt_misc bcm2835 sdhci-iproc dwc2 smsc95xx cdc_ether rndis_host bcm2835_wdt bcm2835-rng
 
 start=$(date +%s)
 stamp_root ot2

@@ -18,7 +18,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -139,13 +138,23 @@ class QTest:
         self._buffer = b""
         self._lock = threading.Lock()
 
-    def _command(self, line: str) -> str:
+    def accept(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds for QEMU to connect; True once connected."""
         with self._lock:
             if self._conn is None:
-                self._server.settimeout(30)
-                self._conn, _ = self._server.accept()
+                self._server.settimeout(timeout)
+                try:
+                    self._conn, _ = self._server.accept()
+                except TimeoutError:
+                    return False
                 self._conn.settimeout(30)
                 self._buffer = b""
+            return True
+
+    def _command(self, line: str) -> str:
+        if not self.accept(30):
+            raise TimeoutError("QEMU did not connect to the qtest socket")
+        with self._lock:
             self._conn.sendall(line.encode() + b"\n")
             while True:
                 reply, sep, rest = self._buffer.partition(b"\n")
@@ -276,11 +285,11 @@ class Guest:
     def _pull_up_inputs(self) -> None:
         """The Pi's door switch and front button lines sit high through pull-ups (door
         closed, button released); QEMU models no pull-ups, so the harness sets the levels."""
-        try:
-            self.qtest.set_gpio(gpio.PIN_DOOR, True)
-            self.qtest.set_gpio(gpio.PIN_BUTTON_INPUT, True)
-        except OSError as exc:   # QEMU did not come up; the supervisor sees it exit
-            print(f"ot2qemu: qtest: {exc}", file=sys.stderr)
+        while not self.qtest.accept(1):
+            if self.qemu.poll() is not None:
+                return   # QEMU did not come up; the supervisor sees it exit
+        self.qtest.set_gpio(gpio.PIN_DOOR, True)
+        self.qtest.set_gpio(gpio.PIN_BUTTON_INPUT, True)
 
     def _supervise(self) -> None:
         # QEMU runs with -no-reboot: a clean exit is a guest reboot, so power on again.
