@@ -277,10 +277,11 @@ class Guest:
         self.power_ons += 1
         if self.qtest:
             self.qtest.reconnect()
-            self._pull_up_inputs()
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
                                      env=env, stdout=open(self.workdir / "qemu.log", "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        if self.qtest:
+            self._pull_up_inputs()
 
     def _pull_up_inputs(self) -> None:
         """The Pi's door switch and front button lines sit high through pull-ups (door
