@@ -8,6 +8,8 @@
 #   OT2_PORT_UPDATE (34000)  OT2_PORT_ROBOT (31950)  OT2_PORT_BRIDGE (7887)  OT2_PORT_SSH (2222)
 #   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's motor-board UART
 #                    is wired to (QEMU connects to it and reconnects if it goes away); unset: none
+#   OT2_ROBOT_ALIAS  a loopback address whose port 31950 is also forwarded to the robot
+#                    server (for OT-2 API clients that always use 31950); unset: none
 #   OT2_BOARD        qemu (default): x86_64 PC, OVMF, GRUB; the UART is /dev/ttyS1.
 #                    ot2: Raspberry Pi 3 (raspi3b), U-Boot; the UART is the PL011, /dev/ttyAMA0.
 #   OT2_QEMU_MEM     guest memory in MiB (1024; the raspi3b has 1024 and nothing else)
@@ -24,6 +26,9 @@ fwd="hostfwd=tcp:127.0.0.1:${OT2_PORT_UPDATE:-34000}-:34000"
 fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_ROBOT:-31950}-:31950"
 fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_BRIDGE:-7887}-:7887"
 fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_SSH:-2222}-:22"
+if [ -n "${OT2_ROBOT_ALIAS:-}" ]; then
+	fwd="$fwd,hostfwd=tcp:$OT2_ROBOT_ALIAS:31950-:31950"
+fi
 if [ -n "${OT2_UART_PORT:-}" ]; then
 	uart=(-chardev "socket,id=motorboard,host=127.0.0.1,port=$OT2_UART_PORT,reconnect=1"
 		-serial chardev:motorboard)
