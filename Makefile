@@ -101,8 +101,10 @@ bench: venv
 bench-e2e: venv
 	$(PYTEST) -q tests/e2e -k "not rejected and not power_cut and not after_power_cuts and not corrupted and not rolls_back"
 
+# Cold boot to both servers healthy, on each board (no bare direct-kernel boot beside them yet).
 bench-boot: venv
-	$(PYTEST) -q tests/e2e -k cold_boot
+	$(PYTEST) -q tests/e2e/test_system.py -k cold_boot
+	OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py -k cold_boot
 
 clean:
 	rm -rf build $(VENV)
