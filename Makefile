@@ -84,9 +84,11 @@ timed = start=$$(date +%s); $(1); status=$$?; echo "== $@: $$(( $$(date +%s) - s
 test-e2e: venv
 	@$(call timed,$(PYTEST) -q tests/e2e)
 
-# The Pi's scenarios (rejected bundles are board-independent: test-e2e has them), then its GPIO.
+# The Pi's scenarios, then its GPIO. Left to test-e2e, as they do not depend on the board:
+# the rejected bundles, and the engine's runs (a protocol over HTTP, a script over SSH).
 test-e2e-pi: venv
-	@$(call timed,OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py tests/e2e/test_gpio_pi.py -k "not rejected")
+	@$(call timed,OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py tests/e2e/test_gpio_pi.py \
+		-k "not rejected and not protocol_uploaded and not ssh_script")
 
 bench: venv
 	$(PY) update_server/bench/bench_install.py
