@@ -67,6 +67,8 @@ class Events:
 
 def test_gpio_door_button_lights_reset_lines(guest):
     started = time.monotonic()
+    if not guest.running:   # run on its own: a fresh guest
+        guest.boot()
     health = guest.wait_healthy(timeout=900)
     robot = guest.health("robot")
     assert robot["gpio_backend"] == "rpi", robot
