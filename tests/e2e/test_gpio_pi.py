@@ -65,6 +65,11 @@ class Events:
         self.conn.close()
 
 
+def door_status(guest: ot2qemu.Guest) -> str:
+    """"open" or "closed": the OT-2 API's `GET /robot/door/status` (`{data: {status}}`)."""
+    return guest.request("robot", "GET", "/robot/door/status")["data"]["status"]
+
+
 def test_gpio_door_button_lights_reset_lines(guest):
     started = time.monotonic()
     if not guest.running:   # run on its own: a fresh guest
@@ -91,13 +96,13 @@ def test_gpio_door_button_lights_reset_lines(guest):
 
         # The door: open, it stops motion (409 door-open); closed, the robot homes.
         qtest.set_gpio(DOOR, False)
-        until(lambda: guest.request("robot", "GET", "/robot/door/status")["open"])
+        until(lambda: door_status(guest) == "open")
         until(lambda: any(e["open"] for e in events.of("door")))
         with pytest.raises(ot2qemu.HTTPError) as refused:
             guest.request("robot", "POST", "/robot/home", {"target": "robot"}, timeout=120)
         assert refused.value.status == 409, refused.value
         qtest.set_gpio(DOOR, True)
-        until(lambda: not guest.request("robot", "GET", "/robot/door/status")["open"])
+        until(lambda: door_status(guest) == "closed")
         guest.request("robot", "POST", "/robot/home", {"target": "robot"}, timeout=300)
         positions = guest.request("robot", "GET", "/robot/positions")
         assert all(positions["homed"].values()), positions
