@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, usb_drives
 from .service import ApiError, RobotService
 
 log = logging.getLogger("robot_server.api")
@@ -314,4 +314,5 @@ def make_app(svc: RobotService) -> web.Application:
         return await stream(request)
 
     app.router.add_get("/events", events)
+    usb_drives.add_routes(app)
     return app
