@@ -81,16 +81,19 @@ def check_ports_free(ports: dict[str, int]) -> None:
                                 f"{f' by {holder}' if holder else ''} ({exc.strerror})") from None
 
 
-def build_image(version: str | None = None, fault: str | None = None) -> Path:
+def build_image(version: str | None = None, fault: str | None = None, jupyter: bool = True) -> Path:
     """Builds (or takes from the cache) a QEMU board image; returns its directory.
 
     The directory holds `disk.img`, `rootfs.squashfs` and the signed `rootfs.bundle`.
+    `jupyter=False` leaves Jupyter out (`--no-jupyter`).
     """
     cmd = [str(ROOT / "ci" / "build-qemu-image.sh")]
     if version:
         cmd += ["--version", version]
     if fault:
         cmd += ["--fault", fault]
+    if not jupyter:
+        cmd += ["--no-jupyter"]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
 
