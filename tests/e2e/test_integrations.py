@@ -277,7 +277,7 @@ def test_jupyter_answers_on_48888_and_a_notebook_sees_the_robot_environment(lab)
     lab.ssh("cat > /data/notebooks/e2e.ipynb && chown ot2-notebook: /data/notebooks/e2e.ipynb",
             input=json.dumps(notebook))
     ran = lab.ssh("cd /data/notebooks && runuser -u ot2-notebook -- env HOME=/data/notebooks "
-                  "OT_API_CONFIG_DIR=/data/notebooks/.opentrons jupyter nbconvert --to notebook --execute "
+                  "OT_API_CONFIG_DIR=/data/notebooks/.opentrons python3 -m nbconvert --to notebook --execute "
                   "--stdout e2e.ipynb", check=False, timeout=600)
     assert ran.returncode == 0, ran.stderr
     assert f"socket://127.0.0.1:{CHANNEL_PORT} 0.001" in ran.stdout
