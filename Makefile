@@ -9,10 +9,6 @@ PYTEST := $(VENV)/bin/pytest
 OT2_CACHE ?= $(HOME)/.cache/ot2
 export OT2_CACHE
 
-# The OT-2's own software (Python 3.11), the compatibility bar for the emulator and protocols.
-OPENTRONS_VERSION := 8.8.2
-OPENTRONS_VENV := $(OT2_CACHE)/opentrons-$(OPENTRONS_VERSION)
-
 .PHONY: help deps venv qemu-image run test test-unit test-compat test-e2e bench bench-e2e bench-boot clean
 
 help:
@@ -57,28 +53,31 @@ run: venv
 
 test: test-unit test-compat test-e2e
 
+# The comparisons with the OT-2's own software (opentrons, in .venv) run in test-compat.
+COMPAT_TESTS := robot_server/tests/test_ot2_compat.py robot_server/tests/test_protocol_corpus.py \
+	robot_server/tests/test_corpus_channel.py
+
 test-unit: venv
 	$(PYTEST) -q update_server/tests
-	$(PYTEST) -q robot_server/tests
+	$(PYTEST) -q robot_server/tests $(addprefix --ignore=,$(COMPAT_TESTS))
 	$(PYTEST) -q client/tests
 	$(PYTEST) -q tests --ignore=tests/e2e
 
-# The OT-2's SmoothieDriver against our emulator; opentrons_simulate against our simulator.
-test-compat: venv $(OPENTRONS_VENV)/.done
-	OT2_OPENTRONS_PYTHON=$(OPENTRONS_VENV)/bin/python $(PYTEST) -q robot_server/tests/test_ot2_compat.py
-
-$(OPENTRONS_VENV)/.done:
-	$(PYTHON) -m venv $(OPENTRONS_VENV)
-	$(OPENTRONS_VENV)/bin/pip install --quiet 'opentrons==$(OPENTRONS_VERSION)'
-	touch $@
+# The OT-2's SmoothieDriver against our emulator; our protocol corpus through robot-simulate
+# and the OT-2's opentrons_simulate, line for line; corpus protocols executed through the
+# G-code channel send the board what opentrons sends it directly.
+test-compat: venv
+	$(PYTEST) -q $(COMPAT_TESTS)
 
 test-e2e: venv
 	$(PYTEST) -q tests/e2e
 
 bench: venv
 	$(PY) update_server/bench/bench_install.py
+	$(PY) update_server/bench/bench_access.py
 	$(PY) robot_server/bench/bench_api.py
 	$(PY) robot_server/bench/bench_protocols.py
+	$(PY) robot_server/bench/bench_channel.py
 	$(PY) client/bench/bench_push.py
 	$(PY) client/bench/bench_flash.py
 

@@ -32,6 +32,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ROBOT_PORT = 31950
+
+
+def free_robot_alias() -> str:
+    """A loopback address (127.x.y.z) whose port 31950 is free: clients of the OT-2 HTTP API
+    that always use port 31950 reach a guest's robot server there."""
+    while True:
+        alias = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.{secrets.randbelow(253) + 2}"
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((alias, ROBOT_PORT))
+                return alias
+            except OSError:
+                continue
+
+
 class PortInUse(Exception):
     """A host port the guest needs is taken; the message names it and, if found, its holder."""
 
@@ -136,6 +153,15 @@ class Guest:
         self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
         self.serial = f"qemu-{secrets.token_hex(6)}"
+        # The robot server is also forwarded to port 31950 of this address.
+        self.robot_alias = free_robot_alias()
+        # The host reaches the guest through QEMU's user network, which the QEMU board's
+        # update server trusts as its USB link (docs/security.md); a token is sent too if
+        # one is given, for images that do not trust that link.
+        self.token = os.environ.get("OT2_TOKEN")
+
+    def _auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     # -- processes ---------------------------------------------------------------
 
@@ -169,7 +195,8 @@ class Guest:
         env = dict(os.environ,
                    OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
                    OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
-                   OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial, **self.qemu_env)
+                   OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial,
+                   OT2_ROBOT_ALIAS=self.robot_alias, **self.qemu_env)
         if "jupyter" in self.ports:
             env["OT2_PORT_JUPYTER"] = str(self.ports["jupyter"])
         self.power_ons += 1
@@ -241,7 +268,9 @@ class Guest:
         try:
             data = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, path, body=data, headers=headers)
+            if port == "robot" and path != "/health":   # the OT-2 API's version header; /health
+                headers["Opentrons-Version"] = "*"       # without it also answers our fields
+            conn.request(method, path, body=data, headers={**headers, **self._auth()})
             resp = conn.getresponse()
             raw = resp.read()
             parsed = json.loads(raw) if raw else {}
@@ -291,8 +320,9 @@ class Guest:
         return self.wait_healthy(timeout, not_boot_id=boot_id)
 
     def upload(self, bundle: Path, *, stop_at: float | None = None, progress: list | None = None,
-               chunk: int = 1 << 20) -> tuple[str, int, dict]:
-        """Begins a session and streams `bundle` to it.
+               chunk: int = 1 << 20, allow_downgrade: bool = False) -> tuple[str, int, dict]:
+        """Begins a session and streams `bundle` to it (`allow_downgrade`: a bundle older
+        than the running system may install).
 
         With `stop_at` (0..1), returns as soon as the install's progress reaches it,
         leaving the upload running (for power-cut tests). With a `progress` list, the
@@ -300,7 +330,8 @@ class Guest:
         (0..1) is appended. Returns (token, HTTP status, reply body); status 0 when
         stopped early.
         """
-        token = self.request("update", "POST", "/server/update/begin")["token"]
+        query = "?allow_downgrade=true" if allow_downgrade else ""
+        token = self.request("update", "POST", "/server/update/begin" + query)["token"]
         size = bundle.stat().st_size
         result: dict = {}
 
@@ -310,6 +341,8 @@ class Guest:
                 conn.putrequest("POST", f"/server/update/{token}/file")
                 conn.putheader("Content-Type", "application/octet-stream")
                 conn.putheader("Content-Length", str(size))
+                for name, value in self._auth().items():
+                    conn.putheader(name, value)
                 conn.endheaders()
                 with open(bundle, "rb") as f:
                     while block := f.read(chunk):

@@ -9,6 +9,8 @@
 #   OT2_PORT_JUPYTER (48888)
 #   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's /dev/ttyS1 is
 #                    wired to (QEMU connects to it and reconnects if it goes away); unset: none
+#   OT2_ROBOT_ALIAS  a loopback address whose port 31950 is also forwarded to the robot
+#                    server (for OT-2 API clients that always use 31950); unset: none
 #   OT2_QEMU_MEM     guest memory in MiB (1024)
 #   OT2_SERIAL       the board's serial number (SMBIOS system serial; GRUB passes it to
 #                    Linux as ot2.serial=); unset: none
@@ -26,6 +28,9 @@ fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_ROBOT:-31950}-:31950"
 fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_BRIDGE:-7887}-:7887"
 fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_SSH:-2222}-:22"
 fwd="$fwd,hostfwd=tcp:127.0.0.1:${OT2_PORT_JUPYTER:-48888}-:48888"
+if [ -n "${OT2_ROBOT_ALIAS:-}" ]; then
+	fwd="$fwd,hostfwd=tcp:$OT2_ROBOT_ALIAS:31950-:31950"
+fi
 if [ -n "${OT2_UART_PORT:-}" ]; then
 	uart=(-chardev "socket,id=motorboard,host=127.0.0.1,port=$OT2_UART_PORT,reconnect=1"
 		-serial chardev:motorboard)

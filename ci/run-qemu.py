@@ -59,7 +59,8 @@ def main() -> int:
         print(f"  robot server    http://127.0.0.1:{ports['robot']}/health")
         print(f"  raw TCP bridge  127.0.0.1:{ports['bridge']}")
         print(f"  SSH             ssh -p {ports['ssh']} root@127.0.0.1 (add your key first: "
-              f"curl -X POST -d '{{\"key\": \"...\"}}' http://127.0.0.1:{ports['update']}/server/ssh_keys)")
+              f"curl -X POST -H 'Content-Type: application/json' -d '{{\"key\": \"...\"}}' "
+              f"http://127.0.0.1:{ports['update']}/server/ssh_keys)")
         print(f"  Jupyter         http://127.0.0.1:{ports['jupyter']}/ (token: ssh ... journalctl -u ot2-jupyter)")
         print(f"  motor board     Smoothieware emulator on 127.0.0.1:{ports['uart']} (guest /dev/ttyS1)")
         print("Ctrl-C powers the robot off.", flush=True)

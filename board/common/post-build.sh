@@ -25,6 +25,11 @@ mkdir -p "$target/etc/ot2/keyring"
 printf '{"version": "%s", "compatible": "%s", "board": "%s", "build_time": "%s"}\n' \
 	"$version" "$compatible" "$board" "$build_time" > "$target/etc/ot2/version.json"
 
+# The file by which the Opentrons engine knows it runs on an OT-2's system (with
+# RUNNING_ON_PI, /etc/ot2/environment): it then asks the robot server for the deck
+# configuration (Opentrons/opentrons, api/src/opentrons/config/__init__.py, ARCHITECTURE).
+printf '{"buildroot_version": "%s", "robot_type": "OT-2 Standard"}\n' "$version" > "$target/etc/VERSION.json"
+
 # An image that trusts no key could never be updated again: refuse to build it.
 if [ -z "${OT2_KEYRING_DIR:-}" ] || ! ls "$OT2_KEYRING_DIR"/*.pem >/dev/null 2>&1; then
 	echo "post-build.sh: OT2_KEYRING_DIR must name a directory with at least one *.pem key" >&2
@@ -69,8 +74,8 @@ fi
 wants="$target/etc/systemd/system/multi-user.target.wants"
 mkdir -p "$wants"
 for unit in ot2-persist.service ot2-provision.service ot2-update-server.service ot2-robot-server.service \
-	ot2-boot-check.service ot2-dropbear.service ot2-journal.service ot2-python-packages.service \
-	ot2-jupyter.service systemd-networkd.service; do
+	ot2-boot-check.service ot2-dropbear.service ot2-modules.service ot2-journal.service \
+	ot2-python-packages.service ot2-jupyter.service systemd-networkd.service; do
 	ln -sf "/usr/lib/systemd/system/$unit" "$wants/$unit"
 done
 mkdir -p "$target/etc/systemd/system/sysinit.target.wants"

@@ -70,12 +70,13 @@ async def _with_robot(args, spec: str, fn):
     """Resolve ``spec``, open a session, run ``fn(robot)``."""
     import aiohttp
 
+    from .credentials import token_for
     from .robot import Robot
     from .targets import resolve
 
     target = await resolve(spec, args.port, args.mdns_timeout)
     async with aiohttp.ClientSession() as session:
-        return await fn(Robot(session, target, args.timeout))
+        return await fn(Robot(session, target, args.timeout, token_for(spec, target.address)))
 
 
 def _run(coro):
@@ -185,7 +186,8 @@ def cmd_push(args, out: Out) -> int:
                 else f"signature by {info.key_id[:16]}… not checked locally (no keyring; the robot checks it)"))
     opts = PushOptions(jobs=args.jobs, restart=args.restart, wait_timeout=args.wait_timeout,
                        poll_interval=args.poll_interval, port=args.port,
-                       mdns_timeout=args.mdns_timeout, request_timeout=args.timeout)
+                       mdns_timeout=args.mdns_timeout, request_timeout=args.timeout,
+                       allow_downgrade=args.allow_downgrade)
     if out.progress:
         with RichReporter(console=out.err) as reporter:
             results = _run(push(args.robots, info, opts, reporter))
@@ -230,6 +232,22 @@ def _read_key_arg(text: str | None) -> str:
         raise UsageError(e.code, e.message) from None
 
 
+def _emit_list(out: Out, robot: str, field: str, items: list, noun: str, columns: list) -> None:
+    """A robot's list (keys, tokens): JSON ``{robot, ok, field: items}`` or a table."""
+    if out.json:
+        out.emit({"robot": robot, "ok": True, field: items})
+    else:
+        out.table(f"{robot}: {len(items)} {noun}(s)", columns, [[i.get(c) for c in columns] for i in items])
+
+
+def _emit_result(out: Out, robot: str, result: dict, text: str) -> None:
+    """A robot's answer to a change: JSON ``{robot, ok, **result}`` or ``ROBOT: text``."""
+    if out.json:
+        out.emit({"robot": robot, "ok": True, **result})
+    else:
+        out.console.print(f"{robot}: {text}", markup=False)
+
+
 def cmd_keys(args, out: Out) -> int:
     try:
         if args.keys_command == "add":
@@ -242,11 +260,7 @@ def cmd_keys(args, out: Out) -> int:
                                   f"{result.get('comment', '')}", markup=False)
         elif args.keys_command == "list":
             keys = _run(_with_robot(args, args.robot, lambda r: r.keys()))
-            if out.json:
-                out.emit({"robot": args.robot, "ok": True, "public_keys": keys})
-            else:
-                out.table(f"{args.robot}: {len(keys)} key(s)", ["fingerprint", "type", "bits", "comment"],
-                          [[k.get("fingerprint"), k.get("type"), k.get("bits"), k.get("comment")] for k in keys])
+            _emit_list(out, args.robot, "public_keys", keys, "key", ["fingerprint", "type", "bits", "comment"])
         else:
             if args.all:
                 result = _run(_with_robot(args, args.robot, lambda r: r.clear_keys()))
@@ -254,10 +268,7 @@ def cmd_keys(args, out: Out) -> int:
                 result = _run(_with_robot(args, args.robot, lambda r: r.remove_key(args.fingerprint)))
             else:
                 raise UsageError("bad-request", "give a FINGERPRINT or --all")
-            if out.json:
-                out.emit({"robot": args.robot, "ok": True, **result})
-            else:
-                out.console.print(f"{args.robot}: {result.get('message')}", markup=False)
+            _emit_result(out, args.robot, result, str(result.get("message")))
         return EXIT_OK
     except ClientError as e:
         return _fail(out, args.robot, e)
@@ -321,6 +332,57 @@ def cmd_restart(args, out: Out) -> int:
     return combine(s for _, s in results)
 
 
+def cmd_pair(args, out: Out) -> int:
+    import socket
+
+    import aiohttp
+
+    from .credentials import remember
+    from .pairing import pair
+    from .robot import Robot
+    from .targets import resolve
+
+    label = args.client or f"ot2 on {socket.gethostname()}"
+
+    async def go():
+        target = await resolve(args.robot, args.port, args.mdns_timeout)
+        async with aiohttp.ClientSession() as session:
+            issued = await pair(session, target, label, args.robot_port, args.wait, note=out.note)
+            try:
+                health = await Robot(session, target, args.timeout).health()
+            except ClientError:
+                health = {}
+        return target, issued, health
+
+    try:
+        target, issued, health = _run(go())
+    except ClientError as e:
+        return _fail(out, args.robot, e)
+    path = remember(args.robot, issued["token"], issued["id"], target.address, health.get("name"))
+    if out.json:
+        out.emit({"robot": args.robot, "ok": True, "id": issued["id"], "via": issued["via"], "file": str(path)})
+    else:
+        out.console.print(f"{args.robot}: paired ({issued['via']}), token {issued['id']} kept in {path}",
+                          markup=False)
+    return EXIT_OK
+
+
+def cmd_tokens(args, out: Out) -> int:
+    from .credentials import forget_id
+
+    try:
+        if args.tokens_command == "list":
+            tokens = _run(_with_robot(args, args.robot, lambda r: r.tokens()))
+            _emit_list(out, args.robot, "tokens", tokens, "token", ["id", "client", "created", "via"])
+        else:
+            result = _run(_with_robot(args, args.robot, lambda r: r.revoke_token(args.id)))
+            forget_id(args.id)
+            _emit_result(out, args.robot, result, f"{result.get('message')}: {args.id}")
+        return EXIT_OK
+    except ClientError as e:
+        return _fail(out, args.robot, e)
+
+
 def cmd_flash(args, out: Out) -> int:
     from .flash import flash_command
 
@@ -372,7 +434,27 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--wait-timeout", dest="wait_timeout", type=float, default=900.0,
                     help="seconds to wait for a restarted robot (default 900)")
     pu.add_argument("--poll-interval", dest="poll_interval", type=float, default=2.0, help=S)
+    pu.add_argument("--allow-downgrade", dest="allow_downgrade", action="store_true",
+                    help="install the bundle even if it is older than the robot's system")
     pu.set_defaults(func=cmd_push)
+
+    pa = sub.add_parser("pair", parents=[common],
+                        help="get a token from a robot (USB cable: at once; else press its front button)")
+    pa.add_argument("robot", metavar="ROBOT")
+    pa.add_argument("--client", help="label the robot lists the token under (default 'ot2 on <host>')")
+    pa.add_argument("--robot-port", dest="robot_port", type=int, default=31950,
+                    help="the robot server's port, for the button pairing (default 31950)")
+    pa.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the button (default 60)")
+    pa.set_defaults(func=cmd_pair)
+
+    t = sub.add_parser("tokens", help="paired clients' tokens of a robot")
+    ts = t.add_subparsers(dest="tokens_command", metavar="list|revoke", required=True)
+    tl = ts.add_parser("list", parents=[common], help="list the tokens (ids and labels)")
+    tl.add_argument("robot", metavar="ROBOT")
+    tr = ts.add_parser("revoke", parents=[common], help="revoke a token by id")
+    tr.add_argument("robot", metavar="ROBOT")
+    tr.add_argument("id", metavar="ID")
+    t.set_defaults(func=cmd_tokens)
 
     k = sub.add_parser("keys", help="SSH keys of a robot")
     ks = k.add_subparsers(dest="keys_command", metavar="add|list|rm", required=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from . import credentials
 from .bundlecheck import BundleInfo
 from .errors import EXIT_FAILED, EXIT_OK, ClientError, combine
 from .robot import Robot
@@ -60,6 +61,7 @@ class PushOptions:
     mdns_timeout: float = 3.0
     request_timeout: float = 30.0
     upload_read_timeout: float = 600.0
+    allow_downgrade: bool = False  # install a bundle older than the robot's system
 
 
 @dataclass
@@ -143,7 +145,7 @@ async def push_one(session, spec: str, info: BundleInfo, opts: PushOptions, repo
         reporter.stage(spec, "resolving")
         target = await resolve(spec, opts.port, opts.mdns_timeout)
         result.address = target.address
-        robot = Robot(session, target, opts.request_timeout)
+        robot = Robot(session, target, opts.request_timeout, credentials.token_for(spec, target.address))
         result.stage = "health"
         health = await robot.health()
         result.old_version = health.get("version")
@@ -152,7 +154,7 @@ async def push_one(session, spec: str, info: BundleInfo, opts: PushOptions, repo
         if compatible and compatible != info.compatible:
             raise ClientError("incompatible", f"bundle is for {info.compatible!r}, the robot is {compatible!r}")
         result.stage = "begin"
-        token = await robot.begin()
+        token = await robot.begin(opts.allow_downgrade)
         result.stage = "upload"
         reporter.start(spec, info.size)
 

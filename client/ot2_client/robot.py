@@ -13,6 +13,10 @@ from .errors import ClientError
 from .targets import Target
 
 CHUNK = 1 << 20  # bytes per upload read
+HINTS = {  # what the user can do about a refusal (docs/security.md)
+    "unauthorized": " -- pair first: 'ot2 pair ROBOT' (or set OT2_TOKEN)",
+    "downgrade": " -- 'ot2 push --allow-downgrade' installs it anyway",
+}
 
 
 def _connection_error(target: Target, e: BaseException, during: str = "") -> ClientError:
@@ -29,19 +33,26 @@ def _connection_error(target: Target, e: BaseException, during: str = "") -> Cli
 
 
 class Robot:
-    """One robot's update server, over a shared :class:`aiohttp.ClientSession`."""
+    """One robot's update server, over a shared :class:`aiohttp.ClientSession`.
 
-    def __init__(self, session: aiohttp.ClientSession, target: Target, timeout: float = 30.0):
+    ``token`` (a paired client's, see :mod:`ot2_client.credentials`) is sent as
+    ``Authorization: Bearer`` with every request.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, target: Target, timeout: float = 30.0,
+                 token: str | None = None):
         self.session = session
         self.target = target
         self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def request(self, method: str, path: str, body: dict | None = None,
                       timeout: float | None = None) -> dict:
         """JSON request; the JSON answer, or :class:`ClientError` (API code and status)."""
         t = aiohttp.ClientTimeout(total=timeout or self.timeout)
         try:
-            async with self.session.request(method, self.target.url + path, json=body, timeout=t) as r:
+            async with self.session.request(method, self.target.url + path, json=body, timeout=t,
+                                            headers=self.headers) as r:
                 raw = await r.read()
                 return self._answer(r.status, raw)
         except ClientError:
@@ -57,7 +68,8 @@ class Robot:
         if 200 <= status < 300 and isinstance(data, dict):
             return data
         if isinstance(data, dict) and isinstance(data.get("error"), str):
-            raise ClientError(data["error"], str(data.get("message", "")), status)
+            hint = HINTS.get(data["error"], "")
+            raise ClientError(data["error"], str(data.get("message", "")) + hint, status)
         if 200 <= status < 300:
             raise ClientError("bad-answer", f"{self.target.address} answered {status} without JSON", status)
         raise ClientError("http-error", f"{self.target.address} answered HTTP {status}", status)
@@ -94,8 +106,21 @@ class Robot:
     async def restart(self) -> dict:
         return await self.request("POST", "/server/restart")
 
-    async def begin(self) -> str:
-        return (await self.request("POST", "/server/update/begin"))["token"]
+    async def begin(self, allow_downgrade: bool = False) -> str:
+        """A new update session's token; ``allow_downgrade`` lets it install an older bundle."""
+        query = "?allow_downgrade=true" if allow_downgrade else ""
+        return (await self.request("POST", "/server/update/begin" + query))["token"]
+
+    async def tokens(self) -> list:
+        """The paired clients' tokens ``[{id, client, created, via}]``."""
+        return (await self.request("GET", "/server/tokens")).get("tokens", [])
+
+    async def issue_token(self, client: str) -> dict:
+        """``{token, id, ...}``: works only over a trusted interface (the USB link)."""
+        return await self.request("POST", "/server/tokens", {"client": client})
+
+    async def revoke_token(self, token_id: str) -> dict:
+        return await self.request("DELETE", f"/server/tokens/{urllib.parse.quote(token_id, safe='')}")
 
     async def commit(self, token: str) -> dict:
         return await self.request("POST", f"/server/update/{token}/commit", timeout=60)
@@ -120,7 +145,7 @@ class Robot:
                         progress(len(chunk))
 
         t = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=read_timeout)
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        headers = {**self.headers, "Content-Type": "application/octet-stream", "Content-Length": str(size)}
         url = f"{self.target.url}/server/update/{token}/file"
         try:
             async with self.session.post(url, data=body(), headers=headers, timeout=t) as r:

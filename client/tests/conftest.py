@@ -198,6 +198,14 @@ def good_bundle(keys, tmp_path_factory):
     return write_bundle(tmp_path_factory.mktemp("bundles") / "system-2.0.0.ot2", keys["trusted"], "2.0.0")
 
 
+@pytest.fixture(autouse=True)
+def own_config_dir(tmp_path, monkeypatch):
+    """``ot2``'s token file in the test's directory, never the user's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("OT2_TOKEN", raising=False)
+    return tmp_path / "config"
+
+
 @pytest.fixture
 def loop():
     lp = Loop()

@@ -26,8 +26,12 @@ def advertised(fleet, loop):
     loop.run(adv.close())
 
 
-def test_discover_and_use_name(advertised, good_bundle, capsys):
+def test_discover_and_use_name(advertised, good_bundle, capsys, monkeypatch):
+    from update_server.tokens import TokenStore
+
     robot, name = advertised
+    # the name resolves to a LAN address: changes need a paired client's token
+    monkeypatch.setenv("OT2_TOKEN", TokenStore(robot.config.tokens_file).issue("test", "button")[0])
     code = main(["discover", "--json", "--wait", "2", "--port", str(robot.port)])
     found = json.loads(capsys.readouterr().out)
     assert code == 0

@@ -37,8 +37,10 @@ class Http:
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        self.conn.request(method, path, body=data,
-                          headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Content-Type": "application/json"} if data else {}
+        if path != "/health":      # the OT-2 API's version header; /health without it has our fields
+            headers["Opentrons-Version"] = "*"
+        self.conn.request(method, path, body=data, headers=headers)
         resp = self.conn.getresponse()
         payload = json.loads(resp.read())
         if resp.status != 200:
@@ -128,14 +130,16 @@ def bench_bridge(host: str, port: int, clients: int, seconds: float, command: st
     return total, total / elapsed
 
 
-def start_local(tmp: Path) -> tuple[str, int, list[subprocess.Popen]]:
+def start_local(tmp: Path) -> tuple[str, int, str, list[subprocess.Popen]]:
+    """Start ``smoothie-emulator --pty`` and a ``robot-server`` owning it (simulated GPIO)
+    in ``tmp``; returns (HTTP URL, bridge port, G-code channel URL, the processes)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # cwd=tmp: from the repository root the project directory would shadow the package
     emu = subprocess.Popen([sys.executable, "-m", "robot_server.emulator", "--pty"], cwd=tmp,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     tty = emu.stdout.readline().strip()
     cfg = tmp / "robot-server.toml"
-    cfg.write_text(f'listen = "127.0.0.1"\nport = 0\nbridge_port = 0\nserial_port = "{tty}"\n'
+    cfg.write_text(f'listen = "127.0.0.1"\nport = 0\nbridge_port = 0\nchannel_port = 0\nserial_port = "{tty}"\n'
                    f'gpio_backend = "sim"\nlock_file = "{tmp}/lock"\ndata_dir = "{tmp}"\n'
                    'reconnect_interval = 0.1\n')
     srv = subprocess.Popen([sys.executable, "-m", "robot_server", "--config", str(cfg)], cwd=tmp,
@@ -147,14 +151,14 @@ def start_local(tmp: Path) -> tuple[str, int, list[subprocess.Popen]]:
         if not line and srv.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("robot-server did not start")
     threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()   # drain logs
-    m = re.search(r"HTTP on [\d.]+:(\d+), bridge on [\d.]+:(\d+)", line)
+    m = re.search(r"HTTP on [\d.]+:(\d+), bridge on [\d.]+:(\d+).*G-code channel (\S+)", line)
     url = f"http://127.0.0.1:{m.group(1)}"
     deadline = time.monotonic() + 10
     while not Http(url).call("GET", "/health")["motor_board"]["connected"]:
         if time.monotonic() > deadline:
             raise RuntimeError("robot-server did not connect to the emulator")
         time.sleep(0.05)
-    return url, int(m.group(2)), [srv, emu]
+    return url, int(m.group(2)), m.group(3), [srv, emu]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             host, _, port = (args.bridge or f"{urllib.parse.urlparse(url).hostname}:7887").rpartition(":")
             bhost, bport = host, int(port)
         else:
-            url, bport, procs = start_local(Path(tmp.name))
+            url, bport, _, procs = start_local(Path(tmp.name))
             bhost = "127.0.0.1"
         rows = []
         for name, samples in bench_http(url, args.moves):
@@ -198,14 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("targets: HTTP move median < 5 ms; bridge >= 2,000 commands/s")
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         tmp.cleanup()
     return 0
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes (kill those that do not exit within 10 s)."""
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 if __name__ == "__main__":

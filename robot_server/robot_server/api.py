@@ -1,10 +1,12 @@
 """HTTP API (aiohttp, port 31950): health, lights, home, move, positions, motors, door,
 an event stream (server-sent events) and ``/openapi.json``.
 
-Every error is a 4xx JSON body ``{"error": code, "message": text}``: 400 ``invalid-json``,
+The OT-2's own endpoints (operations with ``ot2`` set) follow its HTTP API versioning and
+error shapes (see ``versioning.py``; their resources are in ``ot2_api.py``). On our own
+endpoints every error is a 4xx JSON body ``{"error": code, "message": text}``: 400 ``invalid-json``,
 404 ``not-found``, 405 ``method-not-allowed``, 413 ``request-too-large``, 422 validation
 (``invalid-request``, ``unknown-axis``, ``soft-limit``, ``invalid-speed``), 409 robot state
-(``not-homed``, ``door-open``, ``board-not-connected``, ``board-timeout``, ``board-alarm``,
+(``not-homed``, ``door-open``, ``robot-leased``, ``not-paused``, ``board-not-connected``, ``board-timeout``, ``board-alarm``,
 ``board-halted``, ``board-error``, ``board-disconnected``). Written for aiohttp 3.8
 (Debian bookworm) and newer: no ``web.AppKey``, nothing stored on the app.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from . import __version__, usb_drives
 from .service import ApiError, RobotService
+from .versioning import LEGACY, from_http_exception, openapi_parts, version_middleware
 
 log = logging.getLogger("robot_server.api")
 
@@ -48,26 +50,33 @@ class Op:
     query: dict = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     upload: bool = False       # also accepts multipart/form-data (a protocol file)
+    ot2: str | None = None     # an OT-2 endpoint: its error shape, LEGACY or JSONAPI (versioning.py)
+    version_header: bool = True   # OT-2 endpoints: Opentrons-Version required
+    ot2_fields: tuple[str, ...] = ()   # with Opentrons-Version, answer only these fields
+    status: int = 200          # HTTP status of a success
 
 
 def operations(svc: RobotService) -> list[Op]:
     """The operation table shared by HTTP routes, ``/openapi.json`` and the TCP bridge."""
+    from .ot2_api import HEALTH_FIELDS, MOTOR_AXES, ot2_operations   # late: it builds on Op
+    ot2 = svc.ot2
     return [
-        Op("health", "GET", "/health", svc.health,
-           "Server and motor-board health; 200 whenever the HTTP server is up"),
-        Op("getLights", "GET", "/robot/lights", svc.get_lights, "Frame lights and button LED"),
-        Op("setLights", "POST", "/robot/lights", svc.set_lights, "Switch frame lights / button LED",
+        Op("health", "GET", "/health", ot2.health,
+           "Server and motor-board health; 200 whenever the HTTP server is up",
+           ot2=LEGACY, version_header=False, ot2_fields=HEALTH_FIELDS),
+        Op("getLights", "GET", "/robot/lights", svc.get_lights, "Frame lights and button LED", ot2=LEGACY),
+        Op("setLights", "POST", "/robot/lights", svc.set_lights, "Switch frame lights / button LED", ot2=LEGACY,
            body={"type": "object", "additionalProperties": False, "properties": {
                "on": {"type": "boolean"},
                "button": {"type": "object", "additionalProperties": False, "properties": {
                    "red": {"type": "boolean"}, "green": {"type": "boolean"}, "blue": {"type": "boolean"}}}}}),
-        Op("home", "POST", "/robot/home", svc.home,
+        Op("home", "POST", "/robot/home", ot2.home,
            "Home all axes, one mount (target pipette/mount + mount) or named axes",
            body={"type": "object", "additionalProperties": False, "properties": {
                "target": {"type": "string", "enum": ["robot", "pipette", "mount"]},
                "mount": _MOUNT, "axis": _AXIS,
-               "axes": {"type": "array", "items": _AXIS, "minItems": 1}}}),
-        Op("move", "POST", "/robot/move", svc.move,
+               "axes": {"type": "array", "items": _AXIS, "minItems": 1}}}, ot2=LEGACY),
+        Op("move", "POST", "/robot/move", ot2.move,
            "Move a mount to a deck point [x, y, z] (mm) or axes to machine positions (mm)",
            body={"oneOf": [
                {"type": "object", "additionalProperties": False, "required": ["mount", "point"],
@@ -82,19 +91,24 @@ def operations(svc: RobotService) -> list[Op]:
                 "properties": {
                     "axes": {"type": "object", "minProperties": 1, "additionalProperties": False,
                              "properties": {ax: {"type": "number", "description": "mm"} for ax in "XYZABC"}},
-                    "speed": _SPEED}}]}),
-        Op("positions", "GET", "/robot/positions", svc.positions,
-           "Current position (mm, machine and per-mount deck coordinates), homed, engaged",
-           query={"refresh": {"type": "boolean"}}),
+                    "speed": _SPEED}}]}, ot2=LEGACY),
+        Op("positions", "GET", "/robot/positions", ot2.positions,
+           "OT-2 useful positions; current position (mm, machine and per-mount deck coordinates), homed, engaged",
+           query={"refresh": {"type": "boolean"}}, ot2=LEGACY),
         Op("endstops", "GET", "/robot/endstops", svc.endstops, "Endstop switches (M119)"),
-        Op("engaged", "GET", "/motors/engaged", svc.engaged, "Which motors are energised"),
-        Op("disengage", "POST", "/motors/disengage", svc.disengage, "De-energise motors (M18)",
-           body={"type": "object", "additionalProperties": False, "properties": {
-               "axes": {"type": "array", "items": _AXIS}}}),
-        Op("door", "GET", "/robot/door", svc.door, "Door switch and motion pause state",
-           aliases=("/robot/door/status",)),
-        Op("identify", "POST", "/identify", svc.identify, "Blink the frame lights",
-           query={"seconds": {"type": "number", "minimum": 1, "maximum": 60}}),
+        Op("engaged", "GET", "/motors/engaged", ot2.engaged, "Which motors are energised", ot2=LEGACY),
+        Op("disengage", "POST", "/motors/disengage", ot2.disengage, "De-energise motors (M18)",
+           body={"type": "object", "additionalProperties": False, "required": ["axes"], "properties": {
+               "axes": {"type": "array", "items": {"type": "string", "enum": [
+                   *MOTOR_AXES, *_AXIS["enum"]]}}}}, ot2=LEGACY),
+        Op("door", "GET", "/robot/door", svc.door, "Door switch and motion pause state"),
+        Op("stop", "POST", "/robot/stop", svc.stop_robot,
+           "Stop: halt the board (halt line) if moving or leased; ends a G-code channel lease"),
+        Op("resume", "POST", "/robot/resume", svc.resume,
+           "Resume a G-code channel lease paused by the door (door closed)"),
+        Op("identify", "POST", "/identify", ot2.identify, "Blink the frame lights",
+           query={"seconds": {"type": "number", "minimum": 1, "maximum": 60}}, ot2=LEGACY),
+        *ot2_operations(svc),
         *protocol_operations(svc),
         Op("simGpio", "POST", "/robot/sim/gpio", svc.sim_gpio,
            "Simulated GPIO only: set door / button inputs",
@@ -135,10 +149,6 @@ def protocol_operations(svc: RobotService) -> list[Op]:
     ]
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "error"
-
-
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
@@ -153,10 +163,8 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
-            exc.status, _slug(exc.reason))
-        return error_response(exc.status, code, exc.reason if exc.status != 413 else
-                              f"request body larger than {MAX_BODY} bytes")
+        err = from_http_exception(exc)
+        return error_response(err.status, err.code, err.message)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # noqa: BLE001 - a bug; still answer in JSON, and log it
@@ -220,9 +228,12 @@ def _handler(op: Op) -> Callable:
     async def handle(request: web.Request) -> web.Response:
         params = await _params(request, op)
         result = await op.func(params)
-        return web.json_response(result)
+        if isinstance(result, str):
+            return web.Response(text=result, content_type="text/plain")
+        return web.json_response(result, status=op.status)
 
     handle.__doc__ = op.func.__doc__
+    handle.op = op       # for version_middleware
     return handle
 
 
@@ -233,21 +244,26 @@ def openapi(ops: list[Op]) -> dict:
               for s, d in ((400, "malformed JSON"), (409, "robot state conflict"),
                            (422, "invalid request"))}
     for op in ops:
+        ok: dict[str, Any] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
         entry: dict[str, Any] = {"operationId": op.op_id, "summary": op.summary,
                                  "description": (op.func.__doc__ or "").strip(),
-                                 "responses": {"200": {"description": "OK", "content": {
-                                     "application/json": {"schema": {"type": "object"}}}}, **errors}}
-        if op.query:
-            entry["parameters"] = [{"name": k, "in": v.get("in", "query"), "required": v.get("in") == "path",
-                                    "schema": {kk: vv for kk, vv in v.items() if kk != "in"}}
-                                   for k, v in op.query.items()]
+                                 "responses": {str(op.status): ok, **errors}}
+        entry["parameters"] = [{"name": k, "in": v.get("in", "query"), "required": v.get("in") == "path",
+                                "schema": {kk: vv for kk, vv in v.items() if kk != "in"}}
+                               for k, v in op.query.items()]
+        if op.ot2:
+            header, ot2_errors, ok["headers"] = openapi_parts(op.ot2, op.version_header)
+            entry["parameters"].append(header)
+            entry["responses"].update(ot2_errors)
+            entry["tags"] = ["OT-2 HTTP API"]
         if op.body is not None:
             entry["requestBody"] = {"required": False,
                                     "content": {"application/json": {"schema": op.body}}}
         for path in (op.path, *op.aliases):
             paths.setdefault(path, {})[op.method.lower()] = entry
     paths["/events"] = {"get": {"operationId": "events", "summary": "Server-sent events: "
-                                "position, door, button, lights, motors, board",
+                                "position, door, button, lights, motors, board, lease-started, lease-ended, "
+                                "lease-paused, lease-resumed",
                                 "responses": {"200": {"description": "text/event-stream",
                                                       "content": {"text/event-stream": {}}}}}}
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document",
@@ -297,7 +313,7 @@ class EventStream:
 
 def make_app(svc: RobotService) -> web.Application:
     """Build the aiohttp application for ``svc`` (routes from :func:`operations`)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[error_middleware, version_middleware], client_max_size=MAX_BODY)
     ops = operations(svc)
     for op in ops:
         for path in (op.path, *op.aliases):

@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bridge-port", type=int, help="raw TCP bridge port (0: any free port)")
     p.add_argument("--no-bridge", dest="bridge_enabled", action="store_false", default=None,
                    help="do not serve the raw TCP bridge")
+    p.add_argument("--channel-port", type=int, help="G-code channel port on 127.0.0.1 (0: any free port)")
     p.add_argument("--serial-port", help="motor board device or pyserial URL")
     p.add_argument("--gpio-backend", choices=("rpi", "sim"))
     p.add_argument("--lock-file")
@@ -40,10 +41,10 @@ async def serve(server: RobotServer) -> None:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     cfg = server.config
-    log.info("robot-server %s: HTTP on %s:%d, bridge on %s, motor board %s, GPIO %s",
+    log.info("robot-server %s: HTTP on %s:%d, bridge on %s, motor board %s, GPIO %s, G-code channel %s",
              __version__, cfg.listen, server.http_port,
              f"{cfg.listen}:{server.bridge_port}" if server.bridge else "off",
-             cfg.serial_port, cfg.gpio_backend)
+             cfg.serial_port, cfg.gpio_backend, server.service.channel.url)
     await stop.wait()
     log.info("stopping")
     await server.stop()
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         cfg = load(args.config, required=args.config is not None)
-        for key in ("port", "bridge_port", "bridge_enabled", "serial_port", "gpio_backend", "lock_file", "data_dir", "listen"):
+        for key in ("port", "bridge_port", "channel_port", "bridge_enabled", "serial_port", "gpio_backend", "lock_file", "data_dir", "listen"):
             val = getattr(args, key)
             if val is not None:
                 setattr(cfg, key, val)

@@ -10,6 +10,7 @@ key                    default               meaning
 ``port``               ``31950``             HTTP port
 ``bridge_port``        ``7887``              raw TCP JSON bridge port (0: any free port, like ``port``)
 ``bridge_enabled``     ``true``              serve the raw TCP bridge at all
+``channel_port``       ``31960``             G-code channel port, always on 127.0.0.1 (0: any free port)
 ``serial_port``        ``"/dev/ttyAMA0"``    motor board device or pyserial URL
                                              (``socket://127.0.0.1:PORT``)
 ``baudrate``           ``115200``            UART speed
@@ -42,6 +43,7 @@ class Config:
     port: int = 31950
     bridge_port: int = 7887
     bridge_enabled: bool = True
+    channel_port: int = 31960
     serial_port: str = "/dev/ttyAMA0"
     baudrate: int = 115200
     gpio_backend: str = "rpi"
@@ -56,7 +58,7 @@ class Config:
     def validate(self) -> "Config":
         if self.gpio_backend not in ("rpi", "sim"):
             raise ConfigError(f"gpio_backend must be 'rpi' or 'sim', not {self.gpio_backend!r}")
-        for name in ("port", "bridge_port"):
+        for name in ("port", "bridge_port", "channel_port"):
             val = getattr(self, name)
             if not 0 <= val <= 65535:
                 raise ConfigError(f"{name} out of range: {val}")

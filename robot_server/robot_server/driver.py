@@ -569,6 +569,60 @@ class MotorDriver:
             self.homed = gcode.parse_homing_status(self._first(self._transact(gcode.HOMING_STATUS, self.ack_timeout)))
             return dict(self.homed)
 
+    # ------------------------------------------------------------ lending (G-code channel)
+    def raw_write(self, data: bytes) -> None:
+        """Write ``data`` to the board as is (the G-code channel forwards a client's lines
+        with it; nothing is read back here). Raises :class:`BoardNotConnected` or
+        :class:`BoardDisconnected` (the port is then closed)."""
+        ser = self._serial
+        if ser is None or not self._ready:
+            raise BoardNotConnected(f"motor board on {self.port} is not connected")
+        try:
+            ser.write(data)
+        except (serial.SerialException, OSError) as exc:
+            self._lost(exc)
+
+    def fileno(self) -> int:
+        """The open port's file descriptor (to wait for the board's bytes with
+        ``select``/``add_reader``). Raises :class:`BoardNotConnected`."""
+        ser = self._serial
+        if ser is None or not self._ready:
+            raise BoardNotConnected(f"motor board on {self.port} is not connected")
+        return ser.fileno()
+
+    def raw_read(self) -> bytes:
+        """The bytes the board has sent, as is: meant for when :meth:`fileno` is readable
+        (it then returns at once); otherwise it waits at most the port's read timeout
+        (50 ms) for one byte. Raises :class:`BoardNotConnected` /
+        :class:`BoardDisconnected` like :meth:`raw_write`."""
+        ser = self._serial
+        if ser is None or not self._ready:
+            raise BoardNotConnected(f"motor board on {self.port} is not connected")
+        try:
+            data = ser.read(max(1, ser.in_waiting))
+            # a socket:// port counts readiness, not bytes: take what else has arrived
+            while len(data) < 65536 and ser.in_waiting:
+                data += ser.read(ser.in_waiting)
+            return data
+        except (serial.SerialException, OSError, TypeError) as exc:
+            self._lost(exc)
+
+    def resync(self) -> None:
+        """Take the board back after it was lent: run the set-up sequence of
+        :meth:`connect` again on the open port (``M999`` clears a halt, ``G28.6`` and
+        ``M114.2`` re-read homing status and position, our steps/mm, speeds and currents
+        are set again). If the board does not answer, the port is closed (the server
+        reopens it) and the axes are marked un-homed. Raises the typed board errors."""
+        with self._lock:
+            self._require_connected()
+            self._buf = b""
+            try:
+                self._setup()
+            except BoardError:
+                self._close()
+                self._forget()
+                raise
+
     def snapshot(self) -> dict:
         """The model as plain data: ``connected``, ``firmware``, ``position`` (mm or None),
         ``homed``, ``engaged``."""

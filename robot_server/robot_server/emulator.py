@@ -12,7 +12,14 @@ and Smoothieware's G-code dispatcher):
   and answers ``!!`` to every command (except ``M999``, ``M114.x``, ``M119``) until ``M999``;
   the rest of a line after a refused command is dropped;
 * an absolute move of an axis that was never homed is refused with ``Error: ...``
-  (relative moves are allowed, the OT-2 uses them to back off switches before homing).
+  (relative moves are allowed, the OT-2 uses them to back off switches before homing);
+* the attached pipettes' memories: ``M369 L`` / ``M371 L`` (``R`` for the right mount)
+  read the pipette's ID / model string as ``L:<hex>`` (the stored bytes in hexadecimal,
+  padded with zero bytes), ``M370 L <hex>`` / ``M372 L <hex>`` write them; an empty
+  mount answers ``Error: no L instrument found``. Sources: Opentrons/opentrons,
+  ``api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py`` (``_read_from_pipette``,
+  ``_write_to_pipette``, ``_handle_return``) and ``.../smoothie_drivers/parse_utils.py``
+  (``parse_instrument_data``, ``byte_array_to_ascii_string``).
 
 Timing: by default every command completes at once. With ``time_scale > 0`` moves take
 ``distance / speed * time_scale`` seconds: ``G0`` is acknowledged at once and ``M400``
@@ -47,6 +54,16 @@ FIRMWARE_VERSION = f"edge-ot2emu-{__version__}"
 MIN_TRAVEL: dict[str, float] = {"X": -5.0, "Y": -5.0, "Z": -5.0, "A": -5.0, "B": -45.0, "C": -45.0}
 #: Commands Smoothieware still runs while halted (read-only queries).
 _ALLOWED_WHEN_HALTED = {"version", "M114", "M114.1", "M114.2", "M114.3", "M119", "M999"}
+#: Pipette memory commands: code -> (field, write?). Their argument is raw hex text, so
+#: the line is not split into G-code words (the firmware reads the command text itself).
+PIPETTE_MEMORY = {"M369": ("id", False), "M370": ("id", True),
+                  "M371": ("model", False), "M372": ("model", True)}
+#: Bytes of each pipette memory field (sent as twice as many hex digits).
+PIPETTE_FIELD_BYTES = 32
+#: Pipettes attached by default: model strings as OT-2 pipettes store them
+#: (Opentrons/opentrons, shared-data/pipette/definitions/2: single_channel p20 and p300, 2.0).
+DEFAULT_PIPETTES: dict[str, str | None] = {"left": "p20_single_v2.0", "right": "p300_single_v2.0"}
+MOUNT_LETTERS = {"left": "L", "right": "R"}
 
 
 @dataclass
@@ -65,6 +82,20 @@ class EmulatorState:
     probe_triggered: bool = False
 
 
+@dataclass
+class PipetteMemory:
+    """What a pipette's memory holds: its ``id`` and ``model`` strings as raw bytes."""
+
+    id: bytes
+    model: bytes
+
+    @classmethod
+    def for_model(cls, model: str, mount_letter: str) -> "PipetteMemory":
+        """A pipette of ``model`` (e.g. ``p20_single_v2.0``) with an emulator serial."""
+        serial = f"EMU{mount_letter}{model.split('_')[0].upper()}V20"
+        return cls(serial.encode(), model.encode())
+
+
 class SmoothieEmulator:
     """The board's state machine; :meth:`handle_line` maps one received line to the exact
     bytes the board would send back.
@@ -79,8 +110,16 @@ class SmoothieEmulator:
     ``ALARM: ...`` text and halt)."""
 
     def __init__(self, *, hard_limits: dict[str, float] | None = None,
-                 require_homing: bool = True, time_scale: float = 0.0) -> None:
+                 require_homing: bool = True, time_scale: float = 0.0,
+                 pipettes: dict[str, str | None] | None = None) -> None:
         self.state = EmulatorState()
+        #: Attached pipettes by mount letter (``L``/``R``); a missing key is an empty mount.
+        #: ``pipettes`` maps ``left``/``right`` to a model string or None (default
+        #: :data:`DEFAULT_PIPETTES`). Pipette memory survives a board reset.
+        chosen = dict(DEFAULT_PIPETTES, **(pipettes or {}))
+        self.pipettes: dict[str, PipetteMemory] = {
+            MOUNT_LETTERS[m]: PipetteMemory.for_model(model, MOUNT_LETTERS[m])
+            for m, model in chosen.items() if model}
         self.hard_limits = dict(HOMED_POSITION)
         if hard_limits:
             self.hard_limits.update(hard_limits)
@@ -131,6 +170,11 @@ class SmoothieEmulator:
                 text, self.alarm_next = self.alarm_next, None
                 self._enter_halt()
                 return f"ALARM: {text}\r\nok\r\n"
+            word = line.split(None, 1)[0].upper()
+            if word in PIPETTE_MEMORY:
+                if self.state.halted:
+                    return "!!\r\n"
+                return self._pipette_memory(word, line[len(word):]) + "ok\r\n"
             try:
                 commands = gcode.split_line(line)
             except ValueError as exc:
@@ -217,6 +261,26 @@ class SmoothieEmulator:
                 st.feed_mm_min = st.speed_stack.pop()
         # Smoothieware silently acknowledges commands no module handles.
         return "", 0.0, False
+
+    def _pipette_memory(self, code: str, arg: str) -> str:
+        """``M369``-``M372``: read or write a pipette's ID or model (see module doc)."""
+        field_name, write = PIPETTE_MEMORY[code]
+        parts = arg.split()
+        letter = parts[0].upper() if parts else ""
+        if letter not in ("L", "R"):
+            return f"Error: {code} needs a mount, L or R\r\n"
+        memory = self.pipettes.get(letter)
+        if memory is None:
+            return f"Error: no {letter} instrument found\r\n"
+        if not write:
+            data = getattr(memory, field_name)[:PIPETTE_FIELD_BYTES]
+            return f"{letter}:{data.ljust(PIPETTE_FIELD_BYTES, bytes(1)).hex()}\r\n"
+        try:
+            data = bytes.fromhex("".join(parts[1:]))
+        except ValueError:
+            return f"Error: {code} data must be hexadecimal\r\n"
+        setattr(memory, field_name, data[:PIPETTE_FIELD_BYTES])
+        return ""
 
     @staticmethod
     def _update(target: dict[str, float], cmd: gcode.Command) -> None:
@@ -475,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="accept absolute moves of axes that were never homed")
     p.add_argument("--hard-limit", action="append", default=[], metavar="AXIS=MM",
                    help="top of an axis' travel (default: its homed position)")
+    for mount in ("left", "right"):
+        p.add_argument(f"--{mount}", metavar="MODEL|none", default=DEFAULT_PIPETTES[mount],
+                       help=f"pipette on the {mount} mount, as its memory stores it "
+                            f"(default {DEFAULT_PIPETTES[mount]}; 'none': empty mount)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every line")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -484,7 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, ValueError) as exc:
         p.error(str(exc))
     emu = SmoothieEmulator(hard_limits=limits,
-                           require_homing=not args.no_require_homing, time_scale=args.time_scale)
+                           require_homing=not args.no_require_homing, time_scale=args.time_scale,
+                           pipettes={m: None if getattr(args, m).lower() == "none" else getattr(args, m)
+                                     for m in ("left", "right")})
     if args.pty:
         srv: PtyServer | TcpServer = PtyServer(emu, link=args.link).start()
         print(srv.slave_path, flush=True)

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .api import make_app, operations
 from .bridge import Bridge
+from .channel import HOST as CHANNEL_HOST
 from .config import Config
 from .driver import MotorDriver
 from .gpio import GPIOBackend, make_backend
@@ -36,15 +37,23 @@ class RobotServer:
         self.http_port = 0
         self.bridge_port = 0
 
+    @property
+    def channel_port(self) -> int:
+        return self.service.channel.port
+
     async def start(self, http_sock: socket.socket | None = None,
-                    bridge_sock: socket.socket | None = None) -> None:
+                    bridge_sock: socket.socket | None = None,
+                    channel_sock: socket.socket | None = None) -> None:
         """Bind (unless sockets are given), start the service (board connection happens in
-        the background), then serve HTTP and the bridge."""
+        the background), then serve HTTP, the bridge and the G-code channel (loopback)."""
         cfg = self.config
         http_sock = http_sock or bind(cfg.listen, cfg.port)
         if bridge_sock is None and cfg.bridge_enabled:
             bridge_sock = bind(cfg.listen, cfg.bridge_port)
+        channel_sock = channel_sock or bind(CHANNEL_HOST, cfg.channel_port)
         await self.service.start()
+        await self.service.channel.start(channel_sock)
+        self.service.ot2.preload()
         app = make_app(self.service)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -60,6 +69,7 @@ class RobotServer:
             self.bridge_port = bridge_sock.getsockname()[1]
 
     async def stop(self) -> None:
+        await self.service.channel.close()
         self.service.events.close()          # ends event streams so HTTP can shut down
         if self.bridge is not None:
             await self.bridge.stop()
@@ -76,9 +86,11 @@ class ThreadedServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="robot-server", daemon=True)
 
-    def start(self) -> "ThreadedServer":
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> "ThreadedServer":
+        """Serve HTTP on ``host:port`` (default any free port) and the bridge on ``host``."""
+        self.host = host
         self._thread.start()
-        self.call(self.server.start(bind("127.0.0.1", 0), bind("127.0.0.1", 0)))
+        self.call(self.server.start(bind(host, port), bind(host, 0), bind(CHANNEL_HOST, 0)))
         return self
 
     def call(self, coro: Coroutine, timeout: float = 30) -> Any:
@@ -86,11 +98,15 @@ class ThreadedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.http_port}"
+        return f"http://{self.host}:{self.server.http_port}"
 
     @property
     def bridge_port(self) -> int:
         return self.server.bridge_port
+
+    @property
+    def channel_url(self) -> str:
+        return self.server.service.channel.url
 
     def stop(self) -> None:
         try:

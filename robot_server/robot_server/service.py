@@ -11,14 +11,16 @@ is the reference, the left one is at ``left_mount_offset`` (config) from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from . import __version__
+from .channel import Channel
 from .config import Config
 from .driver import (AXES, MAX_SPEED, SOFT_LIMITS, BoardError, BoardNotConnected, DriverError, MotionError,
                      MotorDriver, NotHomedError, check_axes, check_speed)
@@ -179,8 +181,11 @@ class RobotService:
         self.board_error: str | None = None
         self.started = time.time()
         self.system_version = _system_version()
+        self.channel = Channel(self)
         from .protocol.runs import ProtocolManager       # late: runs.py imports this module
         self.protocols = ProtocolManager(self)
+        from .ot2_api import Ot2Resources                # late: it imports this module
+        self.ot2 = Ot2Resources(self)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -245,6 +250,7 @@ class RobotService:
             self._door_closed.clear()
             if self.moving:
                 self.paused = True
+            self.channel.pause("door opened")
         else:
             self._door_closed.set()
             self.paused = False
@@ -252,10 +258,20 @@ class RobotService:
 
     def _button_changed(self, pressed: bool) -> None:
         self.events.publish("button", {"pressed": pressed})
+        if pressed and self.channel.lease is not None:      # the front button stops a lease
+            self._tasks.append(asyncio.ensure_future(self.channel.stop("front button pressed")))
+
+    @property
+    def motion_lock(self) -> asyncio.Lock:
+        """Held while the robot moves for HTTP or the bridge, and while a G-code channel
+        lease starts (so a lease never begins in the middle of a motion)."""
+        return self._motion
 
     def _door_state(self) -> dict:
         is_open = self.gpio.door_open()
-        return {"open": is_open, "status": "open" if is_open else "closed", "paused": self.paused}
+        lease = self.channel.lease
+        paused = self.paused or (lease is not None and lease.pause_reason is not None)
+        return {"open": is_open, "status": "open" if is_open else "closed", "paused": paused}
 
     def _publish_position(self) -> None:
         self.events.publish("position", self._positions())
@@ -290,11 +306,25 @@ class RobotService:
         if self.gpio.door_open():
             raise ApiError(409, "door-open", "the door is open; close it before moving the robot")
 
+    def _refuse_if_leased(self) -> None:
+        """409 ``robot-leased`` naming the holder while the G-code channel lends the board."""
+        if self.channel.lease is not None:
+            raise ApiError(409, "robot-leased", self.channel.busy_message())
+
+    @contextlib.asynccontextmanager
+    async def _board(self) -> AsyncIterator[None]:
+        """The motion lock, for an operation that talks to the board; refused with 409
+        ``robot-leased`` while the board is lent (checked again once the lock is held)."""
+        self._refuse_if_leased()
+        async with self._motion:
+            self._refuse_if_leased()
+            yield
+
     async def _motion_sequence(self, steps: list[tuple[Callable, tuple]]) -> float:
         """Run driver calls one after another under the motion lock; before each step the
         door is checked and motion pauses while it is open. Returns seconds paused."""
         paused = 0.0
-        async with self._motion:
+        async with self._board():
             self.moving = True
             try:
                 for fn, args in steps:
@@ -331,7 +361,7 @@ class RobotService:
                 "motor_board": {"connected": d.connected, "port": d.port,
                                 "firmware": d.firmware if d.connected else None,
                                 "homed": dict(d.homed), "error": None if d.connected else self.board_error},
-                "door": self._door_state(), "moving": self.moving}
+                "door": self._door_state(), "moving": self.moving, "lease": self.channel.holder()}
 
     async def get_lights(self, params: Any = None) -> dict:
         """``{on}``: frame lights; ``button``: button LED colours."""
@@ -378,6 +408,7 @@ class RobotService:
         else:
             mount = _mount(p)
             axes = "".join(MOUNT_AXES[mount]) if target == "pipette" else MOUNT_AXES[mount][0]
+        self._refuse_if_leased()
         self._refuse_if_door_open()
         paused = await self._motion_sequence([(self.driver.home, (axes,))])
         return {"homed": dict(self.driver.homed), "axes": axes, "paused_s": round(paused, 3), **self._positions()}
@@ -431,6 +462,7 @@ class RobotService:
         # an arc's single-axis segments run at most at that axis' max speed
         plan = [(seg, None if speed is None else min(speed, max(MAX_SPEED[a] for a in seg)))
                 for seg in segments]
+        self._refuse_if_leased()
         # validate every segment against limits and homing before anything moves
         for seg, seg_speed in plan:
             try:
@@ -442,12 +474,16 @@ class RobotService:
         return {"paused_s": round(paused, 3), **self._positions()}
 
     async def halt_motion(self) -> dict:
-        """Leave the robot in a known state after a run was stopped: if a motion is in
-        progress, pulse the board's halt line (the board alarms, the driver recovers with
-        ``M999`` and re-reads its state); then re-read homing status (``G28.6``) and
-        position (``M114.2``). Returns ``{halted, homed_all}``."""
+        """Leave the robot in a known state after a run was stopped: if the G-code channel
+        lends the board, stop the lease (:meth:`Channel.stop`: halt line, client closed,
+        axes un-homed); if a motion is in progress, pulse the board's halt line (the board
+        alarms, the driver recovers with ``M999`` and re-reads its state); then re-read
+        homing status (``G28.6``) and position (``M114.2``). Returns ``{halted,
+        homed_all}``."""
         halted = False
-        if self.moving:
+        if await self.channel.stop("stopped") is not None:
+            halted = True
+        elif self.moving:
             halted = True
             await asyncio.get_running_loop().run_in_executor(None, self.gpio.pulse_halt)
         async with self._motion:
@@ -465,15 +501,15 @@ class RobotService:
         ``mounts`` (deck coordinates of each mount, mm), ``homed``, ``engaged``. With
         ``refresh=true`` the position is re-read from the board (``M114.2``) first."""
         p = _obj(params, {"refresh"})
-        if _bool(p, "refresh", default=False):
-            async with self._motion:
+        if _bool(p, "refresh", default=False) and self.channel.lease is None:
+            async with self._board():
                 await self._driver_call(self.driver.read_position)
         return self._positions()
 
     async def endstops(self, params: Any = None) -> dict:
         """Endstop switches from ``M119`` (True = closed), plus ``Probe``."""
         _obj(params, set())
-        async with self._motion:
+        async with self._board():
             return {"endstops": await self._driver_call(self.driver.read_endstops)}
 
     async def engaged(self, params: Any = None) -> dict:
@@ -492,11 +528,33 @@ class RobotService:
             axes = check_axes(names)
         except DriverError as exc:
             raise from_driver_error(exc) from None
-        async with self._motion:
+        async with self._board():
             await self._driver_call(self.driver.disengage, axes)
         result = await self.engaged()
         self.events.publish("motors", result)
         return result
+
+    async def stop_robot(self, params: Any = None) -> dict:
+        """Stop the robot the way the OT-2 stops a run: pulse the board's halt line if
+        anything is moving or the G-code channel lends the board; a lease ends (its client
+        is disconnected) and the axes are left un-homed. Returns ``{stopped: bool,
+        lease: <former holder> | null, homed: {axis: bool}}``."""
+        _obj(params, set())
+        holder = self.channel.holder()
+        result = await self.halt_motion()
+        return {"stopped": result["halted"], "lease": holder, "homed": dict(self.driver.homed)}
+
+    async def resume(self, params: Any = None) -> dict:
+        """Resume a G-code channel lease paused by the door: its held lines are forwarded.
+        Returns ``{lease: <holder>}``. 409 ``door-open`` while the door is open,
+        409 ``not-paused`` if no lease is paused."""
+        _obj(params, set())
+        if self.gpio.door_open():
+            raise ApiError(409, "door-open", "the door is open; close it before resuming")
+        holder = self.channel.resume()
+        if holder is None:
+            raise ApiError(409, "not-paused", "no G-code channel lease is paused")
+        return {"lease": holder}
 
     async def door(self, params: Any = None) -> dict:
         """``{open, status: "open"|"closed", paused}``; ``paused`` is true while a motion

@@ -46,12 +46,18 @@ def make_config(tmp_path, serial_port: str, **kw) -> Config:
     return Config(**base).validate()
 
 
+#: Sent by default, as every OT-2 HTTP API client does (the OT-2's endpoints require it).
+VERSION_HEADER = {"Opentrons-Version": "*"}
+
+
 class Robot:
-    """A running server + its emulator, with small HTTP helpers."""
+    """A running server + its emulator, with small HTTP helpers. Requests carry
+    ``Opentrons-Version: *`` unless ``headers`` maps it to None."""
 
     def __init__(self, server: ThreadedServer, emulator: SmoothieEmulator | None, pty: PtyServer | None,
-                 gpio: SimulatedGPIO) -> None:
+                 gpio: SimulatedGPIO, host: str = "127.0.0.1") -> None:
         self.server = server
+        self.host = host
         self.emulator = emulator
         self.pty = pty
         self.gpio = gpio
@@ -61,12 +67,13 @@ class Robot:
 
     def request(self, method: str, path: str, body=None, raw: bytes | None = None,
                 headers: dict | None = None, timeout: float = 10):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             hdrs = {"Content-Type": "application/json"} if data is not None else {}
+            hdrs.update(VERSION_HEADER)
             hdrs.update(headers or {})
-            conn.request(method, path, body=data, headers=hdrs)
+            conn.request(method, path, body=data, headers={k: v for k, v in hdrs.items() if v is not None})
             resp = conn.getresponse()
             payload = resp.read()
             try:
@@ -83,10 +90,14 @@ class Robot:
     def post(self, path: str, body=None, **kw):
         return self.request("POST", path, body, **kw)
 
+    def health(self) -> tuple[int, dict]:
+        """``GET /health`` without the version header: the OT-2's fields and ours."""
+        return self.get("/health", headers={"Opentrons-Version": None})
+
     def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            status, health = self.get("/health")
+            status, health = self.health()
             assert status == 200
             if health["motor_board"]["connected"] == connected:
                 return health
@@ -96,7 +107,7 @@ class Robot:
 
 
 def start_robot(tmp_path, emulator: SmoothieEmulator | None = None, serial_port: str | None = None,
-                **cfg) -> Robot:
+                host: str = "127.0.0.1", port: int = 0, **cfg) -> Robot:
     pty = None
     if serial_port is None:
         emulator = emulator or SmoothieEmulator()
@@ -106,8 +117,8 @@ def start_robot(tmp_path, emulator: SmoothieEmulator | None = None, serial_port:
     if emulator is not None:
         gpio.reset_target = emulator.reset
         gpio.halt_target = emulator.halt
-    server = ThreadedServer(make_config(tmp_path, serial_port, **cfg), gpio).start()
-    return Robot(server, emulator, pty, gpio)
+    server = ThreadedServer(make_config(tmp_path, serial_port, **cfg), gpio).start(host, port)
+    return Robot(server, emulator, pty, gpio, host)
 
 
 def stop_robot(robot: Robot) -> None:

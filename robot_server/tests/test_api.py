@@ -11,9 +11,9 @@ from robot_server.emulator import SmoothieEmulator, TcpServer
 
 
 def test_health_shape(shared_robot):
-    status, h = shared_robot.get("/health")
+    status, h = shared_robot.health()
     assert status == 200
-    assert h["name"] == "robot-server" and h["gpio_backend"] == "sim"
+    assert h["robot_model"] == "OT-2 Standard" and h["gpio_backend"] == "sim"
     mb = h["motor_board"]
     assert mb["connected"] is True and mb["firmware"].startswith("edge-ot2emu")
     assert set(mb["homed"]) == set("XYZABC")
@@ -22,11 +22,11 @@ def test_health_shape(shared_robot):
 def test_health_without_board(tmp_path):
     r = start_robot(tmp_path, serial_port=str(tmp_path / "no-such-tty"))
     try:
-        status, h = r.get("/health")
+        status, h = r.health()
         assert status == 200
         assert h["motor_board"]["connected"] is False and h["motor_board"]["firmware"] is None
         time.sleep(0.1)
-        assert "does not exist" in r.get("/health")[1]["motor_board"]["error"]
+        assert "does not exist" in r.health()[1]["motor_board"]["error"]
         status, body = r.post("/robot/home", {})
         assert status == 409 and body["error"] == "board-not-connected"
         assert r.get("/robot/positions")[0] == 200
@@ -112,9 +112,13 @@ def test_nan_and_infinity_in_json(homed):
 
 @pytest.mark.parametrize("raw", [b"{", b"{'a': 1}", b"\xff\xfe", b"[" * 50000, b'{"on": tru}'])
 def test_malformed_json(homed, raw):
+    """The OT-2 answers a body that is not JSON as a validation error (422) on its endpoints."""
     for path in ("/robot/move", "/robot/lights", "/robot/home", "/motors/disengage"):
         status, reply = homed.request("POST", path, raw=raw)
-        assert status == 400 and reply["error"] == "invalid-json", (path, raw[:10], reply)
+        assert status == 422 and reply["error"] == "invalid-json", (path, raw[:10], reply)
+        assert reply["errorCode"] == "4000" and reply["message"]
+    status, reply = homed.request("POST", "/robot/sim/gpio", raw=raw)     # ours
+    assert status == 400 and set(reply) == {"error", "message"}
 
 
 def test_too_large_body(homed):
@@ -147,7 +151,7 @@ def test_board_timeout(robot):
     robot.emulator.mute = True
     status, reply = robot.post("/robot/move", {"axes": {"X": 100}})
     assert status == 409 and reply["error"] == "board-timeout"
-    h = robot.get("/health")[1]
+    h = robot.health()[1]
     assert h["motor_board"]["homed"]["X"] is False
     robot.emulator.mute = False
     assert robot.post("/robot/move", {"axes": {"X": 100}})[1]["error"] == "not-homed"
@@ -216,9 +220,10 @@ def test_lights_and_identify(shared_robot):
 
 def test_motors_engaged_disengage_endstops(homed):
     status, eng = homed.get("/motors/engaged")
-    assert status == 200 and eng["X"] == {"enabled": True}
+    assert status == 200 and eng["x"] == {"enabled": True} and set(eng) == {"x", "y", "z_l", "z_r", "p_l", "p_r"}
     status, eng = homed.post("/motors/disengage", {"axes": ["x", "Y"]})
-    assert status == 200 and eng["X"]["enabled"] is False and eng["Z"]["enabled"] is True
+    assert status == 200 and eng["x"]["enabled"] is False and eng["z_l"]["enabled"] is True
+    assert eng["message"] == "Disengaged axes: x, Y"
     assert not homed.emulator.state.engaged["Y"]
     assert homed.post("/motors/disengage", {"axes": ["W"]})[1]["error"] == "unknown-axis"
     assert homed.post("/motors/disengage", {"axes": "X"})[0] == 422
@@ -249,8 +254,10 @@ def test_door_pauses_motion(tmp_path):
         door = r.get("/robot/door")[1]
         assert door["open"] is True
         time.sleep(0.6)
-        door = r.get("/robot/door/status")[1]
+        door = r.get("/robot/door")[1]
         assert door == {"open": True, "status": "open", "paused": True}
+        door = r.get("/robot/door/status")[1]
+        assert door == {"data": {"status": "open", "doorRequiredClosedForProtocol": False}}
         assert "reply" not in result
         assert r.post("/robot/move", {"axes": {"X": 10}})[1]["error"] == "door-open"
         assert r.post("/robot/home", {})[1]["error"] == "door-open"

@@ -14,7 +14,7 @@ def test_handshake_and_commands(homed):
         hs = c.handshake
         assert hs["type"] == "handshake" and hs["client_id"] and "move" in hs["commands"]
         r = c.call("health", req_id="a")
-        assert r["ok"] and r["id"] == "a" and r["result"]["name"] == "robot-server"
+        assert r["ok"] and r["id"] == "a" and r["result"]["robot_model"] == "OT-2 Standard"
         r = c.call("move", {"axes": {"X": 200}}, req_id=2)
         assert r["ok"] and r["result"]["position"]["X"] == 200
         r = c.call("positions")

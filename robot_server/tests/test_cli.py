@@ -61,7 +61,7 @@ def test_lock_names_holder(tmp_path):
 
 def _start_server(tmp_path: Path, serial_port: str, name: str) -> subprocess.Popen:
     cfg = tmp_path / f"{name}.toml"
-    cfg.write_text(f'port = 0\nbridge_port = 0\nlisten = "127.0.0.1"\nserial_port = "{serial_port}"\n'
+    cfg.write_text(f'port = 0\nbridge_port = 0\nchannel_port = 0\nlisten = "127.0.0.1"\nserial_port = "{serial_port}"\n'
                    f'gpio_backend = "sim"\nlock_file = "{tmp_path}/robot.lock"\ndata_dir = "{tmp_path}"\n'
                    'ack_timeout = 0.5\nreconnect_interval = 0.1\n')
     exe = Path(PYTHON).with_name("robot-server")
@@ -112,7 +112,7 @@ def test_rpi_backend_off_the_pi(tmp_path):
     with pytest.raises(RuntimeError, match="RPi.GPIO"):
         RPiGPIO().setup()
     cfg = tmp_path / "rpi.toml"
-    cfg.write_text(f'port = 0\nbridge_port = 0\nlisten = "127.0.0.1"\ngpio_backend = "rpi"\n'
+    cfg.write_text(f'port = 0\nbridge_port = 0\nchannel_port = 0\nlisten = "127.0.0.1"\ngpio_backend = "rpi"\n'
                    f'lock_file = "{tmp_path}/l"\ndata_dir = "{tmp_path}"\nserial_port = "/dev/nonexistent"\n')
     r = subprocess.run([PYTHON, "-m", "robot_server", "--config", str(cfg)], capture_output=True, text=True,
                        env=ENV, cwd=PROJECT_DIR, timeout=20)

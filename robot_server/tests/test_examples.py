@@ -1,18 +1,25 @@
-"""The examples under examples/: a protocol that calls a lab PC's HTTP server between
-steps, and one that weighs on a serial balance (emulated on a pty) and logs to a file."""
+"""The examples under examples/, on the opentrons engine: simulated with ``robot-simulate``
+(which must equal ``opentrons_simulate``), and run with ``robot-execute`` against the
+Smoothieware emulator: one calls a lab PC's HTTP server between steps, one weighs on a
+serial balance (emulated on a pty) and logs to a file."""
 import asyncio
 import csv
 import importlib.util
+import os
 import socket
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from test_protocol import EXAMPLES, FastControl
-from robot_server.protocol.hardware import DriverHardware
-from robot_server.protocol.loader import load_protocol, make_context, run_protocol, simulate
+from robot_server.emulator import SmoothieEmulator, TcpServer
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 300
 
 
 def _module(path):
@@ -20,6 +27,22 @@ def _module(path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def run(command: list, tmp_path: Path, name: str, **env) -> subprocess.CompletedProcess:
+    """A command with its own HOME (opentrons keeps its config there) and extra env."""
+    home = tmp_path / name
+    home.mkdir()
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=home,
+                          env=dict(os.environ, HOME=str(home), **env))
+
+
+@pytest.fixture
+def board():
+    """The Smoothieware emulator on a loopback TCP port (what robot-execute's channel reaches)."""
+    srv = TcpServer(SmoothieEmulator()).start()
+    yield srv
+    srv.close()
 
 
 @pytest.fixture
@@ -44,34 +67,47 @@ def lab_pc():
     thread.join(5)
 
 
-def test_lab_pc_protocol(lab_pc, driver, monkeypatch):
+@pytest.mark.parametrize("example", ["serial_dilution.py", "lab_pc/protocol_with_lab_pc.py",
+                                     "balance/protocol_with_balance.py"])
+def test_robot_simulate_equals_opentrons_simulate(example, tmp_path):
+    path = str(EXAMPLES / example)
+    theirs = run([str(BIN / "opentrons_simulate"), path], tmp_path, "theirs")
+    ours = run([str(BIN / "robot-simulate"), path], tmp_path, "ours")
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert ours.stdout.count("Picking up tip") >= 1
+    assert ours.stdout.splitlines() == theirs.stdout.splitlines()
+
+
+def test_lab_pc_protocol(lab_pc, board, tmp_path):
     url, steps = lab_pc
-    monkeypatch.setenv("LAB_PC_URL", url)
-    path = EXAMPLES / "lab_pc" / "protocol_with_lab_pc.py"
-    _, ctx = simulate(path.read_text(), str(path))          # simulating: no calls to the lab PC
-    assert steps == [] and ctx.summary()["tips_used"] == 3
-    proto = load_protocol(path.read_text(), str(path))
-    run_protocol(proto, make_context(proto, DriverHardware(driver), control=FastControl()))
+    path = str(EXAMPLES / "lab_pc" / "protocol_with_lab_pc.py")
+    sim = run([str(BIN / "robot-simulate"), path], tmp_path, "sim", LAB_PC_URL=url)
+    assert sim.returncode == 0 and sim.stdout.count("Picking up tip") == 3
+    assert steps == []                                     # simulating: no calls to the lab PC
+    done = run([str(BIN / "robot-execute"), path], tmp_path, "run", LAB_PC_URL=url,
+               OT_SMOOTHIE_EMULATOR_URI=board.url)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert [s["step"] for s in steps] == ["done-aspirating", "done-dispensing"] * 3 + ["finished"]
     assert steps[0]["data"] == {"well": "A1", "index": 0}
+    assert any(line.startswith("G28.2") for line in board.emulator.log)
 
 
-def test_balance_protocol(driver, tmp_path, monkeypatch):
+def test_balance_protocol(board, tmp_path):
     emu = _module(EXAMPLES / "balance" / "balance_emulator.py").BalanceEmulator(start_g=5.0, increment_g=0.1).start()
     try:
         out = tmp_path / "user" / "balance-weights.csv"
-        monkeypatch.setenv("BALANCE_PORT", emu.path)
-        monkeypatch.setenv("BALANCE_LOG", str(out))
-        path = EXAMPLES / "balance" / "protocol_with_balance.py"
-        simulate(path.read_text(), str(path))
+        env = {"BALANCE_PORT": emu.path, "BALANCE_LOG": str(out)}
+        path = str(EXAMPLES / "balance" / "protocol_with_balance.py")
+        sim = run([str(BIN / "robot-simulate"), path], tmp_path, "sim", **env)
+        assert sim.returncode == 0, sim.stderr[-2000:]
         assert emu.requests == 0 and not out.exists()        # simulation never opens the balance
-        proto = load_protocol(path.read_text(), str(path))
-        ctx = make_context(proto, DriverHardware(driver), control=FastControl())
-        run_protocol(proto, ctx)
+        done = run([str(BIN / "robot-execute"), path], tmp_path, "run", OT_SMOOTHIE_EMULATOR_URI=board.url, **env)
+        assert done.returncode == 0, done.stderr[-3000:]
         assert emu.requests == 4                               # tare + three weighings
         rows = list(csv.DictReader(out.open()))
         assert [int(r["volume_ul"]) for r in rows] == [50, 100, 200]
         assert [round(float(r["grams"]), 4) for r in rows] == [0.1, 0.2, 0.3]
-        assert any(c["text"] == "100 uL weighed 0.2000 g" for c in ctx.commands)
+        assert "100 uL weighed 0.2000 g" in done.stdout
     finally:
         emu.close()

@@ -101,6 +101,129 @@ def test_robot_server_homes_emulated_board_over_uart(guest):
     assert (guest.workdir / "emulator.log").read_text().count("G28.2") > before
 
 
+# ---------------------------------------------------------------- the engine on the robot
+# (issue: protocols run on the Opentrons engine through the G-code channel; the OT-2's HTTP API)
+RUN_PROTOCOL = '''
+from opentrons import protocol_api
+
+metadata = {"protocolName": "e2e door pause", "apiLevel": "2.19"}
+
+
+def run(protocol: protocol_api.ProtocolContext):
+    tips = protocol.load_labware("opentrons_96_tiprack_300ul", 1)
+    plate = protocol.load_labware("corning_96_wellplate_360ul_flat", 2)
+    pipette = protocol.load_instrument("p300_single_gen2", "right", tip_racks=[tips])
+    pipette.pick_up_tip()
+    pipette.transfer(50, plate["A1"], plate["B1"], new_tip="never")
+    protocol.delay(seconds=25)
+    pipette.transfer(50, plate["A2"], plate["B2"], new_tip="never")
+    pipette.drop_tip()
+'''
+
+SSH_SCRIPT = '''
+from opentrons import execute, types
+
+ctx = execute.get_protocol_api("2.19")
+ctx.home()
+pipette = ctx.load_instrument("p300_single_gen2", "right")
+pipette.move_to(ctx.deck.position_for(5).move(types.Point(20, 30, 40)))
+print("moved", pipette.mount)
+'''
+
+
+def gcode_lines(guest: ot2qemu.Guest) -> int:
+    """Lines the Smoothieware emulator on the host has received (its -v log)."""
+    return (guest.workdir / "emulator.log").read_text(errors="replace").count("\\n")
+
+
+def run_status(client, run_id: str) -> str:
+    return client.get_runs_run_id(run_id)["data"]["status"]
+
+
+def wait_run(client, run_id: str, wanted: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := run_status(client, run_id)) not in wanted:
+        assert time.monotonic() < deadline, f"run {run_id} still {status}, wanted {wanted}"
+        time.sleep(1)
+    return status
+
+
+def test_protocol_uploaded_over_http_runs_on_the_board_door_pauses_it(guest, tmp_path):
+    """A third-party OT-2 client (opentrons-http-api, unchanged) uploads a protocol; the
+    engine analyses and runs it on the guest, through the G-code channel and the guest's
+    UART to the emulator; /robot/move from another client gets 409; the door (simulated
+    GPIO) blocks the run until it is closed and played again; the run succeeds."""
+    from opentrons_http_api.api import API
+
+    started = time.monotonic()
+    client = API(guest.robot_alias)
+    protocol_file = tmp_path / "door_pause.py"
+    protocol_file.write_text(RUN_PROTOCOL)
+    with protocol_file.open("rb") as fh:
+        protocol = client.post_protocols([fh])["data"]
+    deadline = time.monotonic() + 600
+    while (summary := client.get_protocols_protocol_id(protocol["id"])["data"]["analysisSummaries"][-1])["status"] != "completed":
+        assert time.monotonic() < deadline, "analysis did not complete"
+        time.sleep(2)
+    figure("upload to completed analysis in the guest", f"{time.monotonic() - started:.1f} s")
+    analysis = client.get_protocols_protocol_id_analyses_analysis_id(protocol["id"], summary["id"])["data"]
+    assert analysis["result"] == "ok", analysis.get("errors")
+
+    run = client.post_runs({"protocolId": protocol["id"], "labwareOffsets": []})["data"]
+    lines_before = gcode_lines(guest)
+    client.post_runs_run_id_actions(run["id"], {"actionType": "play"})
+    wait_run(client, run["id"], {"running"}, 300)
+
+    # The run holds the board: another client's motion is refused, naming the run.
+    deadline = time.monotonic() + 300
+    while guest.request("robot", "GET", "/health")["lease"] is None:
+        assert time.monotonic() < deadline, "the run never took the G-code channel"
+        time.sleep(1)
+    with pytest.raises(ot2qemu.HTTPError) as refused:
+        guest.request("robot", "POST", "/robot/move", {"mount": "right", "point": [100, 100, 100]})
+    assert refused.value.status == 409, refused.value.body
+    assert "robot-leased" in str(refused.value.body), refused.value.body
+
+    # Door open during the delay: the run is blocked and no line reaches the board.
+    deadline = time.monotonic() + 300
+    while not any(c["commandType"] == "waitForDuration"
+                  for c in client.get_runs_run_id_commands(run["id"])["data"]):
+        assert time.monotonic() < deadline, "the run never reached its delay"
+        time.sleep(1)
+    guest.request("robot", "POST", "/robot/sim/gpio", {"door_open": True})
+    wait_run(client, run["id"], {"blocked-by-open-door"}, 60)
+    held_at = gcode_lines(guest)
+    time.sleep(35)   # longer than the protocol's delay: the next move would have been sent
+    assert gcode_lines(guest) == held_at, "G-code reached the board with the door open"
+    assert run_status(client, run["id"]) == "blocked-by-open-door"
+    guest.request("robot", "POST", "/robot/sim/gpio", {"door_open": False})
+    client.post_runs_run_id_actions(run["id"], {"actionType": "play"})
+    assert wait_run(client, run["id"], {"succeeded", "failed", "stopped"}, 600) == "succeeded"
+    assert gcode_lines(guest) > held_at > lines_before
+
+    commands = client.get_runs_run_id_commands(run["id"])
+    assert commands["meta"]["totalLength"] >= len(commands["data"]) > 0
+    assert guest.request("robot", "GET", "/health")["lease"] is None
+    record("protocol over HTTP, door pause", "A", booted(guest)["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
+def test_ssh_script_drives_the_robot_while_the_server_runs(guest):
+    """A script over SSH (no login shell) uses opentrons.execute.get_protocol_api: it homes and
+    moves the robot through the G-code channel while the robot server keeps running."""
+    started = time.monotonic()
+    guest.ssh("mkdir -p /data/user && cat > /data/user/move.py", input=SSH_SCRIPT)
+    homings = (guest.workdir / "emulator.log").read_text().count("G28.2")
+    result = guest.ssh("python3 /data/user/move.py", check=False, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "moved right" in result.stdout
+    assert (guest.workdir / "emulator.log").read_text().count("G28.2") > homings
+    health = guest.request("robot", "GET", "/health")
+    assert health["lease"] is None and health["motor_board"]["connected"]
+    record("SSH script through the channel", "A", booted(guest)["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
 def test_update_lands_in_other_slot_and_stays(guest, images):
     started = time.monotonic()
     bundle = images["v2"] / "rootfs.bundle"
@@ -175,6 +298,7 @@ def _rejected_bundles(images, tmp: Path) -> dict[str, Path]:
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0x01]))
     made["bit-flipped image"] = flipped
+    made["older version, not asked for"] = images["v1"] / "rootfs.bundle"
     return made
 
 
@@ -191,7 +315,7 @@ def test_rejected_bundles_change_nothing(guest, images, tmp_path):
         assert after["boot_order"][0] == "B", (name, after["boot_order"])
     health = guest.restart()
     assert health["booted_slot"] == "B" and health["version"] == VERSION_2
-    record("4 rejected bundles, reboot", "B", health["booted_slot"], data_intact(guest),
+    record("5 rejected bundles, reboot", "B", health["booted_slot"], data_intact(guest),
            time.monotonic() - started)
 
 
@@ -199,7 +323,7 @@ def test_rejected_bundles_change_nothing(guest, images, tmp_path):
 def test_power_cut_mid_install_boots_old_slot(guest, images, fraction):
     started = time.monotonic()
     cancel_session(guest)
-    _, _, status = guest.upload(images["v1"] / "rootfs.bundle", stop_at=fraction)
+    _, _, status = guest.upload(images["v1"] / "rootfs.bundle", stop_at=fraction, allow_downgrade=True)
     assert status["stage"] in ("writing", "validating", "done"), status
     guest.kill()
     guest.boot()
@@ -214,7 +338,7 @@ def test_power_cut_mid_install_boots_old_slot(guest, images, fraction):
 
 def test_install_after_power_cuts_succeeds(guest, images):
     cancel_session(guest)
-    token, status, reply = guest.upload(images["v1"] / "rootfs.bundle")
+    token, status, reply = guest.upload(images["v1"] / "rootfs.bundle", allow_downgrade=True)
     assert status == 200, reply
     assert guest.request("update", "GET", f"/server/update/{token}/status")["stage"] == "done"
     cancel_session(guest)  # not committed: B stays the boot selection

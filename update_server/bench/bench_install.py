@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from update_server import bundle
-from update_server.benchutil import MIB, evict, free_port, make_bundle, start_update_server, warm
+from update_server.benchutil import MIB, boot_files, evict, free_port, make_bundle, start_update_server, warm
 
 
 def proc_status(pid: int, key: str) -> int:
@@ -135,12 +135,7 @@ def main() -> int:
         with open(slot, "wb") as f:
             for _ in range(slot_size // (8 * MIB)):
                 f.write(bytes(8 * MIB))
-    (work / "boot").mkdir(exist_ok=True)
-    (work / "boot/env.txt").write_text("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n")
-    subprocess.run(["mkenvimage", "-s", "0x4000", "-o", str(work / "boot/uboot.env"),
-                    str(work / "boot/env.txt")], check=True)
-    (work / "boot/fw_env.config").write_text(f"{work / 'boot/uboot.env'} 0x0 0x4000\n")
-    (work / "cmdline").write_text("ot2.slot=A\n")
+    boot_files(work)
     port = free_port()
     (work / "update-server.toml").write_text(
         f'listen = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\n'

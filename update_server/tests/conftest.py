@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import http.client
 import io
@@ -22,6 +23,7 @@ from update_server import bundle
 from update_server.api import UpdateServer
 from update_server.bootctl import from_config
 from update_server.config import load_config
+from update_server.connlimit import GuardedSite
 
 COMPATIBLE = "ot2-test"
 SLOT_SIZE = 32 << 20
@@ -94,17 +96,25 @@ class Response:
 
 
 class Client:
-    """Minimal HTTP/1.1 client (stdlib) talking to 127.0.0.1:port."""
+    """Minimal HTTP/1.1 client (stdlib) talking to host:port (127.0.0.1 by default);
+    ``token`` is sent as ``Authorization: Bearer``, ``source`` is the local address."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, host: str = "127.0.0.1", token: str | None = None,
+                 source: str | None = None):
         self.port = port
+        self.host = host
+        self.token = token
+        self.source = source
 
     def request(self, method, path, body=None, json_body=None, headers=None, timeout=60) -> Response:
         headers = dict(headers or {})
+        if self.token:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout,
+                                          source_address=(self.source, 0) if self.source else None)
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -138,30 +148,50 @@ class Client:
     def start_upload(self, token, data: bytes) -> socket.socket:
         """A raw connection that has sent the headers and the first half of the streamed
         upload of ``data``; the caller sends the rest (or not) and reads the answer."""
-        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock = socket.create_connection((self.host, self.port))
+        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
         sock.sendall(
-            f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n"
+            f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n{auth}"
             f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
             + data[: len(data) // 2]
         )
         return sock
 
 
-class ServerThread:
-    """The real aiohttp app on an ephemeral loopback port, in a thread with its own loop."""
+def enter_netns(name: str) -> None:
+    """Move the calling thread into network namespace ``name`` (``ip netns add``)."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
 
-    def __init__(self, config):
+
+CLONE_NEWNET = 0x40000000
+
+
+class ServerThread:
+    """The real aiohttp app (with its connection guard) on an ephemeral port of
+    ``config.listen``, in a thread with its own loop; in network namespace ``netns`` if given."""
+
+    def __init__(self, config, netns: str | None = None):
         self.server = UpdateServer(config)
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
 
-    async def _start(self) -> int:
+        def run():
+            if netns:
+                enter_netns(netns)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(config.listen), self.loop).result(30)
+
+    async def _start(self, host) -> int:
         self.runner = web.AppRunner(self.server.make_app(), access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
+        await GuardedSite(self.runner, host, 0, self.server.guard).start()
         return self.runner.addresses[0][1]
 
     def stop(self) -> None:

@@ -279,7 +279,9 @@ def test_bad_json_bodies(rig):
     assert_error(rig.client.post("/server/name", body=b"{not json", headers={"Content-Type": "application/json"}),
                  400, "bad-request")
     assert_error(rig.client.post("/server/name", json_body=["a list"]), 400, "bad-request")
-    assert_error(rig.client.post("/server/ssh_keys", body=b"\xff\xfe"), 400, "bad-request")
-    assert_error(rig.client.post("/server/name", body=b"x" * 100_000), 413, "payload-too-large")
+    json_type = {"Content-Type": "application/json"}
+    assert_error(rig.client.post("/server/ssh_keys", body=b"\xff\xfe", headers=json_type), 400, "bad-request")
+    assert_error(rig.client.post("/server/ssh_keys", body=b"\xff\xfe"), 415, "unsupported-media-type")
+    assert_error(rig.client.post("/server/name", body=b"x" * 100_000, headers=json_type), 413, "payload-too-large")
     assert_error(rig.client.get("/no/such/path"), 404, "not-found")
     assert_error(rig.client.request("PUT", "/server/name"), 405, "method-not-allowed")

@@ -8,18 +8,22 @@ Every error answer is a 4xx (or, for a broken machine, 5xx) with the JSON body
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import secrets
+import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from . import __version__, bootctl, openapi, provision
+from . import __version__, bootctl, interfaces, openapi, provision
 from . import state as state_mod
 from .bundle import ChunkSource
+from .connlimit import ConnectionGuard, GuardedSite
 from .errors import UpdateError
 from .install import (
     AWAITING_FILE,
@@ -29,16 +33,29 @@ from .install import (
     VALIDATING,
     Installer,
     Progress,
+    slot_capacity,
 )
 from .name import Advertiser, NameStore, apply_hostname, hostname_for
-from .sshkeys import KeyStore, peer_allowed
+from .sshkeys import KeyStore
+from .tokens import TokenError, TokenStore, bearer_token
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 64 * 1024  # bytes
-SESSION_IDLE_TIMEOUT = 600.0  # seconds an awaiting-file session may sit unused
+BUNDLE_OVERHEAD = 2 << 20  # bytes a bundle may have beyond its image (headers, manifest, padding)
 RECENT_SESSIONS = 8
 UPLOAD_READ_SIZE = 256 * 1024  # bytes per multipart read
+JSON_TYPE = "application/json"
+UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+VIA = web.RequestKey("via", object) if hasattr(web, "RequestKey") else "via"  # see _check
+
+# Who may call an endpoint (docs/security.md has the table and the reasons):
+OPEN = "open"          # anyone (read-only status)
+CHANGE = "change"      # trusted interface, token, or open_access
+LOGIN = "login"        # trusted interface or token (changes who may log in; never open_access)
+PRESENT = "present"    # trusted interface only (loopback, the USB link)
 
 
 @dataclass
@@ -48,7 +65,8 @@ class Session:
     token: str
     progress: Progress = field(default_factory=Progress)
     task: asyncio.Future | None = None
-    created: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)  # begin, or the end of the upload
+    allow_downgrade: bool = False
 
     @property
     def active(self) -> bool:
@@ -56,8 +74,23 @@ class Session:
 
 
 def _error(code: str, message: str) -> web.Response:
-    err = UpdateError(code, message)
-    return web.json_response(err.as_dict(), status=err.status)
+    return _error_response(UpdateError(code, message))
+
+
+def _error_response(err: UpdateError) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="ot2"'} if err.status == 401 else None
+    return web.json_response(err.as_dict(), status=err.status, headers=headers)
+
+
+def _on_trusted_interface(request) -> bool:
+    """Whether :meth:`UpdateServer._check` let ``request`` in for its interface."""
+    via = request.get(VIA)
+    return bool(via) and via != "open" and not via.startswith("token:")
+
+
+def _flag(request, name: str) -> bool:
+    """A boolean query parameter (``?allow_downgrade=true``)."""
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
 
 
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
@@ -68,7 +101,7 @@ async def _errors_as_json(request, handler):
     try:
         return await handler(request)
     except UpdateError as e:
-        return web.json_response(e.as_dict(), status=e.status)
+        return _error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -104,8 +137,12 @@ class UpdateServer:
         self.store = state_mod.StateStore(config.state_dir)
         self.installer = Installer(config, self.boot, self.store)
         self.keys = KeyStore(config.ssh_dir)
+        self.tokens = TokenStore(config.tokens_file)
         self.names = NameStore(config.state_dir, config.machine_id_file)
-        self.networks = config.allowed_networks()
+        self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_peer,
+                                     config.header_timeout, config.idle_timeout)
+        self.restarting = False
+        self.policies: dict = {}
         self.advertiser = (
             Advertiser(config.mdns_port, config.robot_model, config.mdns_interfaces or None)
             if config.mdns else None
@@ -118,25 +155,34 @@ class UpdateServer:
 
     def make_app(self) -> web.Application:
         """The aiohttp application with every route, start-up and shutdown hooks."""
-        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_JSON_BODY)
-        app.router.add_routes([
-            web.get("/health", self.health),
-            web.get("/server/update/health", self.health),
-            web.get("/openapi.json", self.openapi),
-            web.post("/server/update/begin", self.begin),
-            web.post("/server/update/cancel", self.cancel),
-            web.post("/server/update/mark-good", self.mark_good),
-            web.post("/server/update/{token}/file", self.upload),
-            web.get("/server/update/{token}/status", self.status),
-            web.post("/server/update/{token}/commit", self.commit),
-            web.post("/server/restart", self.restart),
-            web.get("/server/ssh_keys", self.list_keys),
-            web.post("/server/ssh_keys", self.add_key),
-            web.delete("/server/ssh_keys", self.clear_keys),
-            web.delete("/server/ssh_keys/{fingerprint:.+}", self.remove_key),
-            web.get("/server/name", self.get_name),
-            web.post("/server/name", self.set_name),
-        ])
+        app = web.Application(middlewares=[_errors_as_json, self._access],
+                              client_max_size=MAX_JSON_BODY)
+        for method, path, handler, policy in [
+            ("GET", "/health", self.health, OPEN),
+            ("GET", "/server/update/health", self.health, OPEN),
+            ("GET", "/openapi.json", self.openapi, OPEN),
+            ("POST", "/server/update/begin", self.begin, CHANGE),
+            ("POST", "/server/update/cancel", self.cancel, CHANGE),
+            ("POST", "/server/update/mark-good", self.mark_good, PRESENT),
+            ("POST", "/server/update/{token}/file", self.upload, CHANGE),
+            ("GET", "/server/update/{token}/status", self.status, OPEN),
+            ("POST", "/server/update/{token}/commit", self.commit, CHANGE),
+            ("POST", "/server/restart", self.restart, CHANGE),
+            ("GET", "/server/ssh_keys", self.list_keys, CHANGE),
+            ("POST", "/server/ssh_keys", self.add_key, LOGIN),
+            ("DELETE", "/server/ssh_keys", self.clear_keys, LOGIN),
+            ("DELETE", "/server/ssh_keys/{fingerprint:.+}", self.remove_key, LOGIN),
+            ("GET", "/server/name", self.get_name, OPEN),
+            ("POST", "/server/name", self.set_name, CHANGE),
+            ("GET", "/server/tokens", self.list_tokens, LOGIN),
+            ("POST", "/server/tokens", self.issue_token, PRESENT),
+            ("DELETE", "/server/tokens/{id}", self.revoke_token, LOGIN),
+        ]:
+            if method == "GET":
+                route = app.router.add_get(path, handler, expect_handler=self._expect)
+            else:
+                route = app.router.add_route(method, path, handler, expect_handler=self._expect)
+            self.policies[(method, route.resource.canonical)] = policy
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -173,6 +219,125 @@ class UpdateServer:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # ---- access control (docs/security.md) ----------------------------------------------
+
+    @web.middleware
+    async def _access(self, request, handler):
+        """Connection bookkeeping, then :meth:`_check` before every handler."""
+        self.guard.request_started(request.transport)
+        try:
+            self._check(request)
+            return await handler(request)
+        finally:
+            self.guard.request_finished(request.transport)
+
+    async def _expect(self, request):
+        """``Expect: 100-continue``: answered only once :meth:`_check` has passed, so a
+        refused or oversized body is never invited."""
+        try:
+            self._check(request)
+            if request.match_info.route.handler == self.upload:
+                self._awaiting_file(request.match_info["token"])
+        except UpdateError as e:
+            return _error_response(e)
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _error("bad-request", "unsupported Expect header")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    def _policy(self, request) -> str:
+        route = request.match_info.route
+        resource = getattr(route, "resource", None)
+        if resource is None:
+            return OPEN  # 404 / 405: the router answers
+        return self.policies.get((request.method, resource.canonical), OPEN)
+
+    def _check(self, request) -> None:
+        """Refuse a request its caller may not make; raises UpdateError.
+
+        Order: cross-site (``cross-origin`` 403), credentials (``unauthorized`` 401,
+        ``bad-interface`` 403), body type (``unsupported-media-type`` 415), body size
+        (``payload-too-large`` 413).  Sets ``request[VIA]``: the trusted interface
+        (``"lo"``, ``"usb0"``), ``"token:<id>"``, ``"open"``, or ``None``.
+        """
+        policy = self._policy(request)
+        request[VIA] = None
+        if policy == OPEN:
+            return
+        self._check_origin(request)
+        request[VIA] = self._caller(request, policy)
+        self._check_body(request)
+
+    def _caller(self, request, policy: str) -> str:
+        """How the caller may make a ``policy`` request (see :meth:`_check`); UpdateError if not."""
+        transport = request.transport
+        interface = interfaces.arrived_on(
+            transport.get_extra_info("peername") if transport else None,
+            transport.get_extra_info("sockname") if transport else None,
+            self.config.trusted_interfaces,
+        )
+        if interface:
+            return interface
+        if policy == PRESENT:
+            raise UpdateError("bad-interface", "only from the robot itself or its USB link")
+        presented = bearer_token(request.headers.get("Authorization"))
+        record = self.tokens.verify(presented)
+        if record:
+            return f"token:{record['id']}"
+        if policy == CHANGE and self.config.open_access:
+            return "open"
+        if presented:
+            raise UpdateError("unauthorized", "the token is not valid (revoked, or from another robot)")
+        raise UpdateError("unauthorized", "send 'Authorization: Bearer <token>' (pair with 'ot2 pair'), "
+                                          "or connect over the USB link")
+
+    def _check_origin(self, request) -> None:
+        """A browser's cross-site request never changes anything: a state-changing request
+        with ``Sec-Fetch-Site`` other than same-origin/none, or with an ``Origin`` that is
+        not this server addressed by IP literal, ``localhost`` or the robot's own host name,
+        is refused (this also defeats DNS rebinding, whose ``Host`` is a foreign name)."""
+        site = request.headers.get("Sec-Fetch-Site")
+        if site and site.lower() not in ("same-origin", "none"):
+            raise UpdateError("cross-origin", f"cross-site requests are refused (Sec-Fetch-Site: {site[:40]})")
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return
+        host = (request.host or "").lower()
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme != "http" or parts.netloc != host or not self._own_host(parts.hostname or ""):
+            raise UpdateError("cross-origin", f"requests from {origin[:100]!r} are refused")
+
+    def _own_host(self, hostname: str) -> bool:
+        try:
+            ipaddress.ip_address(hostname.strip("[]"))
+            return True
+        except ValueError:
+            own = hostname_for(self.names.get())
+            return hostname in ("localhost", own, f"{own}.local")
+
+    def _check_body(self, request) -> None:
+        declared = request.headers.get("Content-Type")
+        media = request.content_type if declared is not None else None
+        has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
+        upload = request.match_info.route.handler == self.upload
+        if upload:
+            if media not in UPLOAD_TYPES:
+                raise UpdateError("unsupported-media-type",
+                                  f"the bundle must be sent as {' or '.join(UPLOAD_TYPES)}")
+            limit = self._max_bundle()
+        else:
+            # The types an HTML form can send are refused even with an empty body: a
+            # browser too old to send Origin still cannot post a form here.
+            if (has_body and media != JSON_TYPE) or media in FORM_TYPES:
+                raise UpdateError("unsupported-media-type", f"the body must be {JSON_TYPE}")
+            limit = MAX_JSON_BODY
+        if request.content_length is not None and request.content_length > limit:
+            raise UpdateError("payload-too-large", f"the body is larger than {limit} bytes")
+
+    def _max_bundle(self) -> int:
+        """Bytes a bundle may have: the inactive slot's capacity plus ``BUNDLE_OVERHEAD``."""
+        return slot_capacity(self.config.slot_device(self.boot.inactive_slot())) + BUNDLE_OVERHEAD
 
     # ---- health -----------------------------------------------------------------------
 
@@ -222,19 +387,32 @@ class UpdateServer:
             raise UpdateError("bad-token", "no such update session")
         return session
 
+    def _expire_idle(self) -> None:
+        """End the active session if it waited for its file, or for its commit, for more
+        than ``session_idle_timeout`` seconds (stage ``error``, ``session-expired``)."""
+        current = self.session
+        if current is None or current.task is not None \
+                or current.progress.stage not in (AWAITING_FILE, DONE):
+            return
+        if time.monotonic() - current.touched > self.config.session_idle_timeout:
+            log.warning("update session expired in stage %s", current.progress.stage)
+            current.progress.fail("session-expired", "the session was idle for too long")
+            self.session = None
+
     async def begin(self, request) -> web.Response:
-        """``POST /server/update/begin`` -> 201 ``{token}``; 409 if a session is active."""
+        """``POST /server/update/begin[?allow_downgrade=true]`` -> 201 ``{token, stage, ...}``.
+
+        409 ``session-already-active`` while another session is running and not idle
+        for ``session_idle_timeout`` seconds.  ``allow_downgrade`` lets this session
+        install a bundle older than the running system.
+        """
+        self._expire_idle()
         current = self.session
         if current is not None and current.active:
-            idle = time.monotonic() - current.created
-            if not (current.progress.stage == AWAITING_FILE and idle > SESSION_IDLE_TIMEOUT):
-                raise UpdateError(
-                    "session-already-active",
-                    f"an update session is already {current.progress.stage}",
-                )
-            current.progress.fail("cancelled", "session expired")
+            raise UpdateError("session-already-active",
+                              f"an update session is already {current.progress.stage}")
         self.boot.inactive_slot()  # unknown-boot-slot before anything starts
-        session = Session(secrets.token_hex(16))
+        session = Session(secrets.token_hex(16), allow_downgrade=_flag(request, "allow_downgrade"))
         self.session = session
         self.sessions[session.token] = session
         while len(self.sessions) > RECENT_SESSIONS:
@@ -253,14 +431,23 @@ class UpdateServer:
             return ChunkSource(lambda: part.read_chunk(UPLOAD_READ_SIZE))
         return ChunkSource(request.content.readany)
 
-    async def upload(self, request) -> web.Response:
-        """``POST /server/update/{token}/file``: the body is the bundle, streamed.
-
-        Answers when the install has finished (200, status body) or failed (4xx error).
-        """
-        session = self._lookup(request.match_info["token"])
+    def _awaiting_file(self, token: str) -> Session:
+        session = self._lookup(token)
         if session.progress.stage != AWAITING_FILE:
             raise UpdateError("file-already-sent", f"session is {session.progress.stage}")
+        return session
+
+    async def upload(self, request) -> web.Response:
+        """``POST /server/update/{token}/file[?allow_downgrade=true]``: the body is the
+        bundle (``application/octet-stream``, or ``multipart/form-data`` with one file
+        part), streamed; at most the inactive slot's size plus 2 MiB (413).
+
+        Answers when the install has finished (200, status body) or failed (4xx error;
+        409 ``downgrade`` for an older bundle unless allowed here or at ``begin``).
+        """
+        self._expire_idle()
+        session = self._awaiting_file(request.match_info["token"])
+        allow_downgrade = session.allow_downgrade or _flag(request, "allow_downgrade")
         session.progress.stage = VALIDATING
         session.progress.message = "receiving the bundle"
         try:
@@ -270,7 +457,7 @@ class UpdateServer:
             raise
         if session.progress.cancel_requested:
             return _error("cancelled", "install cancelled")
-        task = asyncio.ensure_future(self.installer.install(source, session.progress))
+        task = asyncio.ensure_future(self.installer.install(source, session.progress, allow_downgrade))
         session.task = task
         try:
             await task
@@ -281,10 +468,13 @@ class UpdateServer:
             return _error("cancelled", "install cancelled")
         finally:
             session.task = None
+            session.touched = time.monotonic()
         return web.json_response({"token": session.token, **session.progress.as_dict()})
 
     async def status(self, request) -> web.Response:
-        """``GET /server/update/{token}/status`` -> ``{stage, progress, ...}``."""
+        """``GET /server/update/{token}/status`` -> ``{stage, progress, ...}`` (an error
+        adds ``error`` and ``failed_stage``)."""
+        self._expire_idle()
         session = self._lookup(request.match_info["token"])
         return web.json_response({"token": session.token, **session.progress.as_dict()})
 
@@ -308,10 +498,17 @@ class UpdateServer:
         )
 
     async def cancel(self, request) -> web.Response:
-        """``POST /server/update/cancel``: stop the active session (even mid-write)."""
+        """``POST /server/update/cancel`` [``{"token": session token}``]: stop the active
+        session (even mid-write).  Without a trusted interface the body must name the
+        session's token (404 ``bad-token``): nobody else's update is cancelled."""
+        body = await _json_body(request) if request.content_length else {}
         session = self.session
         if session is None or not session.active:
             return web.json_response({"cancelled": False, "message": "no active update session"})
+        named = body.get("token")
+        if not _on_trusted_interface(request) and not (
+                isinstance(named, str) and secrets.compare_digest(named, session.token)):
+            raise UpdateError("bad-token", "name the session's token to cancel it")
         progress = session.progress
         progress.cancel_requested = True
         if session.task is not None and not session.task.done():
@@ -325,7 +522,11 @@ class UpdateServer:
         return web.json_response({"cancelled": True, "token": session.token, **progress.as_dict()})
 
     async def mark_good(self, request) -> web.Response:
-        """``POST /server/update/mark-good``: the booted slot is good; confirms a trial."""
+        """``POST /server/update/mark-good``: the booted slot is good; confirms a trial.
+
+        Only from a trusted interface (the boot check marks good without HTTP): a
+        network peer must not defeat the rollback of a trial boot.
+        """
         result = await self._blocking(state_mod.mark_good, self.store, self.boot, self.boot_id())
         return web.json_response({
             "booted_slot": result["booted_slot"],
@@ -335,7 +536,14 @@ class UpdateServer:
         })
 
     async def restart(self, request) -> web.Response:
-        """``POST /server/restart``: answers, then runs ``reboot_command`` after 1 s."""
+        """``POST /server/restart``: answers, then runs ``reboot_command`` after 1 s.
+
+        Once per run of the server: later requests get 409 ``restart-pending``.
+        """
+        if self.restarting:
+            raise UpdateError("restart-pending", "a restart is already under way")
+        self.restarting = True
+        log.warning("restart requested (%s)", request[VIA])
         self._spawn(self._reboot_later(1.0))
         return web.json_response({"message": "restarting in 1 second"})
 
@@ -350,14 +558,6 @@ class UpdateServer:
 
     # ---- SSH keys ---------------------------------------------------------------------
 
-    def _check_peer(self, request) -> None:
-        if not peer_allowed(request.remote, self.networks):
-            raise UpdateError(
-                "bad-interface",
-                "SSH keys can only be changed from "
-                + ", ".join(self.config.ssh_keys_allowed_from),
-            )
-
     async def list_keys(self, request) -> web.Response:
         """``GET /server/ssh_keys`` -> ``{public_keys: [{fingerprint, type, bits, comment, key}]}``."""
         keys = await self._blocking(self.keys.list)
@@ -365,7 +565,6 @@ class UpdateServer:
 
     async def add_key(self, request) -> web.Response:
         """``POST /server/ssh_keys`` ``{key}`` -> 201 (added) or 200 (already present)."""
-        self._check_peer(request)
         body = await _json_body(request)
         key, added = await self._blocking(self.keys.add, body.get("key"))
         return web.json_response(
@@ -375,17 +574,41 @@ class UpdateServer:
 
     async def clear_keys(self, request) -> web.Response:
         """``DELETE /server/ssh_keys``: remove every key -> ``{removed: count}``."""
-        self._check_peer(request)
         count = await self._blocking(self.keys.clear)
         return web.json_response({"removed": count, "message": f"{count} keys removed"})
 
     async def remove_key(self, request) -> web.Response:
         """``DELETE /server/ssh_keys/{fingerprint}``; 404 ``key-not-found``."""
-        self._check_peer(request)
         key = await self._blocking(self.keys.remove, request.match_info["fingerprint"])
         if key is None:
             raise UpdateError("key-not-found", "no key with this fingerprint")
         return web.json_response({"removed": key.fingerprint, "message": "key removed"})
+
+    # ---- tokens -----------------------------------------------------------------------
+
+    async def list_tokens(self, request) -> web.Response:
+        """``GET /server/tokens`` -> ``{tokens: [{id, client, created, via}]}`` (never a token)."""
+        return web.json_response({"tokens": await self._blocking(self.tokens.list)})
+
+    async def issue_token(self, request) -> web.Response:
+        """``POST /server/tokens`` ``{client: label}`` -> 201 ``{token, id, client, created, via}``.
+
+        Only from a trusted interface (being at the robot, or its USB cable, stands for
+        the front button); the token is shown only in this answer.  409 ``too-many-tokens``.
+        """
+        body = await _json_body(request)
+        try:
+            token, record = await self._blocking(self.tokens.issue, body.get("client"), "trusted-interface")
+        except TokenError as e:
+            raise UpdateError(e.code, e.message) from None
+        return web.json_response({"token": token, **record}, status=201)
+
+    async def revoke_token(self, request) -> web.Response:
+        """``DELETE /server/tokens/{id}`` -> ``{revoked: id}``; 404 ``token-not-found``."""
+        token_id = request.match_info["id"]
+        if not await self._blocking(self.tokens.revoke, token_id):
+            raise UpdateError("token-not-found", "no token with this id")
+        return web.json_response({"revoked": token_id, "message": "token revoked"})
 
     # ---- name -------------------------------------------------------------------------
 
@@ -405,11 +628,27 @@ class UpdateServer:
         return web.json_response({"name": name, "hostname": hostname_for(name)})
 
 
-def run(config) -> None:
-    """Serve the API on ``config.listen``:``config.port`` until stopped."""
+async def serve(config, stop: asyncio.Event) -> None:
+    """Serve the API on ``config.listen``:``config.port`` (connection limits applied)
+    until ``stop`` is set."""
     server = UpdateServer(config)
     access_log = log if config.log_level == "debug" else None
-    web.run_app(
-        server.make_app(), host=config.listen, port=config.port,
-        print=None, access_log=access_log, handle_signals=True,
-    )
+    runner = web.AppRunner(server.make_app(), access_log=access_log)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, config.listen, config.port, server.guard).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(config) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())

@@ -64,6 +64,18 @@ def make_bundle(work: Path, size_mib: int, version: str) -> tuple:
     return path, image, keyring
 
 
+def boot_files(work: Path) -> Path:
+    """A U-Boot environment (``BOOT_ORDER=A B``, 3 tries each) made by ``mkenvimage`` and
+    a kernel command line booting slot A, under ``work``; returns the fw_env config."""
+    (work / "boot").mkdir(parents=True, exist_ok=True)
+    (work / "boot/env.txt").write_text("BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n")
+    subprocess.run(["mkenvimage", "-s", "0x4000", "-o", str(work / "boot/uboot.env"),
+                    str(work / "boot/env.txt")], check=True)
+    (work / "boot/fw_env.config").write_text(f"{work / 'boot/uboot.env'} 0x0 0x4000\n")
+    (work / "cmdline").write_text("ot2.slot=A\n")
+    return work / "boot/fw_env.config"
+
+
 def start_update_server(config: Path, port: int, cwd: Path, timeout: float = 30) -> subprocess.Popen:
     """Start ``update-server --config CONFIG`` and wait until ``/health`` on ``port`` answers.
 

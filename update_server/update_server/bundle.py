@@ -400,6 +400,8 @@ async def read_header(source: ChunkSource, what: str) -> tarfile.TarInfo | None:
         info = tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
     except tarfile.HeaderError as e:
         raise UpdateError("bad-bundle", f"not a tar header where {what} was expected: {e}") from None
+    if info.size < 0:  # base-256 size fields can be negative
+        raise UpdateError("bad-bundle", f"member {info.name[:100]!r} has a negative size")
     if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
         raise UpdateError(
             "bad-bundle", f"member {info.name[:100]!r} is not a regular file (pax/GNU extensions are not supported)"

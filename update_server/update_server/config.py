@@ -18,7 +18,18 @@ Example (every key is optional; the values shown are the defaults unless noted):
     boot_id_file = "/proc/sys/kernel/random/boot_id"
     machine_id_file = "/etc/machine-id"
     version_file = "/etc/ot2/version.json"
-    ssh_keys_allowed_from = ["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]
+    # who may change the robot (docs/security.md): callers on these interfaces (shell
+    # patterns: loopback, the USB-Ethernet link) without a token, everyone else with one
+    trusted_interfaces = ["lo", "usb*"]
+    open_access = false                   # true: the OT-2's behaviour, no token needed for
+                                          # updates, name and restart (never for SSH keys,
+                                          # tokens or mark-good)
+    session_idle_timeout = 300            # seconds an update session may wait unused
+                                          # (awaiting its file, or written but not committed)
+    max_connections = 256                 # open connections in all
+    max_connections_per_peer = 32         # open connections per peer address
+    header_timeout = 10                   # seconds to send a request head
+    idle_timeout = 60                     # seconds a connection may idle between requests
     apply_hostname = false
     mdns = false
     mdns_port = 31950
@@ -41,13 +52,13 @@ Example (every key is optional; the values shown are the defaults unless noted):
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UpdateError
+from .tokens import tokens_path
 
 DEFAULT_CONFIG_PATH = "/etc/ot2/update-server.toml"
 SLOT_NAMES = ("A", "B")
@@ -77,9 +88,13 @@ class Config:
     boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     machine_id_file: str = "/etc/machine-id"
     version_file: str = "/etc/ot2/version.json"
-    ssh_keys_allowed_from: list = field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]
-    )
+    trusted_interfaces: list = field(default_factory=lambda: ["lo", "usb*"])
+    open_access: bool = False
+    session_idle_timeout: float = 300.0
+    max_connections: int = 256
+    max_connections_per_peer: int = 32
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
     apply_hostname: bool = False
     mdns: bool = False
     mdns_port: int = 31950
@@ -128,9 +143,10 @@ class Config:
             raise UpdateError("slot-unavailable", f"no device configured for slot {slot}")
         return device
 
-    def allowed_networks(self) -> list:
-        """``ssh_keys_allowed_from`` parsed into ``ipaddress`` networks."""
-        return [ipaddress.ip_network(n, strict=False) for n in self.ssh_keys_allowed_from]
+    @property
+    def tokens_file(self) -> Path:
+        """``data_dir/ot2/tokens.json``: the paired clients' tokens (both servers)."""
+        return tokens_path(self.data_dir)
 
     def self_health_url(self) -> str:
         """URL of this server's own ``/health`` as seen from the same machine."""
@@ -229,7 +245,8 @@ def validate(config: Config) -> None:
         raise ConfigError("fw_env_config: at least one config is needed")
     if not config.reboot_command:
         raise ConfigError("reboot_command: must not be empty")
-    try:
-        config.allowed_networks()
-    except ValueError as e:
-        raise ConfigError(f"ssh_keys_allowed_from: {e}") from e
+    if not 1 <= config.max_connections_per_peer <= config.max_connections:
+        raise ConfigError("max_connections_per_peer: expected 1..max_connections")
+    for key in ("session_idle_timeout", "header_timeout", "idle_timeout"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key}: expected a positive number of seconds")

@@ -13,7 +13,10 @@ bundle has passed every check that can be made before the image data arrives):
 5. ``done``: the slot may be committed (selected for the next boot) by the caller.
 
 Any failure leaves the target slot marked bad and the booted slot and the first entry of
-BOOT_ORDER unchanged.
+BOOT_ORDER unchanged, and ends the install in stage ``error`` with the stage it failed in
+(``failed_stage``), a code and a message -- an unexpected exception too (``internal-error``;
+``write-failed`` for an I/O error such as a full ``/data``): an install is never left
+``validating`` or ``writing``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 
 from . import bundle
 from . import state as state_mod
+from .versions import is_downgrade
 from .bootctl import BootControl
 from .errors import UpdateError
 
@@ -56,6 +60,7 @@ class Progress:
     version: str | None = None
     sha256: str | None = None
     cancel_requested: bool = False
+    failed_stage: str | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -68,6 +73,8 @@ class Progress:
         return 0.0
 
     def fail(self, code: str, message: str) -> None:
+        if self.stage != ERROR:
+            self.failed_stage = self.stage
         self.stage = ERROR
         self.error = code
         self.message = message
@@ -85,6 +92,7 @@ class Progress:
         }
         if self.error:
             body["error"] = self.error
+            body["failed_stage"] = self.failed_stage
         return body
 
 
@@ -133,18 +141,30 @@ class Installer:
         """Stop the writer thread (after the last install)."""
         self._writer.shutdown(wait=False)
 
-    async def install(self, source: bundle.ChunkSource, progress: Progress) -> Progress:
+    async def install(self, source: bundle.ChunkSource, progress: Progress,
+                      allow_downgrade: bool = False) -> Progress:
         """Run one install from ``source``, updating ``progress``.
 
-        Returns ``progress`` (stage ``done``).  Raises UpdateError (stage ``error``) or
-        ``asyncio.CancelledError`` (stage ``error``, ``cancelled``/``truncated``).
+        A bundle whose version is lower than the running system's is refused
+        (``downgrade``) unless ``allow_downgrade``.  Returns ``progress`` (stage ``done``).
+        Raises UpdateError (stage ``error``; any other exception becomes ``internal-error``
+        or, for an OSError, ``write-failed``) or ``asyncio.CancelledError`` (stage
+        ``error``, ``cancelled``/``truncated``).
         """
         try:
-            await self._install(source, progress)
+            await self._install(source, progress, allow_downgrade)
         except UpdateError as e:
             log.warning("install failed: %s", e)
             progress.fail(e.code, e.message)
             raise
+        except OSError as e:
+            log.exception("install failed")
+            progress.fail("write-failed", f"{progress.stage}: {e.strerror or e}")
+            raise UpdateError("write-failed", progress.message) from e
+        except Exception as e:  # noqa: BLE001 - the session must end, whatever broke
+            log.exception("install failed")
+            progress.fail("internal-error", f"{progress.stage}: unexpected {type(e).__name__}")
+            raise UpdateError("internal-error", progress.message) from e
         except asyncio.CancelledError:
             if progress.cancel_requested:
                 progress.fail("cancelled", "install cancelled")
@@ -154,13 +174,17 @@ class Installer:
             raise
         return progress
 
-    async def _install(self, source: bundle.ChunkSource, progress: Progress) -> None:
+    async def _install(self, source: bundle.ChunkSource, progress: Progress, allow_downgrade: bool) -> None:
         loop = asyncio.get_running_loop()
         progress.stage = VALIDATING
         progress.message = "checking the bundle"
         keyring = bundle.load_keyring(self.config.keyring)
         head = await bundle.read_head(source, keyring, self.config.effective_compatible())
         image = head.image
+        running = self.config.system_version().get("version")
+        if not allow_downgrade and is_downgrade(head.manifest.version, running):
+            raise UpdateError("downgrade", f"bundle {head.manifest.version} is older than the running "
+                                           f"{running}; ask for it explicitly (allow_downgrade)")
         target = self.boot.inactive_slot()
         device = self.config.slot_device(target)
         capacity = slot_capacity(device)

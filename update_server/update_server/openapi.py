@@ -43,6 +43,13 @@ def _json_body(schema: str) -> dict:
 
 
 _TOKEN = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}]
+_TOKEN_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "the token's id (16 hex digits), as GET /server/tokens lists it"}]
+_ALLOW_DOWNGRADE = [{"name": "allow_downgrade", "in": "query", "required": False,
+                     "schema": {"type": "boolean"},
+                     "description": "install a bundle older than the running system"}]
+# refusals of every state-changing endpoint (docs/security.md)
+_DENIED = ("unauthorized", "bad-interface", "cross-origin", "unsupported-media-type", "payload-too-large")
 _FINGERPRINT = [{
     "name": "fingerprint", "in": "path", "required": True,
     "schema": {"type": "string"}, "description": "SHA256:<base64> as ssh-keygen -l prints it",
@@ -179,6 +186,18 @@ SCHEMAS = {
         "required": ["key"],
         "properties": {"key": {"type": "string", "description": "ssh-ed25519 AAAA... comment"}},
     },
+    "Token": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"}, "client": {"type": "string"},
+            "created": {"type": "string", "format": "date-time"},
+            "via": {"type": "string", "enum": ["button", "trusted-interface"]},
+            "token": {"type": "string", "description": "only in the answer that issues it"},
+        },
+    },
+    "TokenList": {"type": "object", "properties": {"tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}}},
+    "IssueToken": {"type": "object", "required": ["client"], "properties": {"client": {"type": "string"}}},
+    "Revoked": {"type": "object", "properties": {"revoked": {"type": "string"}, "message": {"type": "string"}}},
     "Removed": {
         "type": "object",
         "properties": {"removed": {"type": ["integer", "string"]}, "message": {"type": "string"}},
@@ -220,38 +239,50 @@ def document(version: str) -> dict:
                                   "responses": {"200": {"description": "OpenAPI document"}}}},
         "/server/update/begin": {"post": _op(
             "Start an update session", "201", "Status", "session-already-active",
-            "unknown-boot-slot")},
+            "unknown-boot-slot", *_DENIED, params=_ALLOW_DOWNGRADE)},
         "/server/update/{token}/file": {"post": _op(
             "Upload the bundle; answers when installed or failed", "200", "Status",
-            *bundle_errors, body=bundle_body, params=_TOKEN)},
+            *bundle_errors, "downgrade", "write-failed", "internal-error", *_DENIED,
+            body=bundle_body, params=_TOKEN + _ALLOW_DOWNGRADE)},
         "/server/update/{token}/status": {"get": _op(
             "Progress of a session", "200", "Status", "bad-token", params=_TOKEN)},
         "/server/update/{token}/commit": {"post": _op(
             "Select the written slot for the next boot", "200", "Status", "bad-token",
-            "not-ready", params=_TOKEN)},
-        "/server/update/cancel": {"post": _op("Cancel the active session", "200", "Cancel")},
+            "not-ready", *_DENIED, params=_TOKEN)},
+        "/server/update/cancel": {"post": _op(
+            "Cancel the active session (body {token} unless on a trusted interface)", "200",
+            "Cancel", "bad-token", *_DENIED)},
         "/server/update/mark-good": {"post": _op(
-            "Mark the booted slot good (confirms a trial boot)", "200", "MarkGood",
-            "unknown-boot-slot")},
-        "/server/restart": {"post": _op("Reboot after 1 s", "200", "Message")},
+            "Mark the booted slot good (confirms a trial boot); trusted interface only", "200",
+            "MarkGood", "unknown-boot-slot", *_DENIED)},
+        "/server/restart": {"post": _op("Reboot after 1 s", "200", "Message", "restart-pending", *_DENIED)},
         "/server/ssh_keys": {
-            "get": _op("List SSH keys", "200", "SshKeyList"),
-            "post": _op("Add an SSH key", "201", "SshKey", "bad-key", "bad-interface",
-                        "bad-request", body=_json_body("AddSshKey")),
-            "delete": _op("Remove every SSH key", "200", "Removed", "bad-interface"),
+            "get": _op("List SSH keys", "200", "SshKeyList", *_DENIED),
+            "post": _op("Add an SSH key", "201", "SshKey", "bad-key", "too-many-keys",
+                        "bad-request", *_DENIED, body=_json_body("AddSshKey")),
+            "delete": _op("Remove every SSH key", "200", "Removed", *_DENIED),
         },
         "/server/ssh_keys/{fingerprint}": {"delete": _op(
-            "Remove one SSH key", "200", "Removed", "bad-interface", "key-not-found",
+            "Remove one SSH key", "200", "Removed", "key-not-found", *_DENIED,
             params=_FINGERPRINT)},
         "/server/name": {
             "get": _op("The robot name", "200", "Name"),
-            "post": _op("Rename the robot", "200", "Name", "bad-name", "bad-request",
+            "post": _op("Rename the robot", "200", "Name", "bad-name", "bad-request", *_DENIED,
                         body=_json_body("Name")),
         },
+        "/server/tokens": {
+            "get": _op("List paired clients' tokens (never the tokens themselves)", "200",
+                       "TokenList", *_DENIED),
+            "post": _op("Issue a token; trusted interface only", "201", "Token", "too-many-tokens",
+                        "bad-request", *_DENIED, body=_json_body("IssueToken")),
+        },
+        "/server/tokens/{id}": {"delete": _op(
+            "Revoke a token", "200", "Revoked", "token-not-found", *_DENIED, params=_TOKEN_ID)},
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "OT-2 update server", "version": version},
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

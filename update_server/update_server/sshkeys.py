@@ -1,8 +1,8 @@
 """SSH public keys in ``data_dir/ssh/authorized_keys`` (dir 0700, file 0600).
 
 Keys are validated as OpenSSH public keys with ``cryptography`` (Ed25519, ECDSA
-P-256/384/521, RSA of at least 2048 bits), de-duplicated by key material, and identified
-by their SHA256 fingerprint as ``ssh-keygen -l`` prints it (``SHA256:<base64, no =>``).
+P-256/384/521, RSA of 2048 to 8192 bits), at most ``MAX_KEYS`` of them, de-duplicated
+by key material, and identified by their SHA256 fingerprint as ``ssh-keygen -l`` prints it (``SHA256:<base64, no =>``).
 Lines of the file that are not plain keys (e.g. with options) are kept untouched.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import os
 import threading
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ KEY_TYPES = (
     "ssh-rsa",
 )
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192  # larger keys only cost the SSH server CPU per login
+MAX_KEYS = 32
 MAX_LINE = 16 * 1024
 MAX_COMMENT = 1024
 
@@ -101,8 +102,8 @@ def parse_key(text) -> SshKey:
         bits = public_key.curve.key_size
     elif isinstance(public_key, rsa.RSAPublicKey):
         bits = public_key.key_size
-        if bits < MIN_RSA_BITS:
-            raise bad(f"RSA keys need at least {MIN_RSA_BITS} bits, this one has {bits}")
+        if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+            raise bad(f"RSA keys need {MIN_RSA_BITS} to {MAX_RSA_BITS} bits, this one has {bits}")
     else:
         raise bad("unsupported key type")
     canonical = base64.b64encode(blob).decode("ascii")
@@ -115,19 +116,6 @@ def normalise_fingerprint(text: str) -> str:
     if text.upper().startswith("SHA256:"):
         text = text[7:]
     return "SHA256:" + text.replace("-", "+").replace("_", "/").rstrip("=")
-
-
-def peer_allowed(remote: str | None, networks: list) -> bool:
-    """Whether the peer address ``remote`` lies in one of ``networks``."""
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in networks)
 
 
 class KeyStore:
@@ -171,12 +159,17 @@ class KeyStore:
             return self._read()[0]
 
     def add(self, text) -> tuple:
-        """Add a key line; returns ``(key, added)`` (``added`` False for a duplicate)."""
+        """Add a key line; returns ``(key, added)`` (``added`` False for a duplicate).
+
+        Raises UpdateError ``bad-key``, or ``too-many-keys`` when ``MAX_KEYS`` are there.
+        """
         key = parse_key(text)
         with self._lock:
             keys, other = self._read()
             if any(k.data == key.data for k in keys):
                 return key, False
+            if len(keys) >= MAX_KEYS:
+                raise UpdateError("too-many-keys", f"at most {MAX_KEYS} keys; remove one first")
             self._write(keys + [key], other)
             return key, True
 

@@ -1,0 +1,553 @@
+"""The OT-2's own resources, shaped as the OT-2 robot server answers them (HTTP API
+version :data:`~robot_server.versioning.API_VERSION`): health, positions, motors, door,
+pipettes and instruments, modules, feature flags, robot settings, calibration status,
+networking, Wi-Fi, logs, system time and stateless commands.
+
+Shapes follow the OT-2's robot server (Opentrons/opentrons, robot-server/robot_server/):
+``health/models.py``, ``service/legacy/routers/{control,motors,settings,pipettes,
+networking,logs,deck_calibration}.py`` and their models, ``robot/control/router.py``,
+``modules/router.py``, ``instruments/router.py``, ``commands/router.py``,
+``system/router.py``. Operations here run on :class:`~robot_server.service.RobotService`
+and keep its errors (4xx ``ApiError``); the HTTP layer gives them the OT-2's error shape.
+"""
+from __future__ import annotations
+
+import array
+import asyncio
+import fcntl
+import json
+import logging
+import shutil
+import socket
+import struct
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__, ot2_facts
+from .service import ApiError, _bool, _number, _obj, invalid
+from .versioning import Ot2Error
+
+if TYPE_CHECKING:
+    from .service import RobotService
+
+log = logging.getLogger("robot_server.ot2_api")
+
+ROBOT_MODEL = "OT-2 Standard"
+#: ``/health`` fields of the OT-2 (robot-server/robot_server/health/models.py).
+HEALTH_FIELDS = ("name", "robot_model", "api_version", "fw_version", "board_revision", "logs",
+                 "system_version", "maximum_protocol_api_version", "minimum_protocol_api_version",
+                 "robot_serial", "links")
+#: Log names the OT-2 serves (service/legacy/models/logs.py); which journal lines are
+#: ours for each: (systemd unit, text the line must contain or None).
+LOGS = {"serial.log": ("ot2-robot-server.service", "robot_server.driver"),
+        "api.log": ("ot2-robot-server.service", None),
+        "server.log": ("ot2-robot-server.service", "robot_server.api"),
+        "combined_api_server.log": ("ot2-robot-server.service", None),
+        "update_server.log": ("ot2-update-server.service", None),
+        "touchscreen.log": (None, None)}           # a Flex's display; an OT-2 has none
+OT2_LOG_PATHS = ["/logs/serial.log", "/logs/api.log", "/logs/server.log", "/logs/update_server.log"]
+MAX_LOG_RECORDS = 100000
+DEFAULT_LOG_RECORDS = 50000
+#: Board revision from GPIO bits (17, 27), as the OT-2 names them
+#: (api/src/opentrons/hardware_control/types.py, BoardRevision.by_bits).
+BOARD_REVISIONS = {3: "2.1", 2: "A", 1: "B", 0: "C"}
+#: OT-2 motor names (``/motors``): our axis letters
+#: (api/src/opentrons/hardware_control/types.py, Axis and its OT-2 aliases).
+MOTOR_AXES = {"x": "X", "y": "Y", "z_l": "Z", "z_r": "A", "p_l": "B", "p_r": "C",
+              "z": "Z", "a": "A", "b": "B", "c": "C"}
+#: Protocol engine ``home`` axes (opentrons.protocol_engine.types.MotorAxis): our letters.
+ENGINE_AXES = {"x": "X", "y": "Y", "leftZ": "Z", "rightZ": "A", "leftPlunger": "B", "rightPlunger": "C"}
+MOUNT_LETTER = {"left": "L", "right": "R"}
+#: Useful positions of ``GET /robot/positions`` (service/legacy/routers/control.py), mm.
+ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], "right": [95, 40, 30]},
+                   "attach_tip": {"target": "pipette", "point": [200, 90, 150]}}
+IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+MAX_COMMANDS = 100          # stateless commands kept for GET /commands
+DEFAULT_PAGE_LENGTH = 20
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def pipette_name(model: str) -> str:
+    """The load name of a pipette model read from its EEPROM: ``p300_single_v2.1`` ->
+    ``p300_single_gen2``; GEN1 models drop the version (``p10_single_v1.5`` ->
+    ``p10_single``). Source: opentrons_shared_data/pipette/pipette_load_name_conversions.py."""
+    base, _, version = model.partition("_v")
+    return f"{base}_gen2" if version.startswith("2") else base
+
+
+class Ot2Resources:
+    """The OT-2 resources of one robot; ``svc.ot2``."""
+
+    def __init__(self, svc: RobotService) -> None:
+        self.svc = svc
+        self.state_dir = Path(svc.config.state_dir)
+        self._facts: asyncio.Task | None = None
+        self._pipettes: dict | None = None
+        self.commands: dict[str, dict] = {}
+
+    # ------------------------------------------------------------ helpers
+    def preload(self) -> None:
+        """Start reading :mod:`~robot_server.ot2_facts` in the background (a child process
+        the first time: seconds on a Pi), so that the first ``/health`` need not wait."""
+        if self._facts is None:
+            self._facts = asyncio.ensure_future(ot2_facts.load(self.state_dir))
+
+    async def facts(self) -> dict:
+        """:mod:`~robot_server.ot2_facts`, read once."""
+        self.preload()
+        return await asyncio.shield(self._facts)
+
+    def robot_name(self) -> str:
+        """The robot's name as the update server keeps it (``<data_dir>/update-server/name``,
+        see update_server/name.py); the host name if none is stored."""
+        try:
+            name = (Path(self.svc.config.data_dir) / "update-server" / "name").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        return name or socket.gethostname()
+
+    def _flags_path(self) -> Path:
+        return self.state_dir / "feature_flags.json"
+
+    def _stored_flags(self) -> dict:
+        try:
+            data = json.loads(self._flags_path().read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    async def flag(self, setting_id: str) -> bool:
+        """A feature flag's value (stored, else its OT-2 default)."""
+        for s in (await self.facts())["settings"]:
+            if s["id"] == setting_id:
+                value = self._stored_flags().get(setting_id)
+                return s["default"] if value is None else bool(value)
+        return False
+
+    # ------------------------------------------------------------ health and robot
+    async def health(self, params: Any = None) -> dict:
+        """``GET /health``: the OT-2's fields (``name`` the robot's name, ``api_version`` the
+        robot software the API matches, ``fw_version`` the motor board's firmware,
+        ``board_revision``, ``logs``, ``system_version``, ``minimum_/maximum_protocol_api_version``
+        ``[major, minor]``, ``robot_serial``, ``links``), then ours (``version``,
+        ``uptime`` s, ``gpio_backend``, ``motor_board``, ``door``, ``moving``). With an
+        ``Opentrons-Version`` header only the OT-2's fields are answered."""
+        ours = await self.svc.health(params)
+        facts = await self.facts()
+        firmware = self.svc.driver.firmware or ""
+        return {**ours,
+                "name": self.robot_name(), "robot_model": ROBOT_MODEL,
+                "api_version": facts["opentrons_version"], "fw_version": firmware,
+                "board_revision": BOARD_REVISIONS.get(self.svc.gpio.revision(), "UNKNOWN"),
+                "logs": OT2_LOG_PATHS, "system_version": self.svc.system_version or "0.0.0",
+                "maximum_protocol_api_version": facts["maximum_protocol_api_version"],
+                "minimum_protocol_api_version": facts["minimum_protocol_api_version"],
+                "robot_serial": None,
+                "links": {"apiLog": "/logs/api.log", "serialLog": "/logs/serial.log",
+                          "serverLog": "/logs/server.log", "apiSpec": "/openapi.json",
+                          "systemTime": "/system/time"},
+                "server_version": __version__}
+
+    async def home(self, params: Any) -> dict:
+        """``POST /robot/home`` ``{target: "robot"}`` or ``{target: "pipette", mount}``
+        (also our ``target: "mount"``, ``axis``/``axes``): ``message`` as the OT-2, plus
+        what :meth:`RobotService.home` answers."""
+        result = await self.svc.home(params)
+        p = params if isinstance(params, dict) else {}
+        if p.get("target") == "pipette":
+            message = f"Pipette on {p.get('mount')} homed successfully"
+        else:
+            message = "Homing robot."
+        return {"message": message, **result}
+
+    async def move(self, params: Any) -> dict:
+        """``POST /robot/move``: :meth:`RobotService.move` plus the OT-2's ``message``."""
+        result = await self.svc.move(params)
+        return {"message": f"Move complete. New position: {result['position']}", **result}
+
+    async def identify(self, params: Any) -> dict:
+        """``POST /identify?seconds=N``: blink the frame lights; ``{"message": "identifying"}``."""
+        return {"message": "identifying", **await self.svc.identify(params)}
+
+    async def positions(self, params: Any = None) -> dict:
+        """``GET /robot/positions``: the OT-2's useful ``positions`` (deck coordinates, mm:
+        ``change_pipette``, ``attach_tip``) plus our current ``position``/``mounts``/``homed``."""
+        return {"positions": ROBOT_POSITIONS, **await self.svc.positions(params)}
+
+    async def engaged(self, params: Any = None) -> dict:
+        """``GET /motors/engaged``: ``{x, y, z_l, z_r, p_l, p_r: {enabled}}`` (OT-2 motor names)."""
+        _obj(params, set())
+        engaged = self.svc.driver.engaged
+        return {name: {"enabled": engaged[ax]} for name, ax in list(MOTOR_AXES.items())[:6]}
+
+    async def disengage(self, params: Any) -> dict:
+        """``POST /motors/disengage`` ``{axes: ["x", "z_l", "a", ...]}`` (OT-2 motor names or
+        our letters): ``{message}`` plus the engaged motors."""
+        p = _obj(params, {"axes"})
+        names = p.get("axes")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise invalid("field 'axes' must be a list of motor names")
+        await self.svc.disengage({"axes": [MOTOR_AXES.get(n.lower(), n) for n in names]})
+        return {"message": f"Disengaged axes: {', '.join(names)}", **await self.engaged()}
+
+    async def door_status(self, params: Any = None) -> dict:
+        """``GET /robot/door/status``: ``{data: {status: "open"|"closed",
+        doorRequiredClosedForProtocol}}`` (the ``enableDoorSafetySwitch`` flag)."""
+        _obj(params, set())
+        return {"data": {"status": "open" if self.svc.gpio.door_open() else "closed",
+                         "doorRequiredClosedForProtocol": await self.flag("enableDoorSafetySwitch")}}
+
+    async def estop_status(self, params: Any = None) -> dict:
+        """``GET /robot/control/estopStatus``: an OT-2 has no E-stop: 403 ``NotSupportedOnOT2``."""
+        raise Ot2Error(403, "NotSupportedOnOT2", "Not Supported On OT-2", "An OT-2 has no E-stop.")
+
+    # ------------------------------------------------------------ instruments, modules
+    async def _read_eeprom(self, gcode: str, mount: str) -> str | None:
+        """One field of a pipette's EEPROM through the board (``M369`` id, ``M371`` model):
+        reply ``L:<hex of ASCII>``. None if nothing is attached or the board does not
+        answer. (The OT-2 first disengages Z, A, B, C against EMI on the I2C lines; we
+        read without moving anything.)"""
+        letter = MOUNT_LETTER[mount]
+        try:
+            async with self.svc._motion:
+                lines = await self.svc._driver_call(self.svc.driver.send, f"{gcode} {letter}")
+        except ApiError:
+            return None
+        for line in lines:
+            prefix, _, data = line.strip().partition(":")
+            if prefix == letter and data:
+                try:
+                    text = bytes.fromhex(data.strip()).split(b"\x00")[0].decode("ascii")
+                except (ValueError, UnicodeDecodeError):
+                    return None
+                return text or None
+        return None
+
+    async def _attached(self, refresh: bool) -> dict:
+        if self._pipettes is None or refresh:
+            found = {}
+            for mount in MOUNT_LETTER:
+                model = await self._read_eeprom("M371", mount) if self.svc.driver.connected else None
+                pid = await self._read_eeprom("M369", mount) if model else None
+                found[mount] = {"model": model, "id": pid}
+            if self.svc.driver.connected:
+                self._pipettes = found
+            return found
+        return self._pipettes
+
+    async def pipettes(self, params: Any = None) -> dict:
+        """``GET /pipettes[?refresh=true]``: per mount ``{model, name, id, mount_axis,
+        plunger_axis, tip_length}`` (all but the axes ``null`` when empty), read from the
+        pipettes' EEPROM on the first call and with ``refresh``."""
+        p = _obj(params, {"refresh"})
+        attached = await self._attached(bool(_bool(p, "refresh", default=False)))
+        axes = {"left": ("z", "b"), "right": ("a", "c")}
+        return {mount: {"model": attached[mount]["model"],
+                        "name": pipette_name(attached[mount]["model"]) if attached[mount]["model"] else None,
+                        "id": attached[mount]["id"], "tip_length": None,
+                        "mount_axis": axes[mount][0], "plunger_axis": axes[mount][1]}
+                for mount in ("left", "right")}
+
+    async def instruments(self, params: Any = None) -> dict:
+        """``GET /instruments``: ``{data: [{mount, instrumentType: "pipette",
+        instrumentModel, instrumentName, serialNumber, ok, data: {}}], meta}``."""
+        _obj(params, set())
+        attached = await self._attached(False)
+        data = [{"mount": mount, "instrumentType": "pipette", "instrumentModel": a["model"],
+                 "instrumentName": pipette_name(a["model"]), "serialNumber": a["id"] or "",
+                 "subsystem": None, "ok": True, "firmwareVersion": None, "data": {}}
+                for mount, a in attached.items() if a["model"]]
+        return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
+
+    async def modules(self, params: Any = None) -> dict:
+        """``GET /modules``: ``{data: [...], meta: {cursor, totalLength}}``; no module
+        (temperature, magnetic, thermocycler, heater-shaker) is attached over USB here."""
+        _obj(params, set())
+        return {"data": [], "meta": {"cursor": 0, "totalLength": 0}}
+
+    # ------------------------------------------------------------ settings, calibration
+    async def _settings_body(self) -> dict:
+        stored = self._stored_flags()
+        settings = [{k: s[k] for k in ("id", "old_id", "title", "description", "restart_required")}
+                    | {"value": stored.get(s["id"])} for s in (await self.facts())["settings"]]
+        return {"settings": settings, "links": {}}
+
+    async def get_settings(self, params: Any = None) -> dict:
+        """``GET /settings``: the OT-2's advanced settings (feature flags) ``{settings:
+        [{id, old_id, title, description, restart_required, value}], links}``; ``value``
+        null means the default."""
+        _obj(params, set())
+        return await self._settings_body()
+
+    async def set_setting(self, params: Any) -> dict:
+        """``POST /settings`` ``{id, value: true|false|null}``; stored in the data
+        directory (``feature_flags.json``). Unknown ``id``: 400."""
+        p = _obj(params, {"id", "value"})
+        setting_id, value = p.get("id"), p.get("value")
+        if not isinstance(setting_id, str):
+            raise invalid("field 'id' (a setting id) is required")
+        if value is not None and not isinstance(value, bool):
+            raise invalid("field 'value' must be true, false or null")
+        known = {s["id"] for s in (await self.facts())["settings"]}
+        if setting_id not in known:
+            raise ApiError(400, "unknown-setting", f"{setting_id} is not recognized")
+        flags = self._stored_flags()
+        flags[setting_id] = value
+        path = self._flags_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(flags), encoding="utf-8")
+        tmp.replace(path)
+        return await self._settings_body()
+
+    async def robot_settings(self, params: Any = None) -> dict:
+        """``GET /settings/robot``: the OT-2 robot config (the ``opentrons`` package's
+        defaults; ``left_mount_offset`` from our config, mm)."""
+        _obj(params, set())
+        config = dict((await self.facts())["robot_config"])
+        config["left_mount_offset"] = list(self.svc.config.left_mount_offset)
+        return config
+
+    async def reset_options(self, params: Any = None) -> dict:
+        """``GET /settings/reset/options``: ``{options: [{id, name, description}]}``."""
+        _obj(params, set())
+        return {"options": (await self.facts())["reset_options"]}
+
+    async def calibration_status(self, params: Any = None) -> dict:
+        """``GET /calibration/status``: deck calibration (identity: never calibrated on this
+        robot) and the deprecated instrument offsets (zero)."""
+        _obj(params, set())
+        offset = {"single": [0.0, 0.0, 0.0], "multi": [0.0, 0.0, 0.0]}
+        return {"deckCalibration": {"status": "IDENTITY", "data": {
+                    "type": "attitude", "matrix": IDENTITY, "lastModified": None,
+                    "pipetteCalibratedWith": None, "tiprack": None, "source": "default",
+                    "status": {"markedBad": False, "source": None, "markedAt": None}}},
+                "instrumentCalibration": {"right": offset, "left": offset}}
+
+    # ------------------------------------------------------------ networking, logs, time
+    async def networking_status(self, params: Any = None) -> dict:
+        """``GET /networking/status``: ``{status: "full"|"limited"|"none", interfaces:
+        {name: {ipAddress (CIDR), macAddress, gatewayAddress, state, type}}}`` from the
+        kernel (``/sys/class/net``, ``/proc/net/route``); ``full`` = a default route."""
+        _obj(params, set())
+        gateways = _default_gateways()
+        interfaces = {}
+        for dev in sorted(Path("/sys/class/net").iterdir()) if Path("/sys/class/net").is_dir() else []:
+            if dev.name == "lo":
+                continue
+            operstate = _read(dev / "operstate")
+            interfaces[dev.name] = {
+                "ipAddress": _ipv4_cidr(dev.name), "macAddress": _read(dev / "address"),
+                "gatewayAddress": gateways.get(dev.name),
+                "state": "connected" if operstate == "up" else "disconnected",
+                "type": "wifi" if (dev / "wireless").exists() else "ethernet"}
+        if gateways:
+            status = "full"
+        elif any(i["ipAddress"] for i in interfaces.values()):
+            status = "limited"
+        else:
+            status = "none"
+        return {"status": status, "interfaces": interfaces}
+
+    async def wifi_list(self, params: Any = None) -> dict:
+        """``GET /wifi/list``: ``{list: []}``: networks seen by the Wi-Fi interface (none
+        is scanned here)."""
+        _obj(params, {"rescan"})
+        return {"list": []}
+
+    async def logs(self, params: Any) -> str | list:
+        """``GET /logs/{name}?format=text|json&records=N``: the last ``records`` (1..100000,
+        default 50000) journal lines of that log (serial.log, api.log, server.log,
+        combined_api_server.log, update_server.log, touchscreen.log) as text, or as
+        journal JSON records. Empty where there is no journal (``journalctl`` missing).
+        Unknown name: 404."""
+        p = _obj(params, {"log", "format", "records"})
+        name = p.get("log")
+        if name not in LOGS:
+            raise ApiError(404, "not-found", f"no log {str(name)[:40]!r}; logs: {', '.join(LOGS)}")
+        fmt = p.get("format", "text")
+        if fmt not in ("text", "json"):
+            raise invalid("query 'format' must be 'text' or 'json'")
+        records = int(_number(p, "records", 1, MAX_LOG_RECORDS, default=DEFAULT_LOG_RECORDS))
+        unit, grep = LOGS[name]
+        journalctl = shutil.which("journalctl")
+        out = b""
+        if unit is not None and journalctl is not None:
+            cmd = [journalctl, "--no-pager", "-u", unit, "-n", str(records), "-a",
+                   "-o", "json" if fmt == "json" else "short-precise"]
+            if grep:
+                cmd += ["-g", grep]
+            proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            out, _ = await proc.communicate()
+        text = out.decode("utf-8", errors="replace")
+        if fmt == "json":
+            return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        return text
+
+    async def system_time(self, params: Any = None) -> dict:
+        """``GET /system/time``: ``{data: {id: "time", systemTime: ISO 8601 UTC}, links: {}}``."""
+        _obj(params, set())
+        return {"data": {"id": "time", "systemTime": _now()}, "links": {}}
+
+    # ------------------------------------------------------------ stateless commands
+    async def create_command(self, params: Any) -> dict:
+        """``POST /commands?waitUntilComplete=&timeout=`` ``{data: {commandType: "home",
+        params: {axes?: ["x", "y", "leftZ", "rightZ", "leftPlunger", "rightPlunger"]},
+        intent?}}``: run a command outside any run (HTTP 201 ``{data: command}``), through
+        the same motion lock as every other motion. ``waitUntilComplete`` waits up to
+        ``timeout`` ms (> 0; default: no limit) for it to finish. The intent is always
+        ``setup``, as on the OT-2."""
+        p = _obj(params, {"data", "waitUntilComplete", "timeout"})
+        data = p.get("data")
+        if not isinstance(data, dict):
+            raise invalid("body.data: field required (the command request)")
+        body = _obj(data, {"commandType", "params", "intent", "key"})
+        if body.get("commandType") != "home":
+            raise invalid(f"body.data.commandType: unsupported command type "
+                          f"{str(body.get('commandType'))[:40]!r} (supported: home)")
+        cparams = _obj(body.get("params") or {}, {"axes", "skipIfMountPositionOk"})
+        axes = cparams.get("axes")
+        if axes is not None and (not isinstance(axes, list) or not all(a in ENGINE_AXES for a in axes)):
+            raise invalid(f"body.data.params.axes must be a list of {', '.join(ENGINE_AXES)}")
+        wait = _bool(p, "waitUntilComplete", default=False)
+        timeout_ms = _number(p, "timeout", 1, 3_600_000, default=None)
+        command = {"id": str(uuid.uuid4()), "key": body.get("key") or str(uuid.uuid4()),
+                   "commandType": "home", "createdAt": _now(), "startedAt": None, "completedAt": None,
+                   "status": "queued", "params": cparams, "result": None, "error": None,
+                   "intent": "setup", "notes": []}
+        self.commands[command["id"]] = command
+        while len(self.commands) > MAX_COMMANDS:
+            self.commands.pop(next(iter(self.commands)))
+        task = asyncio.ensure_future(self._run_home(command, axes))
+        if wait:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), None if timeout_ms is None else timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                pass
+        return {"data": dict(command)}
+
+    async def _run_home(self, command: dict, axes: list[str] | None) -> None:
+        command.update(status="running", startedAt=_now())
+        try:
+            await self.svc.home({"axes": [ENGINE_AXES[a] for a in axes]} if axes else {})
+        except ApiError as exc:
+            command.update(status="failed", error={
+                "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": "4000",
+                "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": []})
+        else:
+            command.update(status="succeeded", result={})
+        command["completedAt"] = _now()
+
+    async def list_commands(self, params: Any = None) -> dict:
+        """``GET /commands?cursor=&pageLength=``: the stateless commands, oldest first,
+        ``{data, meta: {cursor, totalLength}}``; a page of ``pageLength`` (default 20)
+        from ``cursor`` (default: the page ending with the newest)."""
+        p = _obj(params, {"cursor", "pageLength"})
+        commands = list(self.commands.values())
+        length = int(_number(p, "pageLength", 1, MAX_COMMANDS, default=DEFAULT_PAGE_LENGTH))
+        cursor = int(_number(p, "cursor", 0, MAX_COMMANDS, default=max(0, len(commands) - length)))
+        data = [dict(c) for c in commands[cursor:cursor + length]]
+        return {"data": data, "meta": {"cursor": cursor, "totalLength": len(commands)}}
+
+    async def get_command(self, params: Any) -> dict:
+        """``GET /commands/{id}``: ``{data: command}``; unknown id: 404 ``CommandNotFound``."""
+        p = _obj(params, {"id"})
+        command = self.commands.get(p.get("id"))
+        if command is None:
+            raise Ot2Error(404, "StatelessCommandNotFound", "Stateless Command Not Found",
+                           f"Command {str(p.get('id'))[:60]} not found.")
+        return {"data": dict(command)}
+
+
+# ---------------------------------------------------------------- kernel network facts
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _default_gateways() -> dict[str, str]:
+    """Interface -> default gateway from ``/proc/net/route`` (little-endian hex)."""
+    found = {}
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000":
+            found[fields[0]] = socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+    return found
+
+
+def _ipv4_cidr(ifname: str) -> str | None:
+    """The interface's IPv4 address with prefix (``10.0.0.5/24``), from the kernel
+    (``SIOCGIFADDR``/``SIOCGIFNETMASK``); None if it has none."""
+    req = struct.pack("256s", ifname.encode()[:15])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])
+            mask = fcntl.ioctl(s.fileno(), 0x891B, req)[20:24]
+    except OSError:
+        return None
+    prefix = sum(bin(b).count("1") for b in array.array("B", mask))
+    return f"{addr}/{prefix}"
+
+
+# ---------------------------------------------------------------- operations
+def ot2_operations(svc: RobotService) -> list:
+    """The OT-2 resources not in :func:`robot_server.api.operations`' own table."""
+    from .api import Op
+    from .versioning import JSONAPI, LEGACY
+
+    r = svc.ot2
+    return [
+        Op("doorStatus", "GET", "/robot/door/status", r.door_status, "Door open/closed (OT-2 shape)",
+           ot2=JSONAPI),
+        Op("estopStatus", "GET", "/robot/control/estopStatus", r.estop_status,
+           "E-stop status: 403 NotSupportedOnOT2", ot2=JSONAPI),
+        Op("getPipettes", "GET", "/pipettes", r.pipettes, "Attached pipettes (from their EEPROM)",
+           query={"refresh": {"type": "boolean"}}, ot2=LEGACY),
+        Op("getInstruments", "GET", "/instruments", r.instruments, "Attached instruments", ot2=JSONAPI),
+        Op("getModules", "GET", "/modules", r.modules, "Attached modules", ot2=JSONAPI),
+        Op("getSettings", "GET", "/settings", r.get_settings, "Advanced settings (feature flags)", ot2=LEGACY),
+        Op("postSettings", "POST", "/settings", r.set_setting, "Change an advanced setting",
+           body={"type": "object", "additionalProperties": False, "required": ["id"], "properties": {
+               "id": {"type": "string"}, "value": {"type": "boolean", "nullable": True}}}, ot2=LEGACY),
+        Op("getRobotSettings", "GET", "/settings/robot", r.robot_settings, "Robot config", ot2=LEGACY),
+        Op("getResetOptions", "GET", "/settings/reset/options", r.reset_options,
+           "What POST /settings/reset could reset", ot2=LEGACY),
+        Op("calibrationStatus", "GET", "/calibration/status", r.calibration_status,
+           "Deck calibration status", ot2=LEGACY),
+        Op("networkingStatus", "GET", "/networking/status", r.networking_status,
+           "Connectivity and interfaces", ot2=LEGACY),
+        Op("wifiList", "GET", "/wifi/list", r.wifi_list, "Visible Wi-Fi networks",
+           query={"rescan": {"type": "boolean"}}, ot2=LEGACY),
+        Op("getLogs", "GET", "/logs/{log}", r.logs, "Journal lines of one log (text or JSON records)",
+           query={"log": {"type": "string", "in": "path", "enum": list(LOGS)},
+                  "format": {"type": "string", "enum": ["text", "json"]},
+                  "records": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_RECORDS}},
+           ot2=LEGACY, version_header=False),
+        Op("systemTime", "GET", "/system/time", r.system_time, "The robot's clock (UTC)", ot2=JSONAPI),
+        Op("createCommand", "POST", "/commands", r.create_command, "Run a stateless command (home)",
+           query={"waitUntilComplete": {"type": "boolean"}, "timeout": {"type": "integer", "minimum": 1}},
+           body={"type": "object", "required": ["data"], "properties": {"data": {
+               "type": "object", "required": ["commandType"], "properties": {
+                   "commandType": {"type": "string", "enum": ["home"]},
+                   "params": {"type": "object", "properties": {"axes": {"type": "array", "items": {
+                       "type": "string", "enum": list(ENGINE_AXES)}}}},
+                   "intent": {"type": "string"}}}}},
+           ot2=JSONAPI, status=201),
+        Op("listCommands", "GET", "/commands", r.list_commands, "Stateless commands run so far",
+           query={"cursor": {"type": "integer", "minimum": 0},
+                  "pageLength": {"type": "integer", "minimum": 1, "maximum": MAX_COMMANDS}}, ot2=JSONAPI),
+        Op("getCommand", "GET", "/commands/{id}", r.get_command, "One stateless command",
+           query={"id": {"type": "string", "in": "path"}}, ot2=JSONAPI),
+    ]

@@ -1,0 +1,156 @@
+"""The OT-2 HTTP API's versioning and error bodies, for the OT-2's own endpoints.
+
+Facts from the OT-2 robot server (Opentrons/opentrons, robot-server/robot_server/
+versioning.py, errors/error_responses.py, errors/exception_handlers.py, router.py):
+
+* Requests carry ``Opentrons-Version: <int>`` or ``*`` (latest). Every endpoint requires
+  it except ``/logs/...``; missing or not an integer is a 422 validation error; a version
+  below the minimum is 400 ``OutdatedAPIVersion``; a higher one is served as the latest.
+* Responses carry ``Opentrons-Version`` (the version used) and ``Opentrons-Min-Version``.
+* The legacy ("v1") endpoints (``/health``, ``/robot/...``, ``/motors/...``,
+  ``/settings...``, ``/pipettes``, ``/networking/...``, ``/calibration/...``, ...) answer
+  errors as ``{"message", "errorCode"}``; the newer ones (``/protocols``, ``/runs``,
+  ``/commands``, ``/modules``, ``/instruments``, ``/robot/door/status``, ...) as
+  ``{"errors": [{"id", "title", "detail", "errorCode", ...}]}``. ``errorCode`` "4000"
+  is the general error (opentrons_shared_data/errors/codes.py).
+
+Ours: legacy error bodies keep our stable ``error`` code next to ``message`` and
+``errorCode``; ``/health`` answers without the header too (the boot check and our own
+tools poll it), with our extra fields; with the header it answers exactly the OT-2's
+fields, since clients build objects from them.
+"""
+from __future__ import annotations
+
+import json
+import re
+from http import HTTPStatus
+from typing import Callable
+
+from aiohttp import web
+
+from .service import ApiError
+
+#: The OT-2 HTTP API version our OT-2 resources match: what the robot server of opentrons
+#: 8.x (8.8.2 included) reports; unchanged since software 6.3.
+API_VERSION = 4
+#: The oldest version the OT-2 still serves.
+MIN_API_VERSION = 2
+HEADER = "Opentrons-Version"
+MIN_HEADER = "Opentrons-Min-Version"
+LATEST = "*"
+GENERAL_ERROR_CODE = "4000"
+
+LEGACY = "legacy"      # Op.ot2: {"message", "errorCode"} errors (plus our "error")
+JSONAPI = "jsonapi"    # Op.ot2: {"errors": [...]} errors
+
+
+class Ot2Error(ApiError):
+    """An error with the OT-2's error ``id`` and ``title`` (e.g. ``RunNotFound``,
+    ``Run Not Found``); on our own endpoints it still answers ``{"error", "message"}``."""
+
+    def __init__(self, status: int, error_id: str, title: str, detail: str) -> None:
+        super().__init__(status, error_id, detail)
+        self.title = title
+
+
+_LEGACY_SCHEMA = {"type": "object", "required": ["message", "errorCode"], "properties": {
+    "message": {"type": "string"}, "errorCode": {"type": "string"},
+    "error": {"type": "string", "description": "our stable error code"}}}
+_JSONAPI_SCHEMA = {"type": "object", "required": ["errors"], "properties": {"errors": {
+    "type": "array", "items": {"type": "object", "required": ["id", "title", "detail", "errorCode"], "properties": {
+        "id": {"type": "string"}, "title": {"type": "string"}, "detail": {"type": "string"},
+        "errorCode": {"type": "string"}}}}}}
+
+
+def openapi_parts(kind: str, header_required: bool) -> tuple[dict, dict, dict]:
+    """For an OT-2 operation's OpenAPI entry: the ``Opentrons-Version`` parameter, the
+    error responses in the OT-2's shape of ``kind``, and the response headers."""
+    param = {"name": HEADER, "in": "header", "required": header_required,
+             "description": f"HTTP API version: an integer >= {MIN_API_VERSION} (higher ones get "
+                            f"{API_VERSION}) or '*' for the latest",
+             "schema": {"oneOf": [{"type": "integer", "minimum": MIN_API_VERSION}, {"type": "string", "enum": ["*"]}]}}
+    schema = _LEGACY_SCHEMA if kind == LEGACY else _JSONAPI_SCHEMA
+    errors = {str(s): {"description": d, "content": {"application/json": {"schema": schema}}}
+              for s, d in ((400, "outdated API version"), (404, "unknown id"), (409, "robot state conflict"),
+                           (422, "invalid request, missing or malformed Opentrons-Version"))}
+    headers = {HEADER: {"schema": {"type": "integer"}, "description": "the version served"},
+               MIN_HEADER: {"schema": {"type": "integer"}, "description": "the oldest version served"}}
+    return param, errors, headers
+
+
+def from_http_exception(exc: web.HTTPException) -> ApiError:
+    """The :class:`ApiError` for an aiohttp 4xx (unknown path, method, body too large)."""
+    code = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
+        exc.status, re.sub(r"[^a-z0-9]+", "-", exc.reason.lower()).strip("-") or "error")
+    return ApiError(exc.status, code, exc.text if exc.status == 413 and exc.text else exc.reason)
+
+
+def _camel(code: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in code.replace("_", "-").split("-")) or "Error"
+
+
+def error_body(kind: str, exc: ApiError) -> dict:
+    """The OT-2's error body of ``kind`` (:data:`LEGACY` / :data:`JSONAPI`) for ``exc``."""
+    if kind == LEGACY:
+        return {"message": exc.message, "errorCode": GENERAL_ERROR_CODE, "error": exc.code}
+    title = getattr(exc, "title", None) or HTTPStatus(exc.status).phrase
+    error_id = exc.code if isinstance(exc, Ot2Error) else _camel(exc.code)
+    return {"errors": [{"id": error_id, "title": title, "detail": exc.message,
+                        "errorCode": GENERAL_ERROR_CODE}]}
+
+
+def requested_version(value: str | None) -> int:
+    """The version to serve for a request header value. Raises :class:`ApiError` 422
+    (missing or malformed) or 400 ``OutdatedAPIVersion`` (below :data:`MIN_API_VERSION`)."""
+    if value is None:
+        raise ApiError(422, "missing-version-header",
+                       f"header.{HEADER.lower()}: field required ('{HEADER}: {API_VERSION}' or '*')")
+    value = value.strip()
+    if value == LATEST:
+        return API_VERSION
+    try:
+        version = int(value)
+    except ValueError:
+        raise ApiError(422, "invalid-version-header",
+                       f"header.{HEADER.lower()}: must be an integer or '*', not {value[:40]!r}") from None
+    if version < MIN_API_VERSION:
+        raise Ot2Error(400, "OutdatedAPIVersion", "Requested HTTP API version no longer supported",
+                       f"The requested API version '{version}' is not supported. '{HEADER}' must be at "
+                       f"least '{MIN_API_VERSION}'. Please upgrade your Opentrons App or other HTTP API client.")
+    return min(version, API_VERSION)
+
+
+def _strip_to(resp: web.StreamResponse, fields: tuple[str, ...]) -> web.StreamResponse:
+    if not isinstance(resp, web.Response) or resp.status != 200 or resp.body is None:
+        return resp
+    body = json.loads(resp.body)
+    return web.json_response({k: body[k] for k in fields if k in body})
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """For the OT-2's endpoints (operations with ``ot2`` set): check ``Opentrons-Version``,
+    answer errors in the OT-2's shape, and set the version headers. Our own endpoints and
+    unknown paths pass through untouched."""
+    op = getattr(request.match_info.handler, "op", None)
+    kind = getattr(op, "ot2", None)
+    if kind is None:
+        return await handler(request)
+    version = API_VERSION
+    raw = request.headers.get(HEADER)
+    try:
+        if op.version_header or (raw is not None and op.ot2_fields):
+            version = requested_version(raw)
+        resp = await handler(request)
+        if raw is not None and op.ot2_fields:
+            resp = _strip_to(resp, op.ot2_fields)
+    except ApiError as exc:
+        status = 422 if exc.code == "invalid-json" else exc.status   # the OT-2 validates JSON as a body field
+        resp = web.json_response(error_body(kind, exc), status=status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = web.json_response(error_body(kind, from_http_exception(exc)), status=exc.status)
+    resp.headers[HEADER] = str(version)
+    resp.headers[MIN_HEADER] = str(MIN_API_VERSION)
+    return resp
