@@ -258,7 +258,7 @@ def test_balance_example_reads_the_balance_over_usb_serial(lab):
     before = lab.balance.requests
     weigh = ("cd /data/user && python -c 'from protocol_with_balance import Balance; "
              f"b = Balance(\"/dev/serial/by-id/{by_id[0]}\"); print(b.weigh(), b.weigh()); b.close()'")
-    grams = [float(g) for g in lab.ssh(weigh).stdout.split()]
+    grams = [float(g) for g in lab.ssh(weigh, timeout=300).stdout.split()]     # opentrons imports slowly under TCG
     assert len(grams) == 2 and grams[1] == pytest.approx(grams[0] + 0.25), grams
     assert lab.balance.requests == before + 2
 
