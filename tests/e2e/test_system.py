@@ -135,7 +135,7 @@ print("moved", pipette.mount)
 
 def gcode_lines(guest: ot2qemu.Guest) -> int:
     """Lines the Smoothieware emulator on the host has received (its -v log)."""
-    return (guest.workdir / "emulator.log").read_text(errors="replace").count("\\n")
+    return (guest.workdir / "emulator.log").read_text(errors="replace").count("\n")
 
 
 def run_status(client, run_id: str) -> str:
