@@ -47,10 +47,11 @@ UPDATE_PORT ?= 34000
 ROBOT_PORT ?= 31950
 BRIDGE_PORT ?= 7887
 SSH_PORT ?= 2222
+JUPYTER_PORT ?= 48888
 
 run: venv
 	$(PY) ci/run-qemu.py --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
-		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
+		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT) --jupyter-port $(JUPYTER_PORT)
 
 test: test-unit test-compat test-e2e
 

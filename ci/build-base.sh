@@ -1,13 +1,15 @@
 #!/bin/bash
 # Build the Debian base root filesystem of the QEMU board as a tarball.
-# Usage: ci/build-base.sh OUT
+# Usage: ci/build-base.sh OUT [PACKAGE_LIST...]
+# The packages are those of ci/base-packages.txt and of each further list (same format).
 # OUT is written as an uncompressed tar whatever its name (mmdebstrap would otherwise
 # guess the format from the name's suffix, and make a directory of `x.tar.tmp`).
 # Uses the host's apt sources (Debian packages only), no network beyond them.
 set -euo pipefail
 out=$1
+shift
 here=$(cd "$(dirname "$0")" && pwd)
-packages=$(grep -v '^#' "$here/base-packages.txt" | paste -sd, -)
+packages=$(cat "$here/base-packages.txt" "$@" | grep -v '^#' | paste -sd, -)
 
 # The initramfs must mount a squashfs root from a virtio disk; MODULES=list keeps it
 # small and independent of the build host's hardware.

@@ -3,7 +3,8 @@
 # (ci/build-base.sh), then the same overlay, post-build and post-image scripts as the
 # Buildroot build, the two Python projects, squashfs, genimage, and a signed bundle.
 #
-# Usage: ci/build-qemu-image.sh [--version V] [--fault robot-server] [--out DIR]
+# Usage: ci/build-qemu-image.sh [--version V] [--fault robot-server] [--no-jupyter] [--out DIR]
+# --no-jupyter (or OT2_JUPYTER=0) leaves Jupyter (ci/jupyter-packages.txt) out of the image.
 # Prints the output directory (holding disk.img, rootfs.squashfs, rootfs.bundle) on its
 # last line. Results are cached in $OT2_CACHE (default ~/.cache/ot2) keyed by a hash of
 # every input, so a second run with the same inputs takes a second.
@@ -15,12 +16,14 @@ venv=${OT2_VENV:-$tree/.venv}
 version=$(git -C "$tree" describe --always --dirty 2>/dev/null || echo dev)
 fault=""
 out=""
+jupyter=${OT2_JUPYTER:-1}
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--version) version=$2; shift 2 ;;
 	--fault) fault=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
-	*) echo "usage: $0 [--version V] [--fault robot-server] [--out DIR]" >&2; exit 2 ;;
+	--no-jupyter) jupyter=0; shift ;;
+	*) echo "usage: $0 [--version V] [--fault robot-server] [--no-jupyter] [--out DIR]" >&2; exit 2 ;;
 	esac
 done
 mkdir -p "$cache"
@@ -56,12 +59,16 @@ if [ ! -s "$keys/dev.key" ]; then
 fi
 
 hash_of() { sha256sum | cut -c1-16; }
-base_key=$(cat "$tree/ci/base-packages.txt" "$tree/ci/build-base.sh" | hash_of)
+extra_packages=()
+if [ "$jupyter" = 1 ]; then
+	extra_packages=("$tree/ci/jupyter-packages.txt")
+fi
+base_key=$(cat "$tree/ci/base-packages.txt" "${extra_packages[@]}" "$tree/ci/build-base.sh" | hash_of)
 base=$cache/base-$base_key.tar
 if [ ! -s "$base" ]; then
 	log "building the Debian base root ($base)"
 	start=$(date +%s)
-	"$tree/ci/build-base.sh" "$base.tmp"
+	"$tree/ci/build-base.sh" "$base.tmp" "${extra_packages[@]}"
 	tar -tf "$base.tmp" ./usr/bin/python3 >/dev/null
 	mv "$base.tmp" "$base"
 	timed "Debian base root $(du -h "$base" | cut -f1)" "$start"
@@ -113,11 +120,16 @@ assemble_root() {
 	log "unpacking the base"
 	tar -C "$root" -xf "$base"
 
-	# Only the kernel modules a virtio machine needs (and their dependencies) stay.
+	# Only the kernel modules a virtio machine needs (and their dependencies) stay, and
+	# those of lab equipment on USB: the host controllers QEMU emulates (xhci, ehci), USB
+	# drives (usb-storage, uas, sd_mod; FAT, exFAT, ext4) and serial adapters (FTDI, CP210x,
+	# PL2303, CDC-ACM).
 	kver=$(ls "$root/usr/lib/modules")
 	keep=$work/modules.keep
 	for m in virtio_blk virtio_pci virtio_net virtio_console virtio_rng squashfs ext4 vfat \
-		nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 autofs4 binfmt_misc loop af_packet ipv6 crc32c_generic; do
+		nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 autofs4 binfmt_misc loop af_packet ipv6 crc32c_generic \
+		xhci_pci ehci_pci uhci_hcd usb_storage uas sd_mod exfat \
+		usbserial ftdi_sio cp210x pl2303 cdc_acm; do
 		chroot "$root" modprobe -S "$kver" --show-depends "$m" 2>/dev/null |
 			awk '/^insmod/ {sub(".*/modules/[^/]*/", "", $2); print $2}'
 	done | sort -u > "$keep"

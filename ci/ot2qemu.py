@@ -98,16 +98,19 @@ def check_ports_free(ports: dict[str, int]) -> None:
                                 f"{f' by {holder}' if holder else ''} ({exc.strerror})") from None
 
 
-def build_image(version: str | None = None, fault: str | None = None) -> Path:
+def build_image(version: str | None = None, fault: str | None = None, jupyter: bool = True) -> Path:
     """Builds (or takes from the cache) a QEMU board image; returns its directory.
 
     The directory holds `disk.img`, `rootfs.squashfs` and the signed `rootfs.bundle`.
+    `jupyter=False` leaves Jupyter out (`--no-jupyter`).
     """
     cmd = [str(ROOT / "ci" / "build-qemu-image.sh")]
     if version:
         cmd += ["--version", version]
     if fault:
         cmd += ["--fault", fault]
+    if not jupyter:
+        cmd += ["--no-jupyter"]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
 
@@ -134,11 +137,14 @@ class Guest:
     program's on the same port.
     """
 
-    def __init__(self, disk: Path, workdir: Path, ports: dict[str, int] | None = None):
+    def __init__(self, disk: Path, workdir: Path, ports: dict[str, int] | None = None,
+                 qemu_env: dict[str, str] | None = None):
+        """`qemu_env`: more of ci/qemu-run.sh's variables (USB devices, OT2_QMP)."""
         self.disk = disk
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = ports or {name: free_port() for name in ("update", "robot", "bridge", "ssh", "uart")}
+        self.ports = ports or {name: free_port() for name in ("update", "robot", "bridge", "ssh", "jupyter", "uart")}
+        self.qemu_env = qemu_env or {}
         self.console = workdir / "console.log"
         self.qemu: subprocess.Popen | None = None
         self.emulator: subprocess.Popen | None = None
@@ -190,7 +196,9 @@ class Guest:
                    OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
                    OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
                    OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial,
-                   OT2_ROBOT_ALIAS=self.robot_alias)
+                   OT2_ROBOT_ALIAS=self.robot_alias, **self.qemu_env)
+        if "jupyter" in self.ports:
+            env["OT2_PORT_JUPYTER"] = str(self.ports["jupyter"])
         self.power_ons += 1
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
                                      env=env, stdout=open(self.workdir / "qemu.log", "ab"),
@@ -232,6 +240,24 @@ class Guest:
         if self.emulator and self.emulator.poll() is None:
             self.emulator.terminate()
             self.emulator.wait(10)
+
+    def qmp(self, command: str, **arguments) -> dict:
+        """Runs one QMP command (e.g. `device_del`, id="usbstick0") on the QEMU monitor socket
+        given as OT2_QMP in `qemu_env`; returns its "return" value. Raises RuntimeError on an error reply."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(self.qemu_env["OT2_QMP"])
+            stream = sock.makefile("rw")
+            json.loads(stream.readline())                      # the greeting
+            for request in ({"execute": "qmp_capabilities"},
+                            {"execute": command, "arguments": arguments}):
+                stream.write(json.dumps(request) + "\n")
+                stream.flush()
+                while "event" in (reply := json.loads(stream.readline())):
+                    pass
+                if "error" in reply:
+                    raise RuntimeError(f"QMP {request['execute']}: {reply['error']}")
+            return reply["return"]
 
     # -- HTTP --------------------------------------------------------------------
 
@@ -353,14 +379,14 @@ class Guest:
                             "-f", str(self.ssh_key)], check=True)
         return (self.ssh_key.with_suffix(".pub")).read_text().strip()
 
-    def ssh(self, command: str, check: bool = True, timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`), with
-        `input` on its standard input."""
+    def ssh(self, command: str, check: bool = True, timeout: float = 60, input: str | None = None,
+            options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`); `input`
+        goes to its stdin, `options` are more ssh arguments after the destination."""
         return subprocess.run(
             ["ssh", "-i", str(self.ssh_key), "-p", str(self.ports["ssh"]), "-o", "BatchMode=yes",
              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"root@{HOST}", command],
+             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"root@{HOST}", *options, command],
             check=check, capture_output=True, text=True, timeout=timeout, input=input)
 
 

@@ -28,16 +28,17 @@ def main() -> int:
     parser.add_argument("--robot-port", type=int, default=31950)
     parser.add_argument("--bridge-port", type=int, default=7887)
     parser.add_argument("--ssh-port", type=int, default=2222)
+    parser.add_argument("--jupyter-port", type=int, default=48888)
     parser.add_argument("--uart-port", type=int, default=0, help="host port of the motor-board emulator (0: any free)")
     args = parser.parse_args()
 
     ports = {"update": args.update_port, "robot": args.robot_port, "bridge": args.bridge_port,
-             "ssh": args.ssh_port, "uart": args.uart_port or ot2qemu.free_port()}
+             "ssh": args.ssh_port, "jupyter": args.jupyter_port, "uart": args.uart_port or ot2qemu.free_port()}
     try:
         ot2qemu.check_ports_free(ports)
     except ot2qemu.PortInUse as exc:
         print(f"run-qemu: {exc}; choose another with make run UPDATE_PORT= ROBOT_PORT= "
-              f"BRIDGE_PORT= SSH_PORT=", file=sys.stderr)
+              f"BRIDGE_PORT= SSH_PORT= JUPYTER_PORT=", file=sys.stderr)
         return 1
     image_dir = ot2qemu.build_image()
     workdir = ot2qemu.ROOT / "build" / "qemu"
@@ -60,6 +61,7 @@ def main() -> int:
         print(f"  SSH             ssh -p {ports['ssh']} root@127.0.0.1 (add your key first: "
               f"curl -X POST -H 'Content-Type: application/json' -d '{{\"key\": \"...\"}}' "
               f"http://127.0.0.1:{ports['update']}/server/ssh_keys)")
+        print(f"  Jupyter         http://127.0.0.1:{ports['jupyter']}/ (token: ssh ... journalctl -u ot2-jupyter)")
         print(f"  motor board     Smoothieware emulator on 127.0.0.1:{ports['uart']} (guest /dev/ttyS1)")
         print("Ctrl-C powers the robot off.", flush=True)
         while guest.running:

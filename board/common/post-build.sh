@@ -39,7 +39,7 @@ rm -f "$target"/etc/ot2/keyring/*.pem
 cp "$OT2_KEYRING_DIR"/*.pem "$target/etc/ot2/keyring/"
 
 # Mount points of the read-only root; everything written lives in /data or tmpfs.
-mkdir -p "$target/data" "$target/boot/firmware"
+mkdir -p "$target/data" "$target/boot/firmware" "$target/mnt/usbdrive"
 rm -rf "$target/root/.ssh"
 ln -s /data/ssh "$target/root/.ssh"
 # Empty machine-id: systemd puts a transient one on tmpfs, ot2-persist keeps it in /data.
@@ -60,11 +60,22 @@ for site in "$target"/usr/lib/python3*/site-packages "$target"/usr/lib/python3/d
 	printf '/usr/lib/ot2/python\nimport ot2_environment\n' > "$site/ot2-environment.pth"
 done
 
+# `python` is Python 3 (Debian: python-is-python3; Buildroot: this link).
+if [ ! -e "$target/usr/bin/python" ] && [ -e "$target/usr/bin/python3" ]; then
+	ln -s python3 "$target/usr/bin/python"
+fi
+
+# The system users of sysusers.d (the root is read-only at run time, so they are made here).
+if ls "$target"/usr/lib/sysusers.d/ot2-*.conf >/dev/null 2>&1; then
+	systemd-sysusers --root "$target"
+fi
+
 # Enable the units of the overlay (what `systemctl enable` would do, without a running systemd).
 wants="$target/etc/systemd/system/multi-user.target.wants"
 mkdir -p "$wants"
 for unit in ot2-persist.service ot2-provision.service ot2-update-server.service ot2-robot-server.service \
-	ot2-boot-check.service ot2-dropbear.service systemd-networkd.service; do
+	ot2-boot-check.service ot2-dropbear.service ot2-journal.service \
+	ot2-python-packages.service ot2-jupyter.service systemd-networkd.service; do
 	ln -sf "/usr/lib/systemd/system/$unit" "$wants/$unit"
 done
 mkdir -p "$target/etc/systemd/system/sysinit.target.wants"

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from . import __version__, runs_api
+from . import __version__, runs_api, usb_drives
 from .engine_host import EngineHost
 from .service import ApiError, RobotService
 from .versioning import LEGACY, from_http_exception, openapi_parts, route_path, version_middleware
@@ -270,4 +270,5 @@ def make_app(svc: RobotService, engine: EngineHost | None = None) -> web.Applica
         return await stream(request)
 
     app.router.add_get("/events", events)
+    usb_drives.add_routes(app)
     return app
