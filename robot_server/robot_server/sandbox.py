@@ -343,10 +343,18 @@ def kill_user(ident: Identity, rounds: int = 20) -> None:
     calls ``kill(-1, SIGKILL)`` (repeated until none is left: a fork racing the first
     round is caught by the next)."""
     for _ in range(rounds):
-        as_user(ident, lambda: os.kill(-1, signal.SIGKILL))
+        as_user(ident, _kill_every_process_of_this_user)
         if not user_processes(ident.uid):
             return
     log.warning("processes of %s survive kill(-1): %s", ident.name, user_processes(ident.uid))
+
+
+def _kill_every_process_of_this_user() -> None:
+    """``kill(-1, SIGKILL)``, only without any capability: with ``CAP_KILL`` it would
+    reach every process of the machine, not only this user's."""
+    if effective_caps() != 0:
+        raise PermissionError("refusing kill(-1) while holding capabilities")
+    os.kill(-1, signal.SIGKILL)
 
 
 async def _quiet(*argv: str) -> None:

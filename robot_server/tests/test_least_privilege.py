@@ -105,6 +105,7 @@ class Server:
         self.board = SmoothieEmulator()
         self.pty = PtyServer(self.board, link=str(root / "board")).start()
         self.port = _free_port()
+        self.scratch_before = run_scratch()
         self._lay_out()
         config = root / "robot-server.toml"
         config.write_text(
@@ -287,6 +288,11 @@ def test_a_run_cannot_touch_the_servers_files_or_privileges(server):
 
 def test_the_sandboxes_leave_no_scratch_behind(server):
     """Scratch trees the sandbox user wrote (which the server's user may not read) are
-    removed when a run ends: only the warm analysis worker's own scratch stays."""
-    leftovers = [p for p in Path(tempfile.gettempdir()).glob("ot2-run-*") if p.stat().st_uid == pwd.getpwnam(SANDBOX_USER).pw_uid]
-    assert leftovers == []
+    removed when a run ends."""
+    assert run_scratch() - server.scratch_before == set()
+
+
+def run_scratch() -> set[Path]:
+    """The runs' scratch directories in the temporary directory, of the sandbox user."""
+    uid = pwd.getpwnam(SANDBOX_USER).pw_uid
+    return {p for p in Path(tempfile.gettempdir()).glob("ot2-run-*") if p.stat().st_uid == uid}
