@@ -135,9 +135,10 @@ class Server:
         self.tokens.mkdir()
         os.chown(self.tokens, 0, SERVER_GID)
         os.chmod(self.tokens, 0o2770)
-        (self.tokens / "tokens.json").write_text('{"format": 1, "tokens": []}\n')
-        os.chown(self.tokens / "tokens.json", 0, SERVER_GID)
-        os.chmod(self.tokens / "tokens.json", 0o640)
+        for name, mode, text in (("tokens.json", 0o640, '{"format": 1, "tokens": []}\n'), ("tokens.lock", 0o660, "")):
+            (self.tokens / name).write_text(text)
+            os.chown(self.tokens / name, 0, SERVER_GID)
+            os.chmod(self.tokens / name, mode)
         secret = self.state / "secret"
         secret.write_text(SECRET)
         os.chown(secret, SERVER_UID, SERVER_GID)
@@ -284,6 +285,34 @@ def test_a_run_cannot_touch_the_servers_files_or_privileges(server):
     assert run["status"] == "succeeded", run["errors"]
     assert_confined(comments(commands), server)
     assert SECRET not in json.dumps(commands)
+
+
+def as_server_user(code: str) -> str:
+    """Run Python ``code`` as the server's user and group with the unit's capabilities;
+    its stdout."""
+    done = subprocess.run(
+        ["setpriv", f"--reuid={SERVER_UID}", f"--regid={SERVER_GID}", "--clear-groups", f"--inh-caps={CAPS}",
+         f"--ambient-caps={CAPS}", "--", sys.executable, "-c", code],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_server_user_and_root_share_the_tokens_file(server):
+    """Pairing: the robot server's user issues a token into the tokens directory laid out
+    as ot2-persist does, root (the update server) verifies it and issues one the robot
+    server verifies; the file stays 0640 in the server's group, out of protocol code's reach."""
+    from update_server.tokens import TokenStore
+    path = server.tokens / "tokens.json"
+    issued = as_server_user(f"from pathlib import Path\nfrom update_server.tokens import TokenStore\n"
+                            f"print(TokenStore(Path({str(path)!r})).issue('lab pc', 'button')[0])")
+    assert TokenStore(path).verify(issued)["via"] == "button"
+    by_root, _ = TokenStore(path).issue("usb laptop", "trusted-interface")
+    verified = as_server_user(f"from pathlib import Path\nfrom update_server.tokens import TokenStore\n"
+                              f"print(TokenStore(Path({str(path)!r})).verify({by_root!r})['via'])")
+    assert verified == "trusted-interface"
+    mode = path.stat()
+    assert (mode.st_gid, mode.st_mode & 0o7777) == (SERVER_GID, 0o640)
 
 
 def test_the_sandboxes_leave_no_scratch_behind(server):
