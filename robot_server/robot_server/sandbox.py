@@ -287,6 +287,13 @@ class _CapData(ctypes.Structure):
 #: ``capset(2)`` ABI version 3 (64-bit sets as two ``_CapData``) and ``prctl(2)`` options.
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+#: Looked up once, here: a child forked from the threaded server must not ``dlopen``/``dlsym``
+#: (the loader's lock may have been held by another thread at the fork).
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_prctl = _LIBC.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_capset = _LIBC.capset
+_capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
 
 
 def drop_capabilities() -> None:
@@ -294,11 +301,10 @@ def drop_capabilities() -> None:
     (``prctl(PR_CAP_AMBIENT_CLEAR_ALL)``, ``capset(2)``) and set ``no_new_privs``, so that
     no ``execve`` (a set-user-ID program, file capabilities) gives any back
     (``prctl(2)``, ``PR_SET_NO_NEW_PRIVS``). Raises ``OSError`` if the kernel refuses."""
-    libc = ctypes.CDLL(None, use_errno=True)
     empty = (_CapData * 2)()
-    if (libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0
-            or libc.capset(ctypes.byref(_CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)), empty) != 0
-            or libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0):
+    if (_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0
+            or _capset(ctypes.byref(_CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)), empty) != 0
+            or _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0):
         err = ctypes.get_errno()
         raise OSError(err, f"cannot drop capabilities: {os.strerror(err)}")
 
