@@ -55,6 +55,8 @@ from typing import Callable
 log = logging.getLogger("robot_server.sandbox")
 
 FALLBACK_USER = "nobody"
+#: ``/proc/<pid>/oom_score_adj`` of sandboxed code (-1000..1000; ``proc(5)``).
+OOM_SCORE_ADJ = 500
 #: Environment every sandboxed process starts with (plus what the caller adds): nothing
 #: of the server's own environment leaks in. Few malloc arenas keep RLIMIT_AS honest
 #: with many threads (glibc reserves 64 MiB of address space per arena).
@@ -256,11 +258,15 @@ def copy_in(files: Path, scratch: Path, spec: str) -> Path:
 def drop_privileges(spec: str) -> None:
     """Apply a :meth:`Sandbox.drop_spec`: ``RLIMIT_AS`` (bytes), then, with a user,
     no supplementary groups, its gid, ``RLIMIT_NPROC``, its uid (the real, effective and
-    saved uid: there is no way back) and :func:`drop_capabilities`. Raises ``OSError``
-    when a step is refused (the caller must then not run the sandboxed code)."""
+    saved uid: there is no way back) and :func:`drop_capabilities`; and ``oom_score_adj``
+    :data:`OOM_SCORE_ADJ`, so that when memory runs out the kernel kills sandboxed code
+    before the server it shares a cgroup with. Raises ``OSError`` when a step is refused
+    (the caller must then not run the sandboxed code)."""
     uid, gid, memory, tasks = spec.split(":")
     resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
     if uid:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as fh:
+            fh.write(str(OOM_SCORE_ADJ))
         become(int(uid), int(gid), int(tasks))
 
 

@@ -79,6 +79,7 @@ def run(ctx):
     status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
     ctx.comment("uid " + str(os.getuid()) + " groups " + str(os.getgroups()))
     ctx.comment("caps " + json.dumps({{k: status[k].strip() for k in ("CapEff", "CapPrm", "CapAmb", "NoNewPrivs")}}))
+    ctx.comment("oom_score_adj " + open("/proc/self/oom_score_adj").read().strip())
     ctx.comment("read-secret " + attempt(lambda: open({secret!r}).read()))
     ctx.comment("read-tokens " + attempt(lambda: open({tokens!r}).read()))
     ctx.comment("write-state " + attempt(lambda: write({state!r} + "/planted")))
@@ -246,6 +247,7 @@ def assert_confined(results: dict[str, str], server: Server) -> None:
     assert results["uid"] == f"{sandbox.pw_uid} groups []", results
     assert json.loads(results["caps"]) == {"CapEff": "0000000000000000", "CapPrm": "0000000000000000",
                                            "CapAmb": "0000000000000000", "NoNewPrivs": "1"}, results
+    assert results["oom_score_adj"] == "500", results
     for attempt in ("read-secret", "read-tokens", "write-state", "write-tokens", "setuid-root", "setuid-server"):
         assert results[attempt] == "refused PermissionError", (attempt, results)
     assert not (server.state / "planted").exists() and not (server.tokens / "planted").exists()
