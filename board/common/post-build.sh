@@ -38,6 +38,15 @@ fi
 rm -f "$target"/etc/ot2/keyring/*.pem
 cp "$OT2_KEYRING_DIR"/*.pem "$target/etc/ot2/keyring/"
 
+# System users and groups of sysusers.d (ot2-robot, ot2-run, gpio, ...): the root is
+# read-only, so systemd-sysusers cannot add them at boot. The host's systemd-sysusers (the
+# build host's, or Buildroot's host-systemd) writes the target's /etc/passwd and /etc/group.
+if ! command -v systemd-sysusers >/dev/null; then
+	echo "post-build.sh: systemd-sysusers is needed to create the image's system users" >&2
+	exit 1
+fi
+systemd-sysusers --root="$target"
+
 # Mount points of the read-only root; everything written lives in /data or tmpfs.
 mkdir -p "$target/data" "$target/boot/firmware" "$target/mnt/usbdrive"
 rm -rf "$target/root/.ssh"

@@ -16,7 +16,7 @@ key                    default               meaning
 ``baudrate``           ``115200``            UART speed
 ``gpio_backend``       ``"rpi"``             ``"rpi"`` (RPi.GPIO) or ``"sim"`` (simulated)
 ``data_dir``           ``"/data"``           persistent data; the server uses ``<data_dir>/robot-server``
-``lock_file``          ``"/run/robot-server.lock"``  single-owner lock
+``lock_file``          ``"/run/robot-server/robot-server.lock"``  single-owner lock
 ``ack_timeout``        ``5.0``               seconds to wait for the board's acknowledgement
 ``reconnect_interval`` ``2.0``               seconds between attempts to (re)open the board
 ``bridge_max_message`` ``65536``             bytes; a longer bridge message is refused and closed
@@ -52,7 +52,7 @@ class Config:
     baudrate: int = 115200
     gpio_backend: str = "rpi"
     data_dir: str = "/data"
-    lock_file: str = "/run/robot-server.lock"
+    lock_file: str = "/run/robot-server/robot-server.lock"
     ack_timeout: float = 5.0
     reconnect_interval: float = 2.0
     bridge_max_message: int = 65536

@@ -53,7 +53,8 @@ class EngineHost:
         self._events = asyncio.ensure_future(self._follow(self.service.events.subscribe()))
         self.service.channel.set_namer(self.runs.holder_name)
         if not self.sandbox.isolated:
-            log.warning("not running as root: protocols run as this server's own user")
+            log.warning("cannot switch users (neither root nor CAP_SETUID, CAP_SETGID and CAP_CHOWN): "
+                        "protocols run as this server's own user")
 
     async def stop(self) -> None:
         await self.runs.close()

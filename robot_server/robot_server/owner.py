@@ -1,6 +1,6 @@
 """Single owner of the robot's hardware (motor-board UART and GPIO lines).
 
-An exclusive, non-blocking ``flock`` on the lock file (default ``/run/robot-server.lock``)
+An exclusive, non-blocking ``flock`` on the lock file (default ``/run/robot-server/robot-server.lock``)
 is held for the process' lifetime; the file records the holder (pid, program, start
 time) so a second process can say who holds the hardware. The kernel drops the lock when
 the holder dies, so a stale file never blocks a restart. Any other program that wants the

@@ -143,7 +143,7 @@ class Analyzer:
             task.cancel()
         await self._kill()
         if self._scratch:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self.sandbox.remove(Path(self._scratch))
 
     def submit(self, directory: Path) -> Job:
         """Queue the analysis of the protocol files in ``directory``."""
@@ -159,7 +159,7 @@ class Analyzer:
             return
         if self._scratch is None:
             self._scratch = tempfile.mkdtemp(prefix="ot2-analysis-")
-            self.sandbox.owns(Path(self._scratch))
+            self.sandbox.shares(Path(self._scratch))
         self._ready = asyncio.Event()
         self.unit = f"{ANALYSIS_UNIT}-{new_id()[:8]}"
         self.proc = await self.sandbox.spawn(

@@ -187,9 +187,9 @@ class RunManager:
         self.runs[run_id] = run
         self._prune()
         run.scratch = tempfile.mkdtemp(prefix="ot2-run-")
-        self.sandbox.owns(Path(run.scratch))
         try:
             args = [str(copy_in(files, Path(run.scratch), self.sandbox.drop_spec()))] if files is not None else []
+            self.sandbox.owns(Path(run.scratch))    # after the copy: a non-root server cannot enter it then
             run.proc = await self.sandbox.spawn(
                 run.unit, [sys.executable, "-m", "robot_server.run_worker", *args],
                 env={"OT_SMOOTHIE_EMULATOR_URI": self.channel_url(), "OT_API_CONFIG_DIR": run.scratch,
@@ -415,7 +415,7 @@ class RunManager:
             run.save()
         run.finished.set()
         if run.scratch:
-            shutil.rmtree(run.scratch, ignore_errors=True)
+            self.sandbox.remove(Path(run.scratch))
 
     async def _output(self, run: Run) -> None:
         """Keep the run process's stderr (up to ``MAX_OUTPUT`` bytes) in ``output.log``."""

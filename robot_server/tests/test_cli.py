@@ -18,7 +18,7 @@ from robot_server.owner import HardwareLock, OwnerError
 def test_config_defaults_and_file(tmp_path):
     cfg = load(str(tmp_path / "absent.toml"))
     assert (cfg.port, cfg.bridge_port, cfg.serial_port, cfg.baudrate) == (31950, 7887, "/dev/ttyAMA0", 115200)
-    assert (cfg.gpio_backend, cfg.data_dir, cfg.lock_file, cfg.ack_timeout) == ("rpi", "/data", "/run/robot-server.lock", 5.0)
+    assert (cfg.gpio_backend, cfg.data_dir, cfg.lock_file, cfg.ack_timeout) == ("rpi", "/data", "/run/robot-server/robot-server.lock", 5.0)
     p = tmp_path / "rs.toml"
     p.write_text('serial_port = "/dev/ttyS1"\ngpio_backend = "sim"\nack_timeout = 2\n')
     cfg = load(str(p), required=True)

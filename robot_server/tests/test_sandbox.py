@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from robot_server import sandbox
 from robot_server.sandbox import Sandbox, user_processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to the sandbox user needs root")
@@ -73,3 +74,14 @@ def test_the_sandbox_user_cannot_be_root():
     with pytest.raises(ValueError):
         Sandbox("root", MEMORY, 64, use_systemd=False)
     assert resource.getrlimit(resource.RLIMIT_NPROC)[0] != 64      # the server's own limits are untouched
+
+
+def test_kill_of_every_process_of_a_user_is_refused_while_holding_capabilities(monkeypatch):
+    """``kill(-1)`` with ``CAP_KILL`` would reach every process of the machine: the helper
+    refuses it unless its capabilities are gone (this test runs as root, with all of them;
+    ``os.kill`` records instead of signalling, so that a broken check harms nothing)."""
+    signalled = []
+    monkeypatch.setattr(sandbox.os, "kill", lambda pid, sig: signalled.append((pid, sig)))
+    with pytest.raises(PermissionError):
+        sandbox._kill_every_process_of_this_user()
+    assert signalled == [] and sandbox.effective_caps() != 0
