@@ -31,6 +31,7 @@ from .service import ApiError, _bool, _number, _obj, invalid
 from .versioning import Ot2Error
 
 if TYPE_CHECKING:
+    from .engine_host import EngineHost
     from .service import RobotService
 
 log = logging.getLogger("robot_server.ot2_api")
@@ -65,6 +66,8 @@ MOUNT_LETTER = {"left": "L", "right": "R"}
 ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], "right": [95, 40, 30]},
                    "attach_tip": {"target": "pipette", "point": [200, 90, 150]}}
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+#: Reset options of the OT-2 we do not offer: clearing SSH keys changes who may log in.
+REFUSED_RESETS = {"authorizedKeys"}
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
 DEFAULT_PAGE_LENGTH = 20
 
@@ -90,6 +93,8 @@ class Ot2Resources:
         self._facts: asyncio.Task | None = None
         self._pipettes: dict | None = None
         self.commands: dict[str, dict] = {}
+        #: The runs and protocols (set by the server); ``runsHistory`` resets erase them.
+        self.engine: EngineHost | None = None
 
     # ------------------------------------------------------------ helpers
     def preload(self) -> None:
@@ -327,9 +332,46 @@ class Ot2Resources:
         return config
 
     async def reset_options(self, params: Any = None) -> dict:
-        """``GET /settings/reset/options``: ``{options: [{id, name, description}]}``."""
+        """``GET /settings/reset/options``: ``{options: [{id, name, description}]}``, the
+        OT-2's (opentrons/config/reset.py, ``reset_options(OT2)``) but ``authorizedKeys``,
+        which we refuse (see :meth:`reset`)."""
         _obj(params, set())
-        return {"options": (await self.facts())["reset_options"]}
+        return {"options": [o for o in (await self.facts())["reset_options"] if o["id"] not in REFUSED_RESETS]}
+
+    async def reset(self, params: Any) -> dict:
+        """``POST /settings/reset`` ``{<option id>: true|false, ...}``: reset what is
+        stored for each option set to true; ``{message: "Options '<names>' were reset"}``
+        (``names`` the options' enum names, e.g. ``runs_history``) or ``"Nothing to do"``,
+        as the OT-2's robot-server/robot_server/service/legacy/routers/settings.py.
+
+        Of what we keep in ``/data``: ``runsHistory`` deletes every run and protocol with
+        its analyses, at once (the OT-2 erases at the next boot; a run in progress: 409);
+        ``deckCalibration``, ``pipetteOffsetCalibrations``, ``tipLengthCalibrations``,
+        ``deckConfiguration`` and ``bootScripts`` have nothing stored here (identity
+        calibration, a fixed deck, no boot scripts), so they succeed and change nothing.
+        Feature flags (``/settings``) are no reset option on the OT-2 either.
+        An id that is no reset option at all: 422; one that is not an OT-2's (a Flex's)
+        or ``authorizedKeys`` (nothing a network peer sends may change who may log in): 403."""
+        if not isinstance(params, dict):
+            raise invalid("the request must be a JSON object of reset option ids to true or false")
+        names = (await self.facts())["reset_option_names"]
+        unknown = sorted(str(k) for k in params if k not in names)
+        if unknown:
+            raise invalid(f"unknown reset option(s): {', '.join(unknown)[:200]}; options: {', '.join(names)}")
+        bad = sorted(k for k, v in params.items() if not isinstance(v, bool))
+        if bad:
+            raise invalid(f"reset option(s) {', '.join(bad)} must be true or false")
+        offered = {o["id"] for o in (await self.reset_options())["options"]}
+        not_allowed = [k for k in params if k not in offered]
+        if not_allowed:
+            why = " (clearing SSH keys over the network is refused here)" if set(not_allowed) & REFUSED_RESETS else ""
+            raise ApiError(403, "reset-not-allowed", f"{' '.join(not_allowed)} is not a valid reset option.{why}")
+        chosen = [k for k, v in params.items() if v]
+        if "runsHistory" in chosen and self.engine is not None:
+            await self.engine.erase()
+        if not chosen:
+            return {"message": "Nothing to do"}
+        return {"message": f"Options '{', '.join(names[k] for k in chosen)}' were reset"}
 
     async def calibration_status(self, params: Any = None) -> dict:
         """``GET /calibration/status``: deck calibration (identity: never calibrated on this
@@ -537,6 +579,9 @@ def ot2_operations(svc: RobotService) -> list:
         Op("getRobotSettings", "GET", "/settings/robot", r.robot_settings, "Robot config", ot2=LEGACY),
         Op("getResetOptions", "GET", "/settings/reset/options", r.reset_options,
            "What POST /settings/reset could reset", ot2=LEGACY),
+        Op("postReset", "POST", "/settings/reset", r.reset, "Reset stored robot data (runs and protocols, calibration)",
+           body={"type": "object", "description": "reset option id (GET /settings/reset/options) -> true to reset it",
+                 "additionalProperties": {"type": "boolean"}}, ot2=LEGACY),
         Op("calibrationStatus", "GET", "/calibration/status", r.calibration_status,
            "Deck calibration status", ot2=LEGACY),
         Op("networkingStatus", "GET", "/networking/status", r.networking_status,

@@ -26,7 +26,7 @@ log = logging.getLogger("robot_server.ot2_facts")
 #: a robot; the image installs it): the protocol API range of opentrons 8.8.2.
 FALLBACK = {"opentrons_version": "8.8.2", "minimum_protocol_api_version": [2, 0],
             "maximum_protocol_api_version": [2, 27], "settings": [], "reset_options": [],
-            "robot_config": {}}
+            "reset_option_names": {}, "robot_config": {}}
 
 #: Facts already read in this process, by opentrons version (several servers in one
 #: process, as in tests, read them once).
@@ -48,16 +48,19 @@ def collect() -> dict:
                 if ot2 in d.robot_type and not d.internal_only and not d.show_if]
     options = [{"id": k.value, "name": v.name, "description": v.description}
                for k, v in reset.reset_options(ot2).items()]
+    # Every reset option id (a Flex's too) -> its enum name, which POST /settings/reset's
+    # message uses.
+    option_names = {k.value: k.name for k in reset.ResetOptionId}
     return {"opentrons_version": __version__,
             "minimum_protocol_api_version": list(MIN_SUPPORTED_VERSION),
             "maximum_protocol_api_version": list(MAX_SUPPORTED_VERSION),
-            "settings": settings, "reset_options": options,
+            "settings": settings, "reset_options": options, "reset_option_names": option_names,
             "robot_config": json.loads(json.dumps(asdict(robot_configs.build_config_ot2({})), default=list))}
 
 
 async def load(cache_dir: Path, timeout: float = 120.0) -> dict:
     """The facts: from ``cache_dir/ot2-facts.json`` if it was written for the installed
-    ``opentrons`` version, else from a child process (then cached). Never raises: on
+    ``opentrons`` version with every fact, else from a child process (then cached). Never raises: on
     failure logs a warning and returns :data:`FALLBACK`."""
     try:
         version = metadata.version("opentrons")
@@ -67,7 +70,7 @@ async def load(cache_dir: Path, timeout: float = 120.0) -> dict:
     cache = cache_dir / "ot2-facts.json"
     try:
         cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("opentrons_version") == version:
+        if cached.get("opentrons_version") == version and set(FALLBACK) <= set(cached):
             return cached
     except (OSError, ValueError, AttributeError):
         pass
