@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, ot2_facts
 from .service import ApiError, _bool, _number, _obj, invalid
-from .versioning import Ot2Error
+from .versioning import GENERAL_ERROR_CODE, Ot2Error
 
 if TYPE_CHECKING:
     from .engine_host import EngineHost
@@ -68,6 +68,8 @@ ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], 
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 #: Reset options of the OT-2 we do not offer: clearing SSH keys changes who may log in.
 REFUSED_RESETS = {"authorizedKeys"}
+#: ``errorCode`` of "robot in use" (opentrons_shared_data/errors/codes.py, ROBOT_IN_USE).
+ROBOT_IN_USE_CODE = "4001"
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
 DEFAULT_PAGE_LENGTH = 20
 
@@ -452,34 +454,50 @@ class Ot2Resources:
 
     # ------------------------------------------------------------ stateless commands
     async def create_command(self, params: Any) -> dict:
-        """``POST /commands?waitUntilComplete=&timeout=`` ``{data: {commandType: "home",
-        params: {axes?: ["x", "y", "leftZ", "rightZ", "leftPlunger", "rightPlunger"]},
-        intent?}}``: run a command outside any run (HTTP 201 ``{data: command}``), through
-        the same motion lock as every other motion. ``waitUntilComplete`` waits up to
-        ``timeout`` ms (> 0; default: no limit) for it to finish. The intent is always
-        ``setup``, as on the OT-2."""
+        """``POST /commands?waitUntilComplete=&timeout=`` ``{data: {commandType, params,
+        intent?}}``: run one command outside any run (HTTP 201 ``{data: command}``), the
+        command types of :data:`~robot_server.ot2_facts.STATELESS_COMMANDS` with the engine's
+        parameters (``home`` ``{axes?: ["x", "y", "leftZ", "rightZ", "leftPlunger",
+        "rightPlunger"]}``, ``setRailLights`` ``{on}``, module commands ``{moduleId, ...}``:
+        ``celsius`` °C, ``rpm``, magnet ``height`` mm), as the OT-2's robot-server/
+        robot_server/commands/router.py. Motion goes through the same lock as every other.
+        No module is attached here (``GET /modules`` is empty), so a module command fails
+        as the OT-2's engine fails it for an unknown module: status ``failed``, error
+        ``ModuleNotLoadedError`` "Module <id> not found." (protocol_engine/errors/
+        exceptions.py). ``waitUntilComplete`` waits up to ``timeout`` ms (> 0; default: no
+        limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
+        command type, missing or mistyped parameters), 409 ``RunActive`` while a run is open."""
         p = _obj(params, {"data", "waitUntilComplete", "timeout"})
+        if self.engine is not None and self.engine.runs.active() is not None:
+            raise Ot2Error(409, "RunActive", "Run Active", "There is an active run. Close the current run "
+                           "to issue commands via POST /commands.", error_code=ROBOT_IN_USE_CODE)
         data = p.get("data")
         if not isinstance(data, dict):
             raise invalid("body.data: field required (the command request)")
         body = _obj(data, {"commandType", "params", "intent", "key"})
-        if body.get("commandType") != "home":
-            raise invalid(f"body.data.commandType: unsupported command type "
-                          f"{str(body.get('commandType'))[:40]!r} (supported: home)")
-        cparams = _obj(body.get("params") or {}, {"axes", "skipIfMountPositionOk"})
-        axes = cparams.get("axes")
-        if axes is not None and (not isinstance(axes, list) or not all(a in ENGINE_AXES for a in axes)):
-            raise invalid(f"body.data.params.axes must be a list of {', '.join(ENGINE_AXES)}")
+        schemas = (await self.facts())["stateless_commands"]
+        command_type = body.get("commandType")
+        if command_type not in schemas:
+            raise invalid(f"body.data.commandType: unsupported command type {str(command_type)[:40]!r} "
+                          f"(supported: {', '.join(schemas)})")
+        cparams = body.get("params") or {}
+        if not isinstance(cparams, dict):
+            raise invalid("body.data.params must be an object")
+        errors = param_errors(schemas[command_type], cparams)
+        if command_type == "home" and not errors and not set(cparams.get("axes") or ()) <= set(ENGINE_AXES):
+            errors = [f"axes: an OT-2 has only {', '.join(ENGINE_AXES)}"]
+        if errors:
+            raise invalid("; ".join(f"body.data.params.{e}" for e in errors))
         wait = _bool(p, "waitUntilComplete", default=False)
         timeout_ms = _number(p, "timeout", 1, 3_600_000, default=None)
         command = {"id": str(uuid.uuid4()), "key": body.get("key") or str(uuid.uuid4()),
-                   "commandType": "home", "createdAt": _now(), "startedAt": None, "completedAt": None,
+                   "commandType": command_type, "createdAt": _now(), "startedAt": None, "completedAt": None,
                    "status": "queued", "params": cparams, "result": None, "error": None,
                    "intent": "setup", "notes": []}
         self.commands[command["id"]] = command
         while len(self.commands) > MAX_COMMANDS:
             self.commands.pop(next(iter(self.commands)))
-        task = asyncio.ensure_future(self._run_home(command, axes))
+        task = asyncio.ensure_future(self._execute(command))
         if wait:
             try:
                 await asyncio.wait_for(asyncio.shield(task), None if timeout_ms is None else timeout_ms / 1000)
@@ -487,14 +505,22 @@ class Ot2Resources:
                 pass
         return {"data": dict(command)}
 
-    async def _run_home(self, command: dict, axes: list[str] | None) -> None:
+    async def _execute(self, command: dict) -> None:
         command.update(status="running", startedAt=_now())
+        command_type, cparams = command["commandType"], command["params"]
         try:
-            await self.svc.home({"axes": [ENGINE_AXES[a] for a in axes]} if axes else {})
+            if command_type == "home":
+                axes = cparams.get("axes")
+                await self.svc.home({"axes": [ENGINE_AXES[a] for a in axes]} if axes else {})
+            elif command_type == "setRailLights":
+                await self.svc.set_lights({"on": cparams["on"]})
+            else:               # a module command: none is attached
+                raise ApiError(404, "ModuleNotLoadedError", f"Module {cparams['moduleId']} not found.")
         except ApiError as exc:
             command.update(status="failed", error={
-                "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": "4000",
-                "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": []})
+                "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": GENERAL_ERROR_CODE,
+                "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": [],
+                "isDefined": False})
         else:
             command.update(status="succeeded", result={})
         command["completedAt"] = _now()
@@ -518,6 +544,43 @@ class Ot2Resources:
             raise Ot2Error(404, "StatelessCommandNotFound", "Stateless Command Not Found",
                            f"Command {str(p.get('id'))[:60]} not found.")
         return {"data": dict(command)}
+
+
+# ---------------------------------------------------------------- command parameters
+_JSON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "array": list,
+               "object": dict}
+
+
+def param_errors(schema: dict, params: dict) -> list[str]:
+    """What a command's parameter schema (the engine's params model as JSON schema, from
+    :mod:`~robot_server.ot2_facts`) refuses in ``params``: missing required fields, values
+    of another JSON type or outside an enum. Unknown fields are ignored, as the engine's
+    models ignore them; nested objects' fields are not checked."""
+    defs = schema.get("$defs", {})
+
+    def resolve(s: dict) -> dict:
+        return defs.get(s["$ref"].rsplit("/", 1)[-1], {}) if "$ref" in s else s
+
+    def errors(where: str, value: Any, s: dict) -> list[str]:
+        s = resolve(s)
+        if "anyOf" in s:
+            return [] if any(not errors(where, value, o) for o in s["anyOf"]) else [f"{where}: invalid value"]
+        kind = _JSON_TYPES.get(s.get("type")) if s.get("type") != "null" else type(None)
+        if kind is None:
+            return []
+        if not isinstance(value, kind) or (isinstance(value, bool) and s.get("type") in ("number", "integer")):
+            return [f"{where}: must be of type {s['type']}"]
+        if "enum" in s and value not in s["enum"]:
+            return [f"{where}: must be one of {', '.join(map(str, s['enum']))}"]
+        if s.get("type") == "array" and "items" in s:
+            return [e for i, v in enumerate(value) for e in errors(f"{where}.{i}", v, s["items"])]
+        return []
+
+    found = [f"{k}: field required" for k in schema.get("required", []) if k not in params]
+    for key, value in params.items():
+        if key in schema.get("properties", {}):
+            found += errors(key, value, schema["properties"][key])
+    return found
 
 
 # ---------------------------------------------------------------- kernel network facts
@@ -594,13 +657,18 @@ def ot2_operations(svc: RobotService) -> list:
                   "records": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_RECORDS}},
            ot2=LEGACY, version_header=False),
         Op("systemTime", "GET", "/system/time", r.system_time, "The robot's clock (UTC)", ot2=JSONAPI),
-        Op("createCommand", "POST", "/commands", r.create_command, "Run a stateless command (home)",
+        Op("createCommand", "POST", "/commands", r.create_command,
+           "Run a stateless command (home, rail lights, module commands)",
            query={"waitUntilComplete": {"type": "boolean"}, "timeout": {"type": "integer", "minimum": 1}},
            body={"type": "object", "required": ["data"], "properties": {"data": {
                "type": "object", "required": ["commandType"], "properties": {
-                   "commandType": {"type": "string", "enum": ["home"]},
-                   "params": {"type": "object", "properties": {"axes": {"type": "array", "items": {
-                       "type": "string", "enum": list(ENGINE_AXES)}}}},
+                   "commandType": {"type": "string", "enum": list(ot2_facts.STATELESS_COMMANDS)},
+                   "params": {"type": "object", "description": "the engine's parameters of that command type",
+                              "properties": {
+                                  "axes": {"type": "array", "items": {"type": "string", "enum": list(ENGINE_AXES)}},
+                                  "on": {"type": "boolean"}, "moduleId": {"type": "string"},
+                                  "celsius": {"type": "number"}, "rpm": {"type": "number"},
+                                  "height": {"type": "number"}}},
                    "intent": {"type": "string"}}}}},
            ot2=JSONAPI, status=201),
         Op("listCommands", "GET", "/commands", r.list_commands, "Stateless commands run so far",

@@ -50,9 +50,11 @@ class Ot2Error(ApiError):
     """An error with the OT-2's error ``id`` and ``title`` (e.g. ``RunNotFound``,
     ``Run Not Found``); on our own endpoints it still answers ``{"error", "message"}``."""
 
-    def __init__(self, status: int, error_id: str, title: str, detail: str) -> None:
+    def __init__(self, status: int, error_id: str, title: str, detail: str,
+                 error_code: str = GENERAL_ERROR_CODE) -> None:
         super().__init__(status, error_id, detail)
         self.title = title
+        self.error_code = error_code
 
 
 _LEGACY_SCHEMA = {"type": "object", "required": ["message", "errorCode"], "properties": {
@@ -114,7 +116,7 @@ def error_body(kind: str, exc: ApiError) -> dict:
     title = getattr(exc, "title", None) or HTTPStatus(exc.status).phrase
     error_id = exc.code if isinstance(exc, Ot2Error) else _camel(exc.code)
     return {"errors": [{"id": error_id, "title": title, "detail": exc.message,
-                        "errorCode": GENERAL_ERROR_CODE}]}
+                        "errorCode": getattr(exc, "error_code", GENERAL_ERROR_CODE)}]}
 
 
 def requested_version(value: str | None) -> int:
