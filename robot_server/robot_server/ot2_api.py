@@ -68,8 +68,11 @@ ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], 
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 #: Reset options of the OT-2 we do not offer: clearing SSH keys changes who may log in.
 REFUSED_RESETS = {"authorizedKeys"}
-#: ``errorCode`` of "robot in use" (opentrons_shared_data/errors/codes.py, ROBOT_IN_USE).
+#: ``errorCode``s (opentrons_shared_data/errors/codes.py): ROBOT_IN_USE, COMMUNICATION_ERROR.
 ROBOT_IN_USE_CODE = "4001"
+COMMUNICATION_ERROR_CODE = "1000"
+#: ``securityType`` of ``POST /wifi/configure`` (the OT-2's NetworkingSecurityType).
+WIFI_SECURITY_TYPES = ("none", "wpa-psk", "wpa-eap", "unsupported")
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
 DEFAULT_PAGE_LENGTH = 20
 
@@ -97,6 +100,8 @@ class Ot2Resources:
         self.commands: dict[str, dict] = {}
         #: The runs and protocols (set by the server); ``runsHistory`` resets erase them.
         self.engine: EngineHost | None = None
+        #: The kernel's network interfaces (sysfs).
+        self.net_class = Path("/sys/class/net")
 
     # ------------------------------------------------------------ helpers
     def preload(self) -> None:
@@ -394,7 +399,7 @@ class Ot2Resources:
         _obj(params, set())
         gateways = _default_gateways()
         interfaces = {}
-        for dev in sorted(Path("/sys/class/net").iterdir()) if Path("/sys/class/net").is_dir() else []:
+        for dev in sorted(self.net_class.iterdir()) if self.net_class.is_dir() else []:
             if dev.name == "lo":
                 continue
             operstate = _read(dev / "operstate")
@@ -416,6 +421,62 @@ class Ot2Resources:
         is scanned here)."""
         _obj(params, {"rescan"})
         return {"list": []}
+
+    def wireless_interfaces(self) -> list[str]:
+        """Names of the kernel's Wi-Fi interfaces (those with ``wireless`` in sysfs)."""
+        found = sorted(self.net_class.iterdir()) if self.net_class.is_dir() else []
+        return [dev.name for dev in found if (dev / "wireless").exists()]
+
+    async def wifi_configure(self, params: Any) -> dict:
+        """``POST /wifi/configure`` ``{ssid, hidden?, securityType?: "none"|"wpa-psk"|
+        "wpa-eap", psk?, eapConfig?: {eapType, ...}}``, checked as the OT-2's
+        ``WifiConfiguration`` (robot-server/robot_server/service/legacy/models/
+        networking.py): 422 when ``ssid`` is missing, a field has the wrong type, the
+        security type cannot be deduced or its secret is missing.
+
+        Our image's network stack is systemd-networkd on wired links (overlay/etc/systemd/
+        network/) with no Wi-Fi supplicant, so joining a network always fails, answered as
+        the OT-2 answers a failed ``nmcli`` configure (service/legacy/routers/
+        networking.py): 401 ``{message, errorCode: "4000"}``, the message saying why
+        (no Wi-Fi interface, or one this image cannot drive). The PSK is never echoed."""
+        p = _obj(params, {"ssid", "hidden", "securityType", "psk", "eapConfig"})
+        ssid = p.get("ssid")
+        if not isinstance(ssid, str):
+            raise invalid("body.ssid: field required (a string)")
+        _bool(p, "hidden", default=False)
+        security, psk, eap = p.get("securityType"), p.get("psk"), p.get("eapConfig")
+        if security is not None and security not in WIFI_SECURITY_TYPES:
+            raise invalid(f"body.securityType must be one of {', '.join(WIFI_SECURITY_TYPES)}")
+        if psk is not None and not isinstance(psk, str):
+            raise invalid("body.psk must be a string")
+        if eap is not None:
+            if not isinstance(eap, dict) or not all(isinstance(v, str) for v in eap.values()):
+                raise invalid("body.eapConfig must be an object of strings")
+            if not eap.get("eapType"):
+                raise invalid("body.eapConfig: eapType must be defined")
+        if security is None and psk and eap:
+            raise invalid("Cannot deduce security type: psk and eap both passed")
+        if security == "wpa-psk" and not psk:
+            raise invalid("If securityType is wpa-psk, psk must be specified")
+        if security == "wpa-eap" and not eap:
+            raise invalid("If securityType is wpa-eap, eapConfig must be specified")
+        wireless = self.wireless_interfaces()
+        why = (f"Wi-Fi interface {', '.join(wireless)} is present, but this robot's network stack "
+               f"(systemd-networkd, no Wi-Fi supplicant) cannot join Wi-Fi networks" if wireless
+               else "this robot has no Wi-Fi interface")
+        raise ApiError(401, "wifi-unavailable", f"Could not join Wi-Fi network {ssid[:64]!r}: {why}; "
+                                                f"connect the robot by Ethernet or its USB link instead.")
+
+    async def camera_picture(self, params: Any = None) -> dict:
+        """``POST /camera/picture``: on an OT-2, a JPEG from its camera (``ffmpeg`` from
+        ``/dev/video0``: api/src/opentrons/system/camera.py, ``take_picture``). Our image
+        has no camera support, so it answers as an OT-2 whose capture fails
+        (``CameraException``, a communication error): 500 ``{message: "Failed to
+        communicate with camera ...", errorCode: "1000"}``."""
+        _obj(params, set())
+        raise Ot2Error(500, "CameraException", "Camera Error",
+                       "Failed to communicate with camera (this robot has no camera support)",
+                       error_code=COMMUNICATION_ERROR_CODE)
 
     async def logs(self, params: Any) -> str | list:
         """``GET /logs/{name}?format=text|json&records=N``: the last ``records`` (1..100000,
@@ -651,6 +712,18 @@ def ot2_operations(svc: RobotService) -> list:
            "Connectivity and interfaces", ot2=LEGACY),
         Op("wifiList", "GET", "/wifi/list", r.wifi_list, "Visible Wi-Fi networks",
            query={"rescan": {"type": "boolean"}}, ot2=LEGACY),
+        Op("wifiConfigure", "POST", "/wifi/configure", r.wifi_configure,
+           "Join a Wi-Fi network (this image has no Wi-Fi: 401 saying why)",
+           body={"type": "object", "additionalProperties": False, "required": ["ssid"], "properties": {
+               "ssid": {"type": "string"}, "hidden": {"type": "boolean"},
+               "securityType": {"type": "string", "enum": list(WIFI_SECURITY_TYPES)},
+               "psk": {"type": "string"},
+               "eapConfig": {"type": "object", "required": ["eapType"],
+                             "additionalProperties": {"type": "string"}}}},
+           ot2=LEGACY, status=201, errors=((401, "the network could not be joined (no Wi-Fi here)"),)),
+        Op("cameraPicture", "POST", "/camera/picture", r.camera_picture,
+           "A picture from the robot's camera (none here: 500 as an OT-2 whose camera fails)",
+           ot2=LEGACY, errors=((500, "the camera could not be read (none on this robot)"),)),
         Op("getLogs", "GET", "/logs/{log}", r.logs, "Journal lines of one log (text or JSON records)",
            query={"log": {"type": "string", "in": "path", "enum": list(LOGS)},
                   "format": {"type": "string", "enum": ["text", "json"]},

@@ -379,6 +379,7 @@ def test_protocol_run_command_schemas(shared_robot):
 def test_openapi_describes_the_ot2_resources(shared_robot):
     doc = shared_robot.get("/openapi.json")[1]
     for path in ("/pipettes", "/instruments", "/modules", "/settings", "/settings/robot", "/settings/reset/options",
+                 "/settings/reset", "/wifi/configure", "/camera/picture",
                  "/calibration/status", "/networking/status", "/wifi/list", "/logs/{log}", "/commands",
                  "/commands/{id}", "/robot/door/status", "/system/time"):
         assert path in doc["paths"], path
