@@ -6,7 +6,8 @@ It runs in its own virtual environment (``.venv-labmcp``, made by ``make venv`` 
 ``opentrons`` package pins ``jsonschema<4.18``, so the two cannot share an environment;
 a lab PC driving a robot has no ``opentrons`` either.
 
-Usage: ``python labmcp_flow.py BASE_URL PROTOCOL [LABWARE.json ...] [--token TOKEN]``.
+Usage: ``python labmcp_flow.py BASE_URL PROTOCOL [LABWARE.json ...] [--token TOKEN]
+[--analysis-timeout S] [--run-timeout S]``.
 Prints one JSON report on stdout and exits 0 when every check passed; on a failed check
 it exits 1 with the reason on stderr. ``BASE_URL`` is ``http://host:port`` (a robot in
 QEMU: the forwarded port of its robot server).
@@ -109,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base_url")
     parser.add_argument("files", nargs="+", type=Path, help="the protocol, then its labware JSON files")
     parser.add_argument("--token", help="an access token (Authorization: Bearer)")
+    parser.add_argument("--analysis-timeout", type=float, default=180.0, help="seconds")
+    parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds")
     args = parser.parse_args(argv)
     try:
-        report = flow(args.base_url, args.files, args.token)
+        report = flow(args.base_url, args.files, args.token, args.analysis_timeout, args.run_timeout)
     except FlowError as exc:
         print(f"labmcp flow failed: {exc}", file=sys.stderr)
         return 1
