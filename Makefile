@@ -37,7 +37,18 @@ $(VENV)/.done: update_server/pyproject.toml robot_server/pyproject.toml client/p
 		-e 'update_server[test]' -e 'robot_server[test]' -e 'client[test]'
 	touch $@
 
-venv: $(VENV)/.done
+# labmcp-opentrons (an OT-2 HTTP API client, robot_server/tests/labmcp_flow.py) in its own
+# venv: its fastmcp needs jsonschema>=4.20, the opentrons package pins jsonschema<4.18.
+LABMCP_VENV := .venv-labmcp
+
+$(LABMCP_VENV)/.done: ci/requirements-labmcp.txt
+	$(PYTHON) -m venv $(LABMCP_VENV)
+	$(LABMCP_VENV)/bin/pip install --quiet --upgrade pip
+	$(LABMCP_VENV)/bin/pip install --quiet -r ci/requirements-labmcp.txt
+	$(LABMCP_VENV)/bin/pip check
+	touch $@
+
+venv: $(VENV)/.done $(LABMCP_VENV)/.done
 
 qemu-image: venv
 	ci/build-qemu-image.sh --out build/qemu
@@ -92,6 +103,6 @@ bench-boot: venv
 	$(PYTEST) -q tests/e2e -k cold_boot
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) $(LABMCP_VENV)
 
 include mk/buildroot.mk

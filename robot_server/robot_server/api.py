@@ -54,6 +54,7 @@ class Op:
     version_header: bool = True   # OT-2 endpoints: Opentrons-Version required
     ot2_fields: tuple[str, ...] = ()   # with Opentrons-Version, answer only these fields
     status: int = 200          # HTTP status of a success
+    errors: tuple[tuple[int, str], ...] = ()   # OT-2 endpoints: further error statuses answered, why
 
 
 def operations(svc: RobotService) -> list[Op]:
@@ -189,7 +190,7 @@ def openapi(ops: list[Op]) -> dict:
                                 "schema": {kk: vv for kk, vv in v.items() if kk != "in"}}
                                for k, v in op.query.items()]
         if op.ot2:
-            header, ot2_errors, ok["headers"] = openapi_parts(op.ot2, op.version_header)
+            header, ot2_errors, ok["headers"] = openapi_parts(op.ot2, op.version_header, op.errors)
             entry["parameters"].append(header)
             entry["responses"].update(ot2_errors)
             entry["tags"] = ["OT-2 HTTP API"]

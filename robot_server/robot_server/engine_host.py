@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from .config import Config
+from .engine_errors import EngineError
 from .protocols import Analyzer, ProtocolStore
 from .runs import RunManager
 from .sandbox import Sandbox
@@ -61,6 +62,19 @@ class EngineHost:
         await self.analyzer.stop()
         if self._events is not None:
             self._events.cancel()
+
+    async def erase(self) -> None:
+        """Delete every run and protocol with its analyses (``POST /settings/reset``
+        ``runsHistory``). A run that has started and not finished: 409 ``RunNotIdle``,
+        nothing deleted (the OT-2 erases at the next boot instead; we erase at once)."""
+        active = self.runs.active()
+        if active is not None and active.data["status"] != "idle":
+            raise EngineError(409, "RunNotIdle", "Run is not Idle",
+                              f"Run {active.id} is {active.data['status']}; stop it before erasing runs.")
+        for run in self.runs.list():
+            await self.runs.delete(run["id"])
+        for protocol in self.protocols.list():
+            self.protocols.delete(protocol["id"])
 
     def _resume_board(self) -> None:
         """A run was played: forward the lines the channel held while the door was open."""

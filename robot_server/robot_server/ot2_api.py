@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, ot2_facts
 from .service import ApiError, _bool, _number, _obj, invalid
-from .versioning import Ot2Error
+from .versioning import GENERAL_ERROR_CODE, Ot2Error
 
 if TYPE_CHECKING:
+    from .engine_host import EngineHost
     from .service import RobotService
 
 log = logging.getLogger("robot_server.ot2_api")
@@ -65,6 +66,13 @@ MOUNT_LETTER = {"left": "L", "right": "R"}
 ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], "right": [95, 40, 30]},
                    "attach_tip": {"target": "pipette", "point": [200, 90, 150]}}
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+#: Reset options of the OT-2 we do not offer: clearing SSH keys changes who may log in.
+REFUSED_RESETS = {"authorizedKeys"}
+#: ``errorCode``s (opentrons_shared_data/errors/codes.py): ROBOT_IN_USE, COMMUNICATION_ERROR.
+ROBOT_IN_USE_CODE = "4001"
+COMMUNICATION_ERROR_CODE = "1000"
+#: ``securityType`` of ``POST /wifi/configure`` (the OT-2's NetworkingSecurityType).
+WIFI_SECURITY_TYPES = ("none", "wpa-psk", "wpa-eap", "unsupported")
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
 DEFAULT_PAGE_LENGTH = 20
 
@@ -90,6 +98,10 @@ class Ot2Resources:
         self._facts: asyncio.Task | None = None
         self._pipettes: dict | None = None
         self.commands: dict[str, dict] = {}
+        #: The runs and protocols (set by the server); ``runsHistory`` resets erase them.
+        self.engine: EngineHost | None = None
+        #: The kernel's network interfaces (sysfs).
+        self.net_class = Path("/sys/class/net")
 
     # ------------------------------------------------------------ helpers
     def preload(self) -> None:
@@ -327,9 +339,46 @@ class Ot2Resources:
         return config
 
     async def reset_options(self, params: Any = None) -> dict:
-        """``GET /settings/reset/options``: ``{options: [{id, name, description}]}``."""
+        """``GET /settings/reset/options``: ``{options: [{id, name, description}]}``, the
+        OT-2's (opentrons/config/reset.py, ``reset_options(OT2)``) but ``authorizedKeys``,
+        which we refuse (see :meth:`reset`)."""
         _obj(params, set())
-        return {"options": (await self.facts())["reset_options"]}
+        return {"options": [o for o in (await self.facts())["reset_options"] if o["id"] not in REFUSED_RESETS]}
+
+    async def reset(self, params: Any) -> dict:
+        """``POST /settings/reset`` ``{<option id>: true|false, ...}``: reset what is
+        stored for each option set to true; ``{message: "Options '<names>' were reset"}``
+        (``names`` the options' enum names, e.g. ``runs_history``) or ``"Nothing to do"``,
+        as the OT-2's robot-server/robot_server/service/legacy/routers/settings.py.
+
+        Of what we keep in ``/data``: ``runsHistory`` deletes every run and protocol with
+        its analyses, at once (the OT-2 erases at the next boot; a run in progress: 409);
+        ``deckCalibration``, ``pipetteOffsetCalibrations``, ``tipLengthCalibrations``,
+        ``deckConfiguration`` and ``bootScripts`` have nothing stored here (identity
+        calibration, a fixed deck, no boot scripts), so they succeed and change nothing.
+        Feature flags (``/settings``) are no reset option on the OT-2 either.
+        An id that is no reset option at all: 422; one that is not an OT-2's (a Flex's)
+        or ``authorizedKeys`` (nothing a network peer sends may change who may log in): 403."""
+        if not isinstance(params, dict):
+            raise invalid("the request must be a JSON object of reset option ids to true or false")
+        names = (await self.facts())["reset_option_names"]
+        unknown = sorted(str(k) for k in params if k not in names)
+        if unknown:
+            raise invalid(f"unknown reset option(s): {', '.join(unknown)[:200]}; options: {', '.join(names)}")
+        bad = sorted(k for k, v in params.items() if not isinstance(v, bool))
+        if bad:
+            raise invalid(f"reset option(s) {', '.join(bad)} must be true or false")
+        offered = {o["id"] for o in (await self.reset_options())["options"]}
+        not_allowed = [k for k in params if k not in offered]
+        if not_allowed:
+            why = " (clearing SSH keys over the network is refused here)" if set(not_allowed) & REFUSED_RESETS else ""
+            raise ApiError(403, "reset-not-allowed", f"{' '.join(not_allowed)} is not a valid reset option.{why}")
+        chosen = [k for k, v in params.items() if v]
+        if "runsHistory" in chosen and self.engine is not None:
+            await self.engine.erase()
+        if not chosen:
+            return {"message": "Nothing to do"}
+        return {"message": f"Options '{', '.join(names[k] for k in chosen)}' were reset"}
 
     async def calibration_status(self, params: Any = None) -> dict:
         """``GET /calibration/status``: deck calibration (identity: never calibrated on this
@@ -350,7 +399,7 @@ class Ot2Resources:
         _obj(params, set())
         gateways = _default_gateways()
         interfaces = {}
-        for dev in sorted(Path("/sys/class/net").iterdir()) if Path("/sys/class/net").is_dir() else []:
+        for dev in sorted(self.net_class.iterdir()) if self.net_class.is_dir() else []:
             if dev.name == "lo":
                 continue
             operstate = _read(dev / "operstate")
@@ -372,6 +421,62 @@ class Ot2Resources:
         is scanned here)."""
         _obj(params, {"rescan"})
         return {"list": []}
+
+    def wireless_interfaces(self) -> list[str]:
+        """Names of the kernel's Wi-Fi interfaces (those with ``wireless`` in sysfs)."""
+        found = sorted(self.net_class.iterdir()) if self.net_class.is_dir() else []
+        return [dev.name for dev in found if (dev / "wireless").exists()]
+
+    async def wifi_configure(self, params: Any) -> dict:
+        """``POST /wifi/configure`` ``{ssid, hidden?, securityType?: "none"|"wpa-psk"|
+        "wpa-eap", psk?, eapConfig?: {eapType, ...}}``, checked as the OT-2's
+        ``WifiConfiguration`` (robot-server/robot_server/service/legacy/models/
+        networking.py): 422 when ``ssid`` is missing, a field has the wrong type, the
+        security type cannot be deduced or its secret is missing.
+
+        Our image's network stack is systemd-networkd on wired links (overlay/etc/systemd/
+        network/) with no Wi-Fi supplicant, so joining a network always fails, answered as
+        the OT-2 answers a failed ``nmcli`` configure (service/legacy/routers/
+        networking.py): 401 ``{message, errorCode: "4000"}``, the message saying why
+        (no Wi-Fi interface, or one this image cannot drive). The PSK is never echoed."""
+        p = _obj(params, {"ssid", "hidden", "securityType", "psk", "eapConfig"})
+        ssid = p.get("ssid")
+        if not isinstance(ssid, str):
+            raise invalid("body.ssid: field required (a string)")
+        _bool(p, "hidden", default=False)
+        security, psk, eap = p.get("securityType"), p.get("psk"), p.get("eapConfig")
+        if security is not None and security not in WIFI_SECURITY_TYPES:
+            raise invalid(f"body.securityType must be one of {', '.join(WIFI_SECURITY_TYPES)}")
+        if psk is not None and not isinstance(psk, str):
+            raise invalid("body.psk must be a string")
+        if eap is not None:
+            if not isinstance(eap, dict) or not all(isinstance(v, str) for v in eap.values()):
+                raise invalid("body.eapConfig must be an object of strings")
+            if not eap.get("eapType"):
+                raise invalid("body.eapConfig: eapType must be defined")
+        if security is None and psk and eap:
+            raise invalid("Cannot deduce security type: psk and eap both passed")
+        if security == "wpa-psk" and not psk:
+            raise invalid("If securityType is wpa-psk, psk must be specified")
+        if security == "wpa-eap" and not eap:
+            raise invalid("If securityType is wpa-eap, eapConfig must be specified")
+        wireless = self.wireless_interfaces()
+        why = (f"Wi-Fi interface {', '.join(wireless)} is present, but this robot's network stack "
+               f"(systemd-networkd, no Wi-Fi supplicant) cannot join Wi-Fi networks" if wireless
+               else "this robot has no Wi-Fi interface")
+        raise ApiError(401, "wifi-unavailable", f"Could not join Wi-Fi network {ssid[:64]!r}: {why}; "
+                                                f"connect the robot by Ethernet or its USB link instead.")
+
+    async def camera_picture(self, params: Any = None) -> dict:
+        """``POST /camera/picture``: on an OT-2, a JPEG from its camera (``ffmpeg`` from
+        ``/dev/video0``: api/src/opentrons/system/camera.py, ``take_picture``). Our image
+        has no camera support, so it answers as an OT-2 whose capture fails
+        (``CameraException``, a communication error): 500 ``{message: "Failed to
+        communicate with camera ...", errorCode: "1000"}``."""
+        _obj(params, set())
+        raise Ot2Error(500, "CameraException", "Camera Error",
+                       "Failed to communicate with camera (this robot has no camera support)",
+                       error_code=COMMUNICATION_ERROR_CODE)
 
     async def logs(self, params: Any) -> str | list:
         """``GET /logs/{name}?format=text|json&records=N``: the last ``records`` (1..100000,
@@ -410,34 +515,50 @@ class Ot2Resources:
 
     # ------------------------------------------------------------ stateless commands
     async def create_command(self, params: Any) -> dict:
-        """``POST /commands?waitUntilComplete=&timeout=`` ``{data: {commandType: "home",
-        params: {axes?: ["x", "y", "leftZ", "rightZ", "leftPlunger", "rightPlunger"]},
-        intent?}}``: run a command outside any run (HTTP 201 ``{data: command}``), through
-        the same motion lock as every other motion. ``waitUntilComplete`` waits up to
-        ``timeout`` ms (> 0; default: no limit) for it to finish. The intent is always
-        ``setup``, as on the OT-2."""
+        """``POST /commands?waitUntilComplete=&timeout=`` ``{data: {commandType, params,
+        intent?}}``: run one command outside any run (HTTP 201 ``{data: command}``), the
+        command types of :data:`~robot_server.ot2_facts.STATELESS_COMMANDS` with the engine's
+        parameters (``home`` ``{axes?: ["x", "y", "leftZ", "rightZ", "leftPlunger",
+        "rightPlunger"]}``, ``setRailLights`` ``{on}``, module commands ``{moduleId, ...}``:
+        ``celsius`` °C, ``rpm``, magnet ``height`` mm), as the OT-2's robot-server/
+        robot_server/commands/router.py. Motion goes through the same lock as every other.
+        No module is attached here (``GET /modules`` is empty), so a module command fails
+        as the OT-2's engine fails it for an unknown module: status ``failed``, error
+        ``ModuleNotLoadedError`` "Module <id> not found." (protocol_engine/errors/
+        exceptions.py). ``waitUntilComplete`` waits up to ``timeout`` ms (> 0; default: no
+        limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
+        command type, missing or mistyped parameters), 409 ``RunActive`` while a run is open."""
         p = _obj(params, {"data", "waitUntilComplete", "timeout"})
+        if self.engine is not None and self.engine.runs.active() is not None:
+            raise Ot2Error(409, "RunActive", "Run Active", "There is an active run. Close the current run "
+                           "to issue commands via POST /commands.", error_code=ROBOT_IN_USE_CODE)
         data = p.get("data")
         if not isinstance(data, dict):
             raise invalid("body.data: field required (the command request)")
         body = _obj(data, {"commandType", "params", "intent", "key"})
-        if body.get("commandType") != "home":
-            raise invalid(f"body.data.commandType: unsupported command type "
-                          f"{str(body.get('commandType'))[:40]!r} (supported: home)")
-        cparams = _obj(body.get("params") or {}, {"axes", "skipIfMountPositionOk"})
-        axes = cparams.get("axes")
-        if axes is not None and (not isinstance(axes, list) or not all(a in ENGINE_AXES for a in axes)):
-            raise invalid(f"body.data.params.axes must be a list of {', '.join(ENGINE_AXES)}")
+        schemas = (await self.facts())["stateless_commands"]
+        command_type = body.get("commandType")
+        if command_type not in schemas:
+            raise invalid(f"body.data.commandType: unsupported command type {str(command_type)[:40]!r} "
+                          f"(supported: {', '.join(schemas)})")
+        cparams = body.get("params") or {}
+        if not isinstance(cparams, dict):
+            raise invalid("body.data.params must be an object")
+        errors = param_errors(schemas[command_type], cparams)
+        if command_type == "home" and not errors and not set(cparams.get("axes") or ()) <= set(ENGINE_AXES):
+            errors = [f"axes: an OT-2 has only {', '.join(ENGINE_AXES)}"]
+        if errors:
+            raise invalid("; ".join(f"body.data.params.{e}" for e in errors))
         wait = _bool(p, "waitUntilComplete", default=False)
         timeout_ms = _number(p, "timeout", 1, 3_600_000, default=None)
         command = {"id": str(uuid.uuid4()), "key": body.get("key") or str(uuid.uuid4()),
-                   "commandType": "home", "createdAt": _now(), "startedAt": None, "completedAt": None,
+                   "commandType": command_type, "createdAt": _now(), "startedAt": None, "completedAt": None,
                    "status": "queued", "params": cparams, "result": None, "error": None,
                    "intent": "setup", "notes": []}
         self.commands[command["id"]] = command
         while len(self.commands) > MAX_COMMANDS:
             self.commands.pop(next(iter(self.commands)))
-        task = asyncio.ensure_future(self._run_home(command, axes))
+        task = asyncio.ensure_future(self._execute(command))
         if wait:
             try:
                 await asyncio.wait_for(asyncio.shield(task), None if timeout_ms is None else timeout_ms / 1000)
@@ -445,14 +566,22 @@ class Ot2Resources:
                 pass
         return {"data": dict(command)}
 
-    async def _run_home(self, command: dict, axes: list[str] | None) -> None:
+    async def _execute(self, command: dict) -> None:
         command.update(status="running", startedAt=_now())
+        command_type, cparams = command["commandType"], command["params"]
         try:
-            await self.svc.home({"axes": [ENGINE_AXES[a] for a in axes]} if axes else {})
+            if command_type == "home":
+                axes = cparams.get("axes")
+                await self.svc.home({"axes": [ENGINE_AXES[a] for a in axes]} if axes else {})
+            elif command_type == "setRailLights":
+                await self.svc.set_lights({"on": cparams["on"]})
+            else:               # a module command: none is attached
+                raise ApiError(404, "ModuleNotLoadedError", f"Module {cparams['moduleId']} not found.")
         except ApiError as exc:
             command.update(status="failed", error={
-                "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": "4000",
-                "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": []})
+                "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": GENERAL_ERROR_CODE,
+                "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": [],
+                "isDefined": False})
         else:
             command.update(status="succeeded", result={})
         command["completedAt"] = _now()
@@ -476,6 +605,43 @@ class Ot2Resources:
             raise Ot2Error(404, "StatelessCommandNotFound", "Stateless Command Not Found",
                            f"Command {str(p.get('id'))[:60]} not found.")
         return {"data": dict(command)}
+
+
+# ---------------------------------------------------------------- command parameters
+_JSON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "array": list,
+               "object": dict}
+
+
+def param_errors(schema: dict, params: dict) -> list[str]:
+    """What a command's parameter schema (the engine's params model as JSON schema, from
+    :mod:`~robot_server.ot2_facts`) refuses in ``params``: missing required fields, values
+    of another JSON type or outside an enum. Unknown fields are ignored, as the engine's
+    models ignore them; nested objects' fields are not checked."""
+    defs = schema.get("$defs", {})
+
+    def resolve(s: dict) -> dict:
+        return defs.get(s["$ref"].rsplit("/", 1)[-1], {}) if "$ref" in s else s
+
+    def errors(where: str, value: Any, s: dict) -> list[str]:
+        s = resolve(s)
+        if "anyOf" in s:
+            return [] if any(not errors(where, value, o) for o in s["anyOf"]) else [f"{where}: invalid value"]
+        kind = _JSON_TYPES.get(s.get("type")) if s.get("type") != "null" else type(None)
+        if kind is None:
+            return []
+        if not isinstance(value, kind) or (isinstance(value, bool) and s.get("type") in ("number", "integer")):
+            return [f"{where}: must be of type {s['type']}"]
+        if "enum" in s and value not in s["enum"]:
+            return [f"{where}: must be one of {', '.join(map(str, s['enum']))}"]
+        if s.get("type") == "array" and "items" in s:
+            return [e for i, v in enumerate(value) for e in errors(f"{where}.{i}", v, s["items"])]
+        return []
+
+    found = [f"{k}: field required" for k in schema.get("required", []) if k not in params]
+    for key, value in params.items():
+        if key in schema.get("properties", {}):
+            found += errors(key, value, schema["properties"][key])
+    return found
 
 
 # ---------------------------------------------------------------- kernel network facts
@@ -537,25 +703,45 @@ def ot2_operations(svc: RobotService) -> list:
         Op("getRobotSettings", "GET", "/settings/robot", r.robot_settings, "Robot config", ot2=LEGACY),
         Op("getResetOptions", "GET", "/settings/reset/options", r.reset_options,
            "What POST /settings/reset could reset", ot2=LEGACY),
+        Op("postReset", "POST", "/settings/reset", r.reset, "Reset stored robot data (runs and protocols, calibration)",
+           body={"type": "object", "description": "reset option id (GET /settings/reset/options) -> true to reset it",
+                 "additionalProperties": {"type": "boolean"}}, ot2=LEGACY),
         Op("calibrationStatus", "GET", "/calibration/status", r.calibration_status,
            "Deck calibration status", ot2=LEGACY),
         Op("networkingStatus", "GET", "/networking/status", r.networking_status,
            "Connectivity and interfaces", ot2=LEGACY),
         Op("wifiList", "GET", "/wifi/list", r.wifi_list, "Visible Wi-Fi networks",
            query={"rescan": {"type": "boolean"}}, ot2=LEGACY),
+        Op("wifiConfigure", "POST", "/wifi/configure", r.wifi_configure,
+           "Join a Wi-Fi network (this image has no Wi-Fi: 401 saying why)",
+           body={"type": "object", "additionalProperties": False, "required": ["ssid"], "properties": {
+               "ssid": {"type": "string"}, "hidden": {"type": "boolean"},
+               "securityType": {"type": "string", "enum": list(WIFI_SECURITY_TYPES)},
+               "psk": {"type": "string"},
+               "eapConfig": {"type": "object", "required": ["eapType"],
+                             "additionalProperties": {"type": "string"}}}},
+           ot2=LEGACY, status=201, errors=((401, "the network could not be joined (no Wi-Fi here)"),)),
+        Op("cameraPicture", "POST", "/camera/picture", r.camera_picture,
+           "A picture from the robot's camera (none here: 500 as an OT-2 whose camera fails)",
+           ot2=LEGACY, errors=((500, "the camera could not be read (none on this robot)"),)),
         Op("getLogs", "GET", "/logs/{log}", r.logs, "Journal lines of one log (text or JSON records)",
            query={"log": {"type": "string", "in": "path", "enum": list(LOGS)},
                   "format": {"type": "string", "enum": ["text", "json"]},
                   "records": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_RECORDS}},
            ot2=LEGACY, version_header=False),
         Op("systemTime", "GET", "/system/time", r.system_time, "The robot's clock (UTC)", ot2=JSONAPI),
-        Op("createCommand", "POST", "/commands", r.create_command, "Run a stateless command (home)",
+        Op("createCommand", "POST", "/commands", r.create_command,
+           "Run a stateless command (home, rail lights, module commands)",
            query={"waitUntilComplete": {"type": "boolean"}, "timeout": {"type": "integer", "minimum": 1}},
            body={"type": "object", "required": ["data"], "properties": {"data": {
                "type": "object", "required": ["commandType"], "properties": {
-                   "commandType": {"type": "string", "enum": ["home"]},
-                   "params": {"type": "object", "properties": {"axes": {"type": "array", "items": {
-                       "type": "string", "enum": list(ENGINE_AXES)}}}},
+                   "commandType": {"type": "string", "enum": list(ot2_facts.STATELESS_COMMANDS)},
+                   "params": {"type": "object", "description": "the engine's parameters of that command type",
+                              "properties": {
+                                  "axes": {"type": "array", "items": {"type": "string", "enum": list(ENGINE_AXES)}},
+                                  "on": {"type": "boolean"}, "moduleId": {"type": "string"},
+                                  "celsius": {"type": "number"}, "rpm": {"type": "number"},
+                                  "height": {"type": "number"}}},
                    "intent": {"type": "string"}}}}},
            ot2=JSONAPI, status=201),
         Op("listCommands", "GET", "/commands", r.list_commands, "Stateless commands run so far",

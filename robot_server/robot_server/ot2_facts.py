@@ -8,7 +8,8 @@ them as JSON) and cached in the server's data directory, keyed by the ``opentron
 version. Sources (Opentrons/opentrons, api/src/opentrons/...):
 ``protocols/api_support/definitions.py`` (MIN/MAX_SUPPORTED_VERSION),
 ``config/advanced_settings.py`` (settings), ``config/reset.py`` (reset options),
-``config/robot_configs.py`` (``build_config_ot2``).
+``config/robot_configs.py`` (``build_config_ot2``), ``protocol_engine/commands/`` (the
+parameters of the commands ``POST /commands`` accepts).
 """
 from __future__ import annotations
 
@@ -26,7 +27,22 @@ log = logging.getLogger("robot_server.ot2_facts")
 #: a robot; the image installs it): the protocol API range of opentrons 8.8.2.
 FALLBACK = {"opentrons_version": "8.8.2", "minimum_protocol_api_version": [2, 0],
             "maximum_protocol_api_version": [2, 27], "settings": [], "reset_options": [],
-            "robot_config": {}}
+            "reset_option_names": {}, "stateless_commands": {}, "robot_config": {}}
+
+#: Command types an OT-2 runs through ``POST /commands`` outside any run: the robot server's
+#: ``StatelessCommandCreate`` (Opentrons/opentrons, robot-server/robot_server/commands/
+#: stateless_commands.py) without the Flex's (status bar, vacuum module, stacker).
+STATELESS_COMMANDS = (
+    "home", "setRailLights",
+    "magneticModule/engage", "magneticModule/disengage",
+    "temperatureModule/setTargetTemperature", "temperatureModule/deactivate",
+    "thermocycler/setTargetBlockTemperature", "thermocycler/setTargetLidTemperature",
+    "thermocycler/deactivateBlock", "thermocycler/deactivateLid",
+    "thermocycler/openLid", "thermocycler/closeLid",
+    "heaterShaker/setTargetTemperature", "heaterShaker/setAndWaitForShakeSpeed",
+    "heaterShaker/deactivateHeater", "heaterShaker/deactivateShaker",
+    "heaterShaker/openLabwareLatch", "heaterShaker/closeLabwareLatch",
+)
 
 #: Facts already read in this process, by opentrons version (several servers in one
 #: process, as in tests, read them once).
@@ -36,7 +52,10 @@ _read: dict[str, dict] = {}
 def collect() -> dict:
     """Read the facts from the ``opentrons`` package (imports it: run in a child)."""
     from opentrons import __version__
+    from typing import get_args
+
     from opentrons.config import advanced_settings, reset, robot_configs
+    from opentrons.protocol_engine.commands import CommandCreate
     from opentrons.protocols.api_support.definitions import MAX_SUPPORTED_VERSION, MIN_SUPPORTED_VERSION
     from opentrons_shared_data.robot.types import RobotTypeEnum
 
@@ -48,16 +67,22 @@ def collect() -> dict:
                 if ot2 in d.robot_type and not d.internal_only and not d.show_if]
     options = [{"id": k.value, "name": v.name, "description": v.description}
                for k, v in reset.reset_options(ot2).items()]
+    # Every reset option id (a Flex's too) -> its enum name, which POST /settings/reset's
+    # message uses.
+    option_names = {k.value: k.name for k in reset.ResetOptionId}
+    creates = {c.model_fields["commandType"].default: c for c in get_args(get_args(CommandCreate)[0])}
+    stateless = {t: creates[t].model_fields["params"].annotation.model_json_schema() for t in STATELESS_COMMANDS}
     return {"opentrons_version": __version__,
             "minimum_protocol_api_version": list(MIN_SUPPORTED_VERSION),
             "maximum_protocol_api_version": list(MAX_SUPPORTED_VERSION),
-            "settings": settings, "reset_options": options,
+            "settings": settings, "reset_options": options, "reset_option_names": option_names,
+            "stateless_commands": stateless,
             "robot_config": json.loads(json.dumps(asdict(robot_configs.build_config_ot2({})), default=list))}
 
 
 async def load(cache_dir: Path, timeout: float = 120.0) -> dict:
     """The facts: from ``cache_dir/ot2-facts.json`` if it was written for the installed
-    ``opentrons`` version, else from a child process (then cached). Never raises: on
+    ``opentrons`` version with every fact, else from a child process (then cached). Never raises: on
     failure logs a warning and returns :data:`FALLBACK`."""
     try:
         version = metadata.version("opentrons")
@@ -67,7 +92,7 @@ async def load(cache_dir: Path, timeout: float = 120.0) -> dict:
     cache = cache_dir / "ot2-facts.json"
     try:
         cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("opentrons_version") == version:
+        if cached.get("opentrons_version") == version and set(FALLBACK) <= set(cached):
             return cached
     except (OSError, ValueError, AttributeError):
         pass

@@ -35,6 +35,7 @@ class RobotServer:
         self.gpio = gpio or make_backend(config.gpio_backend)
         self.service = RobotService(config, self.gpio, driver)
         self.engine = EngineHost(config, self.service)
+        self.service.ot2.engine = self.engine
         self.bridge: Bridge | None = None
         self._runner: web.AppRunner | None = None
         self.http_port = 0

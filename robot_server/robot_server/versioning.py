@@ -50,9 +50,11 @@ class Ot2Error(ApiError):
     """An error with the OT-2's error ``id`` and ``title`` (e.g. ``RunNotFound``,
     ``Run Not Found``); on our own endpoints it still answers ``{"error", "message"}``."""
 
-    def __init__(self, status: int, error_id: str, title: str, detail: str) -> None:
+    def __init__(self, status: int, error_id: str, title: str, detail: str,
+                 error_code: str = GENERAL_ERROR_CODE) -> None:
         super().__init__(status, error_id, detail)
         self.title = title
+        self.error_code = error_code
 
 
 _LEGACY_SCHEMA = {"type": "object", "required": ["message", "errorCode"], "properties": {
@@ -73,9 +75,11 @@ class Ot2Endpoint:
     ot2_fields: tuple[str, ...] = ()
 
 
-def openapi_parts(kind: str, header_required: bool) -> tuple[dict, dict, dict]:
+def openapi_parts(kind: str, header_required: bool,
+                  more_errors: tuple[tuple[int, str], ...] = ()) -> tuple[dict, dict, dict]:
     """For an OT-2 operation's OpenAPI entry: the ``Opentrons-Version`` parameter, the
-    error responses in the OT-2's shape of ``kind``, and the response headers."""
+    error responses in the OT-2's shape of ``kind`` (the usual ones and ``more_errors``,
+    ``(status, why)``), and the response headers."""
     param = {"name": HEADER, "in": "header", "required": header_required,
              "description": f"HTTP API version: an integer >= {MIN_API_VERSION} (higher ones get "
                             f"{API_VERSION}) or '*' for the latest",
@@ -83,7 +87,7 @@ def openapi_parts(kind: str, header_required: bool) -> tuple[dict, dict, dict]:
     schema = _LEGACY_SCHEMA if kind == LEGACY else _JSONAPI_SCHEMA
     errors = {str(s): {"description": d, "content": {"application/json": {"schema": schema}}}
               for s, d in ((400, "outdated API version"), (404, "unknown id"), (409, "robot state conflict"),
-                           (422, "invalid request, missing or malformed Opentrons-Version"))}
+                           (422, "invalid request, missing or malformed Opentrons-Version"), *more_errors)}
     headers = {HEADER: {"schema": {"type": "integer"}, "description": "the version served"},
                MIN_HEADER: {"schema": {"type": "integer"}, "description": "the oldest version served"}}
     return param, errors, headers
@@ -110,11 +114,11 @@ def _camel(code: str) -> str:
 def error_body(kind: str, exc: ApiError) -> dict:
     """The OT-2's error body of ``kind`` (:data:`LEGACY` / :data:`JSONAPI`) for ``exc``."""
     if kind == LEGACY:
-        return {"message": exc.message, "errorCode": GENERAL_ERROR_CODE, "error": exc.code}
+        return {"message": exc.message, "errorCode": getattr(exc, "error_code", GENERAL_ERROR_CODE), "error": exc.code}
     title = getattr(exc, "title", None) or HTTPStatus(exc.status).phrase
     error_id = exc.code if isinstance(exc, Ot2Error) else _camel(exc.code)
     return {"errors": [{"id": error_id, "title": title, "detail": exc.message,
-                        "errorCode": GENERAL_ERROR_CODE}]}
+                        "errorCode": getattr(exc, "error_code", GENERAL_ERROR_CODE)}]}
 
 
 def requested_version(value: str | None) -> int:

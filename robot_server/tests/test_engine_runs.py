@@ -566,3 +566,25 @@ def test_data_survives_a_restart(engine):
             assert robot.get(f"/protocols/{pid}/analyses")[1]["data"][0]["status"] == "completed"
     finally:
         stop_robot(robot)
+
+
+def test_reset_runs_history_erases_runs_and_protocols(engine):
+    """``POST /settings/reset {"runsHistory": true}`` (last here: it erases the module's data):
+    refused while a run is in progress, then every run and protocol is gone, on disk too,
+    and stays gone after a restart."""
+    run_id = engine.started_run(LONG)
+    status, body = engine.robot.post("/settings/reset", {"runsHistory": True})
+    assert status == 409 and body["errorCode"] == "4000" and run_id in body["message"], body
+    assert engine.finish(run_id)["status"] == "stopped"
+    assert engine.robot.get("/runs")[1]["data"] and engine.robot.get("/protocols")[1]["data"]
+    status, body = engine.robot.post("/settings/reset", {"runsHistory": True, "deckCalibration": False})
+    assert (status, body) == (200, {"message": "Options 'runs_history' were reset"})
+    assert engine.robot.get("/runs")[1]["data"] == [] and engine.robot.get("/protocols")[1]["data"] == []
+    assert engine.robot.get(f"/runs/{run_id}")[0] == 404
+    stored = engine.data_dir / "robot-server" / "engine"
+    assert not any((stored / "runs").iterdir()) and not any((stored / "protocols").iterdir())
+    robot = start_robot(engine.data_dir, sandbox_user=SANDBOX_USER, lock_file=str(engine.data_dir / "lock3"))
+    try:
+        assert robot.get("/runs")[1]["data"] == [] and robot.get("/protocols")[1]["data"] == []
+    finally:
+        stop_robot(robot)

@@ -273,6 +273,60 @@ def test_stateless_command_bad_input(shared_robot, body):
     assert reply["errors"][0]["id"] == "InvalidRequest"
 
 
+@pytest.mark.parametrize("command_type, params", [
+    ("temperatureModule/setTargetTemperature", {"moduleId": "tempdeck-1", "celsius": 40}),
+    ("magneticModule/engage", {"moduleId": "magdeck-1", "height": 10}),
+    ("thermocycler/openLid", {"moduleId": "tc-1"}),
+    ("heaterShaker/setAndWaitForShakeSpeed", {"moduleId": "hs-1", "rpm": 500}),
+])
+def test_module_command_without_the_module(shared_robot, command_type, params):
+    """No module attached (GET /modules is empty): the command is created and fails as the
+    OT-2's engine fails it for an unknown module id."""
+    assert shared_robot.get("/modules")[1]["data"] == []
+    status, body = shared_robot.post("/commands?waitUntilComplete=true",
+                                     {"data": {"commandType": command_type, "params": params}})
+    assert status == 201, body
+    command = body["data"]
+    validate("command_summary", command)
+    assert (command["status"], command["commandType"], command["params"]) == ("failed", command_type, params)
+    assert command["error"]["errorType"] == "ModuleNotLoadedError"
+    assert command["error"]["detail"] == f"Module {params['moduleId']} not found."
+    assert shared_robot.get(f"/commands/{command['id']}")[1]["data"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("data, text", [
+    ({"commandType": "temperatureModule/setTargetTemperature", "params": {"celsius": 40}}, "moduleId: field required"),
+    ({"commandType": "magneticModule/engage", "params": {"moduleId": "m", "height": "high"}}, "height: must be of type number"),
+    ({"commandType": "setRailLights", "params": {"on": 1}}, "on: must be of type boolean"),
+    ({"commandType": "home", "params": {"axes": ["extensionZ"]}}, "an OT-2 has only"),
+    ({"commandType": "vacuumModule/openVent", "params": {}}, "unsupported command type"),
+])
+def test_stateless_command_bad_params(shared_robot, data, text):
+    status, reply = shared_robot.post("/commands", {"data": data})
+    assert status == 422 and text in reply["errors"][0]["detail"], reply
+    validate("error", reply)
+
+
+def test_stateless_rail_lights(shared_robot):
+    for on in (True, False):
+        status, body = shared_robot.post("/commands?waitUntilComplete=true",
+                                         {"data": {"commandType": "setRailLights", "params": {"on": on}}})
+        assert status == 201 and body["data"]["status"] == "succeeded", body
+        assert shared_robot.gpio.lights_on() is on
+
+
+def test_no_stateless_commands_while_a_run_is_open(robot):
+    status, body = robot.post("/runs", {"data": {}})
+    assert status == 201, body
+    run_id = body["data"]["id"]
+    home = {"data": {"commandType": "home", "params": {}}}
+    status, reply = robot.post("/commands", home)
+    assert status == 409 and reply["errors"][0]["id"] == "RunActive" and reply["errors"][0]["errorCode"] == "4001"
+    validate("error", reply)
+    assert robot.request("DELETE", f"/runs/{run_id}")[0] == 200
+    assert robot.post("/commands?waitUntilComplete=true", home)[0] == 201
+
+
 def test_unknown_command_id(shared_robot):
     status, reply = shared_robot.get("/commands/nope")
     assert status == 404 and reply["errors"][0]["id"] == "StatelessCommandNotFound"
@@ -325,6 +379,7 @@ def test_protocol_run_command_schemas(shared_robot):
 def test_openapi_describes_the_ot2_resources(shared_robot):
     doc = shared_robot.get("/openapi.json")[1]
     for path in ("/pipettes", "/instruments", "/modules", "/settings", "/settings/robot", "/settings/reset/options",
+                 "/settings/reset", "/wifi/configure", "/camera/picture",
                  "/calibration/status", "/networking/status", "/wifi/list", "/logs/{log}", "/commands",
                  "/commands/{id}", "/robot/door/status", "/system/time"):
         assert path in doc["paths"], path
