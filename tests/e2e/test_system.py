@@ -210,6 +210,27 @@ def test_protocol_uploaded_over_http_runs_on_the_board_door_pauses_it(guest, tmp
            time.monotonic() - started)
 
 
+def test_labmcp_client_drives_the_guest(guest):
+    """A second published OT-2 API client, labmcp-opentrons (PyPI, unchanged, in its own venv:
+    robot_server/tests/labmcp_flow.py), against the guest's robot server: lights on and off,
+    a stateless home, upload, analysis, a run played to `succeeded`, commands paged."""
+    import json
+    started = time.monotonic()
+    tests = ot2qemu.ROOT / "robot_server" / "tests"
+    homings = (guest.workdir / "emulator.log").read_text().count("G28.2")
+    proc = subprocess.run([str(ot2qemu.ROOT / ".venv-labmcp" / "bin" / "python"), str(tests / "labmcp_flow.py"),
+                           f"http://127.0.0.1:{guest.ports['robot']}",
+                           str(tests / "protocols" / "v2_08_transfer_options.py"),
+                           "--analysis-timeout", "600", "--run-timeout", "1200"],
+                          capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["run"]["status"] == "succeeded"
+    assert (guest.workdir / "emulator.log").read_text().count("G28.2") > homings
+    assert guest.request("robot", "GET", "/robot/lights")["on"] is False
+    record("second OT-2 API client (labmcp-opentrons)", "A", booted(guest)["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
 def test_ssh_script_drives_the_robot_while_the_server_runs(guest):
     """A script over SSH (no login shell) uses opentrons.execute.get_protocol_api: it homes and
     moves the robot through the G-code channel while the robot server keeps running."""
