@@ -148,6 +148,8 @@ class Pairing:
         request.finished = time.monotonic()
         if self.waiting is request:
             self.waiting = None
+            if self._blinker is not None and self._blinker is not asyncio.current_task():
+                self._blinker.cancel()       # the light stops at once (its finally restores it)
 
     def _discard(self, request: _Request) -> None:
         self.requests.pop(request.pairing_id, None)
