@@ -8,21 +8,18 @@ Every refused attack leaves the robot as it was: positions, lights, motors, prot
 """
 from __future__ import annotations
 
-import ctypes
 import http.client
-import json
 import os
-import resource
-import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 
 import pytest
 
 from conftest import BridgeClient, Robot, start_robot, stop_robot
+from update_server import netlab
+from update_server.netlab import read_head
 from update_server.tokens import TokenStore, tokens_path
 
 PROTOCOL = b"""requirements = {"robotType": "OT-2", "apiLevel": "2.15"}
@@ -171,16 +168,7 @@ def test_open_mode_opens_changes_but_not_cross_site(tmp_path):
 # a web page in a lab browser (the browser runs on a trusted machine: loopback here)
 
 
-@pytest.mark.parametrize("headers", [
-    {"Content-Type": "text/plain", "Origin": "http://evil.example"},
-    {"Content-Type": "text/plain"},
-    {"Content-Type": "application/x-www-form-urlencoded"},
-    {"Content-Type": "application/json", "Origin": "http://evil.example"},
-    {"Content-Type": "application/json", "Origin": "null"},
-    {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
-    # DNS rebinding: the page's own name now points at the robot; Host matches Origin
-    {"Content-Type": "application/json", "Origin": "http://rebind.example:{port}", "Host": "rebind.example:{port}"},
-])
+@pytest.mark.parametrize("headers", netlab.CROSS_SITE_HEADERS)
 def test_cross_site_requests_refused(homed, headers):
     headers = {k: v.format(port=homed.port) for k, v in headers.items()}
     before = machine(homed)
@@ -244,20 +232,6 @@ def test_unprivileged_local_process_is_not_trusted(homed):
     assert out.stdout.split() == ["401", "unauthorized"], out
     assert machine(homed) == before
     assert homed.post("/robot/move", {"axes": {"X": 10}})[0] == 200   # root may
-
-
-def read_head(sock, timeout=5.0) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    except socket.timeout:
-        pass
-    return data
 
 
 @pytest.mark.parametrize("who", ["stranger", "paired"])
@@ -341,72 +315,28 @@ def test_bridge_idle_clients_bounded(tmp_path):
 
 @pytest.fixture
 def many_fds():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 4096:
-        pytest.skip(f"the hard file limit ({hard}) is too low for 1,100 client sockets")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with netlab.many_fds():
+        yield
 
 
 def test_1100_idle_and_slowloris_connections_leave_health_answering(robot, many_fds):
-    guard = robot.server.server.access.guard
-    socks = []
-    try:
-        for i in range(1100):  # from 11 addresses, half idle, half trickling a request head
-            s = socket.socket()
-            s.bind((f"127.0.0.{2 + i % 11}", 0))
-            s.setblocking(False)
-            try:
-                s.connect(("127.0.0.1", robot.port))
-            except BlockingIOError:
-                pass
-            socks.append(s)
-        time.sleep(0.5)
-        for s in socks[::2]:
-            try:
-                s.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-            except OSError:
-                pass  # already closed by the server
+    with netlab.flood(robot.port):
         started = time.monotonic()
         status, _ = robot.health()
         assert status == 200 and time.monotonic() - started < 5
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            stats = guard.stats()
-            if stats["open"] + stats["evicted"] + stats["refused"] + stats["timed_out"] >= 1100:
-                break
-            time.sleep(0.1)
-        assert stats["open"] <= robot.service.config.max_connections
-        assert stats["evicted"] + stats["refused"] >= 1100 - robot.service.config.max_connections, stats
+        stats = netlab.settled(robot.server.server.access.guard, 1100)
+        limit = robot.service.config.max_connections
+        assert stats["open"] <= limit and stats["evicted"] + stats["refused"] >= 1100 - limit, stats
         assert robot.health()[0] == 200
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_slow_head_and_idle_connection_closed(tmp_path):
     r = start_robot(tmp_path, header_timeout=1.0, idle_timeout=1.0)
     try:
-        with socket.create_connection(("127.0.0.1", r.port)) as slow, \
-                socket.create_connection(("127.0.0.1", r.port)) as idle:
-            idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_head(idle).startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
-            for byte in b"GET /health HTTP/1.1\r\n":  # one byte every 0.2 s
-                try:
-                    slow.send(bytes([byte]))
-                except OSError:
-                    break
-                time.sleep(0.2)
-            slow.settimeout(5)
-            assert slow.recv(100) == b""  # closed without an answer
-            assert time.monotonic() - started < 4
-            idle.settimeout(5)
-            rest = b""
-            while chunk := idle.recv(4096):
-                rest += chunk
-            assert b"HTTP/1.1" not in rest.split(b"\r\n\r\n", 1)[-1]  # closed, nothing else sent
+        answer, slow_got, closed_after, idle_got = netlab.slow_and_idle(r.port)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert slow_got == b"" and closed_after < 4  # closed without an answer
+        assert b"HTTP/1.1" not in idle_got          # closed, nothing else sent
     finally:
         stop_robot(r)
 
@@ -415,81 +345,18 @@ def test_slow_head_and_idle_connection_closed(tmp_path):
 # network namespaces: the USB link and the LAN
 
 
-def ip(*args, netns=None):
-    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread (and the threads it starts) into network namespace ``name``."""
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:   # setns(2)
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
-CLONE_NEWNET = 0x40000000   # linux/sched.h
-
-
-def in_netns(name: str, fn):
-    """Run ``fn()`` in a thread inside network namespace ``name``; its result or exception."""
-    result = {}
-
-    def run():
-        try:
-            enter_netns(name)
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            result["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(120)
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 @pytest.fixture
-def netlab():
-    """Namespaces ``robot`` (usb0 169.254.1.1/16, lan0 192.168.78.1/24), ``usb``
-    (169.254.9.9/16, the laptop on the USB cable) and ``lan`` (192.168.78.2/24)."""
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("network namespaces need root and iproute2")
-    tag = uuid.uuid4().hex[:6]
-    names = {role: f"ot2r-{role}-{tag}" for role in ("robot", "usb", "lan")}
-    try:
-        for name in names.values():
-            ip("netns", "add", name)
-    except subprocess.CalledProcessError as e:
-        for name in names.values():
-            subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
-        pytest.skip(f"ip netns unavailable: {e.stderr.decode().strip()}")
-    try:
-        for link, peer, role in (("usb0", "u-host", "usb"), ("lan0", "l-host", "lan")):
-            ip("link", "add", link, "netns", names["robot"], "type", "veth", "peer", "name", peer,
-               "netns", names[role])
-        ip("addr", "add", "169.254.1.1/16", "dev", "usb0", netns=names["robot"])
-        ip("addr", "add", "192.168.78.1/24", "dev", "lan0", netns=names["robot"])
-        ip("addr", "add", "169.254.9.9/16", "dev", "u-host", netns=names["usb"])
-        ip("addr", "add", "192.168.78.2/24", "dev", "l-host", netns=names["lan"])
-        for role, links in (("robot", ("lo", "usb0", "lan0")), ("usb", ("lo", "u-host")), ("lan", ("lo", "l-host"))):
-            for link in links:
-                ip("link", "set", link, "up", netns=names[role])
+def netlab_names():
+    with netlab.netlab() as names:
         yield names
-    finally:
-        for name in names.values():
-            subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
-def robot_in_netns(tmp_path, netlab):
+def robot_in_netns(tmp_path, netlab_names):
     """The robot server (default ``trusted_interfaces``: lo, usb*) on 0.0.0.0 of the robot
     namespace; its event loop thread is started there, so it sees that namespace's links."""
-    r = in_netns(netlab["robot"], lambda: start_robot(tmp_path, host="0.0.0.0"))
-    yield r, netlab
+    r = netlab.in_netns(netlab_names["robot"], lambda: start_robot(tmp_path, host="0.0.0.0"))
+    yield r, netlab_names
     stop_robot(r)
 
 
@@ -500,11 +367,11 @@ def remote(robot, host: str) -> Robot:
 
 def test_usb_link_is_trusted_lan_is_not(robot_in_netns):
     robot, ns = robot_in_netns
-    usb, lan = remote(robot, "169.254.1.1"), remote(robot, "192.168.78.1")
-    status, reply = in_netns(ns["lan"], lambda: lan.post("/robot/lights", {"on": True}))
+    usb, lan = remote(robot, netlab.ROBOT_USB), remote(robot, netlab.ROBOT_LAN)
+    status, reply = netlab.in_netns(ns["lan"], lambda: lan.post("/robot/lights", {"on": True}))
     assert status == 401 and reply["error"] == "unauthorized" and not robot.gpio.lights_on()
-    assert in_netns(ns["lan"], lambda: lan.get("/robot/lights"))[0] == 200
-    status, reply = in_netns(ns["usb"], lambda: usb.post("/robot/lights", {"on": True}))
+    assert netlab.in_netns(ns["lan"], lambda: lan.get("/robot/lights"))[0] == 200
+    status, reply = netlab.in_netns(ns["usb"], lambda: usb.post("/robot/lights", {"on": True}))
     assert status == 200 and robot.gpio.lights_on()
 
 
@@ -518,6 +385,26 @@ def test_lan_bridge_client_needs_a_token(robot_in_netns):
         finally:
             c.close()
 
-    assert in_netns(ns["lan"], lambda: bridge_call("192.168.78.1"))["error"] == "unauthorized"
+    assert netlab.in_netns(ns["lan"], lambda: bridge_call(netlab.ROBOT_LAN))["error"] == "unauthorized"
     assert not robot.gpio.lights_on()
-    assert in_netns(ns["usb"], lambda: bridge_call("169.254.1.1"))["ok"] and robot.gpio.lights_on()
+    assert netlab.in_netns(ns["usb"], lambda: bridge_call(netlab.ROBOT_USB))["ok"] and robot.gpio.lights_on()
+
+
+@pytest.mark.parametrize("target", [netlab.ROBOT_USB, netlab.ROBOT_LAN])
+def test_link_local_impostor_on_the_lan_refused(robot_in_netns, target):
+    """A LAN host that gives itself a link-local address never completes a connection over
+    the USB link's subnet, and is a stranger on the LAN's."""
+    robot, ns = robot_in_netns
+
+    def attack():
+        try:
+            conn = http.client.HTTPConnection(target, robot.port, timeout=3, source_address=(netlab.IMPOSTOR, 0))
+            conn.request("POST", "/robot/lights", body=b'{"on": true}', headers={
+                "Content-Type": "application/json", "Opentrons-Version": "*"})
+            return conn.getresponse().status
+        except OSError as e:
+            return e
+
+    outcome = netlab.in_netns(ns["lan"], attack)
+    assert isinstance(outcome, OSError) or outcome == 401, outcome
+    assert not robot.gpio.lights_on()
