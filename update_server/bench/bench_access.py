@@ -18,13 +18,11 @@ Prints the median round trip of each and the ratio token / open (target <= 1.1).
 from __future__ import annotations
 
 import argparse
-import http.client
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from update_server.benchutil import boot_files, free_port, start_update_server
+from update_server.benchutil import boot_files, free_port, round_trips, start_update_server
 from update_server.tokens import TokenStore, tokens_path
 
 
@@ -44,24 +42,6 @@ def make_robot(work: Path, open_access: bool) -> tuple:
         f'[slots.A]\ndevice = "{work / "slot-A.img"}"\n[slots.B]\ndevice = "{work / "slot-B.img"}"\n'
     )
     return work / "update-server.toml", port
-
-
-def round_trips(port: int, method: str, path: str, headers: dict, n: int) -> float:
-    """Median seconds of ``n`` round trips on one keep-alive connection (all must be 200)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    times = []
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            conn.request(method, path, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            times.append(time.perf_counter() - t0)
-            if response.status != 200:
-                raise RuntimeError(f"{method} {path}: HTTP {response.status}")
-    finally:
-        conn.close()
-    return statistics.median(times)
 
 
 def main() -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import http.client
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -94,3 +96,22 @@ def start_update_server(config: Path, port: int, cwd: Path, timeout: float = 30)
                 proc.wait()
                 raise RuntimeError("update-server did not start") from None
             time.sleep(0.1)
+
+
+def round_trips(port: int, method: str, path: str, headers: dict, n: int, body: bytes | None = None) -> float:
+    """Median seconds of ``n`` round trips to ``127.0.0.1:port`` on one keep-alive
+    connection; RuntimeError unless every answer is 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            times.append(time.perf_counter() - t0)
+            if response.status != 200:
+                raise RuntimeError(f"{method} {path}: HTTP {response.status}")
+    finally:
+        conn.close()
+    return statistics.median(times)
