@@ -18,13 +18,12 @@ Prints the median round trip of each and the ratio token / open.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import urllib.parse
 from pathlib import Path
 
 from bench_api import start_local, stop_all
-from update_server.benchutil import round_trips
+from update_server.benchutil import open_vs_token, print_open_vs_token
 from update_server.tokens import TokenStore, tokens_path
 
 LIGHTS = b'{"on": true}'
@@ -48,25 +47,18 @@ def main() -> int:
                 procs += started
                 ports[mode] = urllib.parse.urlparse(url).port
             token, _ = TokenStore(tokens_path(Path(tmp) / "token")).issue("bench", "button")
-            cases = {
+            results = open_vs_token({
                 ("health", "open"): (ports["open"], "GET", "/health", {}, None),
                 ("health", "token"): (ports["token"], "GET", "/health", {}, None),
                 ("post", "open"): (ports["open"], "POST", "/robot/lights", JSON, LIGHTS),
                 ("post", "token"): (ports["token"], "POST", "/robot/lights",
                                     {**JSON, "Authorization": f"Bearer {token}"}, LIGHTS),
-            }
-            results = {case: [] for case in cases}
-            for _ in range(args.rounds):
-                for case, (port, method, path, headers, body) in cases.items():
-                    results[case].append(round_trips(port, method, path, headers, args.requests, body))
+            }, args.rounds, args.requests)
         finally:
             stop_all(procs)
-    print(f"robot-server access checks, {args.rounds} rounds x {args.requests} round trips on loopback (median):")
-    for what, label in (("health", "GET /health"), ("post", "authorised POST /robot/lights")):
-        before = statistics.median(results[(what, "open")])
-        after = statistics.median(results[(what, "token")])
-        print(f"  {label:<40} open mode {before * 1e6:7.0f} us   token checked {after * 1e6:7.0f} us"
-              f"   ratio {after / before:.2f}")
+    print_open_vs_token(f"robot-server access checks, {args.rounds} rounds x {args.requests} round trips "
+                        "on loopback (median):",
+                        {"health": "GET /health", "post": "authorised POST /robot/lights"}, results)
     return 0
 
 

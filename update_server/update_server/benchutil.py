@@ -115,3 +115,25 @@ def round_trips(port: int, method: str, path: str, headers: dict, n: int, body: 
     finally:
         conn.close()
     return statistics.median(times)
+
+
+def open_vs_token(cases: dict, rounds: int, requests: int) -> dict:
+    """Time ``cases`` (``{(what, "open" | "token"): (port, method, path, headers, body)}``)
+    alternately, ``rounds`` times :func:`round_trips` of ``requests`` each; returns
+    ``{case: [median seconds of each round]}``."""
+    results = {case: [] for case in cases}
+    for _ in range(rounds):
+        for case, (port, method, path, headers, body) in cases.items():
+            results[case].append(round_trips(port, method, path, headers, requests, body))
+    return results
+
+
+def print_open_vs_token(title: str, labels: dict, results: dict) -> None:
+    """Print, per ``what`` of ``labels`` (``{what: label}``), the median round trip in
+    open mode and with a token checked, and their ratio."""
+    print(title)
+    for what, label in labels.items():
+        before = statistics.median(results[(what, "open")])
+        after = statistics.median(results[(what, "token")])
+        print(f"  {label:<40} open mode {before * 1e6:7.0f} us   token checked {after * 1e6:7.0f} us"
+              f"   ratio {after / before:.2f}")
