@@ -54,6 +54,16 @@ def _api_error(exc: UpdateError) -> ApiError:
     return ApiError(exc.status, _CODES.get(exc.code, exc.code), exc.message)
 
 
+def refusal(request: web.Request, exc: ApiError) -> web.Response:
+    """The answer to a refused request: the OT-2's error shape on its endpoints
+    (``versioning.error_body``), ours elsewhere; a 401 names the scheme to use
+    (``WWW-Authenticate: Bearer``, RFC 6750 section 3)."""
+    kind = getattr(getattr(request.match_info.handler, "op", None), "ot2", None)
+    body = error_body(kind, exc) if kind else exc.body()
+    headers = {"WWW-Authenticate": 'Bearer realm="ot2"'} if exc.status == 401 else None
+    return web.json_response(body, status=exc.status, headers=headers)
+
+
 class Access:
     """The access checks and connection limits of one robot server."""
 
@@ -88,7 +98,10 @@ class Access:
         inside ``version_middleware``, so the OT-2's endpoints get the OT-2's error shape."""
         self.guard.request_started(request.transport)
         try:
-            self.check(request)
+            try:
+                self.check(request)
+            except ApiError as exc:
+                return refusal(request, exc)
             return await handler(request)
         finally:
             self.guard.request_finished(request.transport)
@@ -99,9 +112,7 @@ class Access:
         try:
             self.check(request)
         except ApiError as exc:
-            kind = getattr(getattr(request.match_info.handler, "op", None), "ot2", None)
-            body = error_body(kind, exc) if kind else exc.body()
-            return web.json_response(body, status=exc.status)
+            return refusal(request, exc)
         if request.headers.get("Expect", "").lower() != "100-continue":
             return web.json_response({"error": "bad-request", "message": "unsupported Expect header"},
                                      status=417)

@@ -9,6 +9,7 @@ Every refused attack leaves the robot as it was: positions, lights, motors, prot
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -101,6 +102,17 @@ def test_lan_host_without_token_changes_nothing(lan, method, path, body, shape):
         else:
             assert set(reply) == {"error", "message"}
     assert machine(lan) == before
+
+
+def test_unauthorised_answer_names_bearer(lan):
+    conn = http.client.HTTPConnection("127.0.0.1", lan.port, timeout=10)
+    conn.request("POST", "/robot/home", body=b"{}", headers={"Content-Type": "application/json",
+                                                              "Opentrons-Version": "*"})
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 401 and resp.getheader("WWW-Authenticate") == 'Bearer realm="ot2"'
+    assert resp.getheader("Opentrons-Version") == "4" and body["error"] == "unauthorized"
 
 
 def test_lan_host_cannot_upload_a_protocol(lan):
