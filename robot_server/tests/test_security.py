@@ -106,8 +106,8 @@ def test_lan_host_without_token_changes_nothing(lan, method, path, body, shape):
 
 def test_unauthorised_answer_names_bearer(lan):
     conn = http.client.HTTPConnection("127.0.0.1", lan.port, timeout=10)
-    conn.request("POST", "/robot/home", body=b"{}", headers={"Content-Type": "application/json",
-                                                              "Opentrons-Version": "*"})
+    conn.request("POST", "/robot/home", body=b"{}",
+                 headers={"Content-Type": "application/json", "Opentrons-Version": "*"})
     resp = conn.getresponse()
     body = json.loads(resp.read())
     conn.close()
