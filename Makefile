@@ -88,6 +88,7 @@ test-e2e: venv
 bench: venv
 	$(PY) update_server/bench/bench_install.py
 	$(PY) update_server/bench/bench_access.py
+	$(PY) robot_server/bench/bench_access.py
 	$(PY) robot_server/bench/bench_api.py
 	$(PY) robot_server/bench/bench_protocols.py
 	$(PY) robot_server/bench/bench_channel.py

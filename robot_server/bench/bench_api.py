@@ -130,9 +130,10 @@ def bench_bridge(host: str, port: int, clients: int, seconds: float, command: st
     return total, total / elapsed
 
 
-def start_local(tmp: Path) -> tuple[str, int, str, list[subprocess.Popen]]:
+def start_local(tmp: Path, extra_config: str = "") -> tuple[str, int, str, list[subprocess.Popen]]:
     """Start ``smoothie-emulator --pty`` and a ``robot-server`` owning it (simulated GPIO)
-    in ``tmp``; returns (HTTP URL, bridge port, G-code channel URL, the processes)."""
+    in ``tmp`` (``extra_config``: more TOML lines); returns (HTTP URL, bridge port, G-code
+    channel URL, the processes)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # cwd=tmp: from the repository root the project directory would shadow the package
     emu = subprocess.Popen([sys.executable, "-m", "robot_server.emulator", "--pty"], cwd=tmp,
@@ -141,7 +142,7 @@ def start_local(tmp: Path) -> tuple[str, int, str, list[subprocess.Popen]]:
     cfg = tmp / "robot-server.toml"
     cfg.write_text(f'listen = "127.0.0.1"\nport = 0\nbridge_port = 0\nchannel_port = 0\nserial_port = "{tty}"\n'
                    f'gpio_backend = "sim"\nlock_file = "{tmp}/lock"\ndata_dir = "{tmp}"\n'
-                   'reconnect_interval = 0.1\n')
+                   'reconnect_interval = 0.1\n' + extra_config)
     srv = subprocess.Popen([sys.executable, "-m", "robot_server", "--config", str(cfg)], cwd=tmp,
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     line = ""

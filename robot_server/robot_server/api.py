@@ -21,6 +21,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from . import __version__, runs_api, usb_drives
+from .access import Access
 from .engine_host import EngineHost
 from .service import ApiError, RobotService
 from .versioning import LEGACY, from_http_exception, openapi_parts, route_path, version_middleware
@@ -114,6 +115,24 @@ def operations(svc: RobotService) -> list[Op]:
            "Simulated GPIO only: set door / button inputs",
            body={"type": "object", "additionalProperties": False, "properties": {
                "door_open": {"type": "boolean"}, "button": {"type": "boolean"}}}),
+    ]
+
+
+def pairing_operations(svc: RobotService) -> list[Op]:
+    """``/pair`` (``docs/security.md``, "Pairing"): HTTP only, not on the bridge."""
+    pairing = svc.pairing
+    return [
+        Op("pair", "POST", "/pair", pairing.ask,
+           "Ask for a token; the front button's light blinks until it is pressed (approves) or "
+           "expires_in seconds pass. 409 pairing-in-progress, 429 too-many-requests",
+           body={"type": "object", "additionalProperties": False, "required": ["client"], "properties": {
+               "client": {"type": "string", "minLength": 1, "maxLength": 100}}}, status=202),
+        Op("pairingState", "GET", "/pair/{pairing_id}", pairing.state,
+           "waiting / approved (with the token, once) / expired / denied; 404 bad-pairing",
+           query={"pairing_id": {"type": "string", "in": "path"}}),
+        Op("withdrawPairing", "DELETE", "/pair/{pairing_id}", pairing.withdraw,
+           "Withdraw a waiting pairing request (the light stops); 404 bad-pairing",
+           query={"pairing_id": {"type": "string", "in": "path"}}),
     ]
 
 
@@ -249,17 +268,21 @@ class EventStream:
         return f"event: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode()
 
 
-def make_app(svc: RobotService, engine: EngineHost | None = None) -> web.Application:
-    """Build the aiohttp application for ``svc`` (routes from :func:`operations`), plus the
-    engine's ``/protocols`` and ``/runs`` (:mod:`.runs_api`) when ``engine`` is given."""
-    app = web.Application(middlewares=[error_middleware, version_middleware], client_max_size=MAX_BODY)
-    ops = operations(svc)
+def make_app(svc: RobotService, engine: EngineHost | None = None, access: Access | None = None) -> web.Application:
+    """Build the aiohttp application for ``svc`` (routes from :func:`operations` and
+    :func:`pairing_operations`), plus the engine's ``/protocols`` and ``/runs``
+    (:mod:`.runs_api`) when ``engine`` is given; ``access`` checks every request
+    (``docs/security.md``; without it, as in unit tests of the handlers, nothing is checked)."""
+    middlewares = [error_middleware, version_middleware] + ([access.middleware] if access else [])
+    expect = access.expect if access else None
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
+    ops = operations(svc) + pairing_operations(svc)
     for op in ops:
         for path in (op.path, *op.aliases):
-            app.router.add_route(op.method, route_path(path), _handler(op))
+            app.router.add_route(op.method, route_path(path), _handler(op), expect_handler=expect)
     doc = openapi(ops)
     if engine is not None:
-        doc["paths"].update(runs_api.register(app, engine))
+        doc["paths"].update(runs_api.register(app, engine, expect))
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(doc)

@@ -18,6 +18,18 @@ Messages may arrive split across or packed into TCP segments.
   Requests of one client run in order; different clients run concurrently (motion is
   serialised by the robot).
 * Events go to every client: ``{"type": "event", "event", "seq", "time", "data"}``.
+* Who may do what (``docs/security.md``): reads (the operations that are ``GET`` over
+  HTTP, ``listRuns``) and events are open to anyone.  Commands that change, move or run
+  (``setLights``, ``home``, ``move``, ``disengage``, ``stop``, ``stopRun``, ...) need a
+  connection from a trusted interface (loopback from root, the USB link), ``open_access``,
+  or an ``{"type": "auth", "token": "<token>"}`` message first (a paired client's token,
+  as sent in ``Authorization: Bearer`` over HTTP); it is answered ``{"type": "reply", "id",
+  "ok": true, "result": {"authorised": true, "token_id"}}`` and authorises the rest of the
+  connection, or ``ok: false`` ``unauthorized``.  A command without it gets
+  ``unauthorized``; the connection stays up.
+* At most ``bridge_max_clients`` connections, ``bridge_max_clients_per_peer`` per peer
+  address: a new connection closes the oldest one (of its peer, when that limit is hit),
+  so idle clients cannot take every file descriptor.
 * Malformed JSON gets an error reply (``invalid-json``) and the connection stays up; a
   message longer than ``max_message`` bytes gets ``message-too-large`` and the connection
   is closed. A client that vanishes mid-reply is dropped; its command still completes.
@@ -32,6 +44,7 @@ import socket
 from typing import Any
 
 from . import __version__
+from .access import Access
 from .service import ApiError, RobotService
 
 log = logging.getLogger("robot_server.bridge")
@@ -45,9 +58,12 @@ class _TooLarge(Exception):
 
 
 class _Client:
-    def __init__(self, cid: str, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, cid: str, writer: asyncio.StreamWriter, authorised: bool) -> None:
         self.cid = cid
         self.writer = writer
+        peername = writer.get_extra_info("peername")
+        self.peer = peername[0] if peername else None
+        self.authorised = authorised
         self.queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
         self.closed = False
 
@@ -67,12 +83,16 @@ class _Client:
 
 
 class Bridge:
-    """The TCP bridge over the operations ``ops`` (``{operationId: coroutine(params)}``)."""
+    """The TCP bridge over the operations ``ops`` (``{operationId: coroutine(params)}``);
+    those in ``read_only`` are open to anyone, the others need authorisation (``access``)."""
 
-    def __init__(self, svc: RobotService, ops: dict[str, Any], max_message: int = 65536) -> None:
+    def __init__(self, svc: RobotService, ops: dict[str, Any], max_message: int,
+                 read_only: set[str], access: Access) -> None:
         self.svc = svc
         self.ops = ops
         self.max_message = max_message
+        self.read_only = read_only
+        self.access = access
         self.clients: dict[str, _Client] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
@@ -123,7 +143,8 @@ class Bridge:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cid = f"c{next(self._ids)}"
-        client = _Client(cid, writer)
+        client = _Client(cid, writer, self.access.bridge_authorised(writer))
+        self._make_room(client.peer)
         self.clients[cid] = client
         sender = asyncio.ensure_future(self._writer(client))
         sock = writer.get_extra_info("socket")
@@ -173,6 +194,21 @@ class Bridge:
             except asyncio.CancelledError:
                 pass
 
+    def _make_room(self, peer) -> None:
+        """Close the oldest connection (of ``peer``, if that peer is at its limit) when a
+        new one would exceed ``bridge_max_clients`` (``bridge_max_clients_per_peer``)."""
+        config = self.access.config
+        same_peer = [c for c in self.clients.values() if c.peer == peer]
+        if len(same_peer) >= config.bridge_max_clients_per_peer:
+            victim = same_peer[0]
+        elif len(self.clients) >= config.bridge_max_clients:
+            victim = next(iter(self.clients.values()))
+        else:
+            return
+        log.warning("bridge: connection limit reached; closing client %s (%s)", victim.cid, victim.peer)
+        self.clients.pop(victim.cid, None)
+        victim.close()
+
     @staticmethod
     async def _flush(client: _Client) -> None:
         while not client.queue.empty() and not client.closed:
@@ -184,6 +220,14 @@ class Bridge:
                      "message": f"message longer than {self.max_message} bytes; closing"})
         raise _TooLarge()
 
+    def _auth(self, client: _Client, req: dict) -> dict:
+        """An ``auth`` message: authorise ``client`` with its token; ApiError 401 if invalid."""
+        token_id = self.access.token_id(req.get("token"))
+        if token_id is None:
+            raise ApiError(401, "unauthorized", "the token is not valid (revoked, or from another robot)")
+        client.authorised = True
+        return {"authorised": True, "token_id": token_id}
+
     async def _handle(self, client: _Client, raw: bytes) -> None:
         req_id = None
         try:
@@ -194,6 +238,9 @@ class Bridge:
             if not isinstance(req, dict):
                 raise ApiError(422, "invalid-request", "a message must be a JSON object")
             req_id = req.get("id")
+            if req.get("type") == "auth":
+                client.send({"type": "reply", "id": req_id, "ok": True, "result": self._auth(client, req)})
+                return
             name = req.get("command", req.get("name"))
             params = req.get("params", req.get("param", {}))
             if not isinstance(name, str):
@@ -202,6 +249,9 @@ class Bridge:
             if op is None:
                 raise ApiError(404, "unknown-command",
                                f"unknown command {name!r}; commands: {', '.join(sorted(self.ops))}")
+            if name not in self.read_only and not client.authorised:
+                raise ApiError(401, "unauthorized", f"{name!r} changes the robot: send "
+                               '{"type": "auth", "token": "<token>"} first (pair with \'ot2 pair\')')
             result = await op(params)
             client.send({"type": "reply", "id": req_id, "ok": True, "result": result})
         except ApiError as exc:

@@ -26,6 +26,17 @@ key                    default               meaning
 ``sandbox_user``       ``"ot2-run"``         user protocol code runs as (``nobody`` if it does not exist)
 ``sandbox_memory_max`` ``805306368``         bytes of memory per analysis worker / run process (768 MiB)
 ``sandbox_tasks_max``  ``256``               processes + threads per sandbox
+``trusted_interfaces`` ``["lo", "usb*"]``    interfaces whose callers are someone at the robot
+                                             (shell patterns; ``docs/security.md``)
+``open_access``        ``false``             true: the OT-2's behaviour, no token needed to change,
+                                             move or run (cross-site rules still apply)
+``max_connections``    ``256``               open HTTP connections in all
+``max_connections_per_peer`` ``32``          open HTTP connections per peer address
+``header_timeout``     ``10.0``              seconds to send an HTTP request head
+``idle_timeout``       ``60.0``              seconds an HTTP connection may idle between requests
+``bridge_max_clients`` ``64``                bridge connections in all (the oldest is closed for a new one)
+``bridge_max_clients_per_peer`` ``16``       bridge connections per peer address
+``pairing_timeout``    ``30.0``              seconds a pairing request waits for the front button
 =====================  ====================  ==================================================
 """
 from __future__ import annotations
@@ -62,6 +73,15 @@ class Config:
     sandbox_user: str = "ot2-run"
     sandbox_memory_max: int = 768 * 1024 * 1024
     sandbox_tasks_max: int = 256
+    trusted_interfaces: list = field(default_factory=lambda: ["lo", "usb*"])
+    open_access: bool = False
+    max_connections: int = 256
+    max_connections_per_peer: int = 32
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    bridge_max_clients: int = 64
+    bridge_max_clients_per_peer: int = 16
+    pairing_timeout: float = 30.0
 
     def validate(self) -> "Config":
         if self.gpio_backend not in ("rpi", "sim"):
@@ -90,6 +110,15 @@ class Config:
             raise ConfigError("sandbox_tasks_max must be in [16, 65536]")
         if not self.sandbox_user or self.sandbox_user == "root":
             raise ConfigError("sandbox_user must name an unprivileged user")
+        if not all(isinstance(p, str) and p for p in self.trusted_interfaces):
+            raise ConfigError("trusted_interfaces must be a list of interface name patterns")
+        if not 1 <= self.max_connections_per_peer <= self.max_connections:
+            raise ConfigError("max_connections_per_peer must be in [1, max_connections]")
+        if not 1 <= self.bridge_max_clients_per_peer <= self.bridge_max_clients:
+            raise ConfigError("bridge_max_clients_per_peer must be in [1, bridge_max_clients]")
+        for name in ("header_timeout", "idle_timeout", "pairing_timeout"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"{name} must be in (0, 3600] seconds")
         return self
 
     @property

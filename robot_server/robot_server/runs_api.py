@@ -337,11 +337,12 @@ _QUERY = {("POST", "/runs/{runId}/commands"): [
      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_LENGTH}}]}
 
 
-def register(app: web.Application, host: EngineHost) -> dict:
-    """Add the engine routes to ``app``; returns their ``/openapi.json`` ``paths``."""
+def register(app: web.Application, host: EngineHost, expect_handler: Callable | None = None) -> dict:
+    """Add the engine routes to ``app`` (``expect_handler``: for ``Expect: 100-continue``,
+    see ``access.Access.expect``); returns their ``/openapi.json`` ``paths``."""
     paths: dict[str, dict] = {}
     for method, path, handler in EngineRoutes(host).routes():
-        app.router.add_route(method, route_path(path), _ot2_errors(handler))
+        app.router.add_route(method, route_path(path), _ot2_errors(handler), expect_handler=expect_handler)
         header, errors, headers = openapi_parts(JSONAPI, header_required=True)
         entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
                  "tags": ["OT-2 HTTP API"],
@@ -355,6 +356,10 @@ def register(app: web.Application, host: EngineHost) -> dict:
         entry["parameters"] = params + _QUERY.get((method, path), []) + [header]
         paths.setdefault(path, {})[method.lower()] = entry
     return paths
+
+
+#: The bridge operations of :func:`bridge_operations` that only read (open to anyone).
+BRIDGE_READ_ONLY = {"listRuns"}
 
 
 def bridge_operations(host: EngineHost) -> dict[str, Callable[[Any], Awaitable[dict]]]:

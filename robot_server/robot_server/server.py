@@ -12,7 +12,10 @@ from typing import Any, Coroutine
 
 from aiohttp import web
 
+from update_server.connlimit import GuardedSockSite
+
 from . import runs_api
+from .access import Access
 from .api import make_app, operations
 from .bridge import Bridge
 from .channel import HOST as CHANNEL_HOST
@@ -36,6 +39,7 @@ class RobotServer:
         self.service = RobotService(config, self.gpio, driver)
         self.engine = EngineHost(config, self.service)
         self.service.ot2.engine = self.engine
+        self.access = Access(config, self.service.tokens)
         self.bridge: Bridge | None = None
         self._runner: web.AppRunner | None = None
         self.http_port = 0
@@ -59,15 +63,17 @@ class RobotServer:
         await self.service.channel.start(channel_sock)
         self.service.ot2.preload()
         await self.engine.start()
-        app = make_app(self.service, self.engine)
+        app = make_app(self.service, self.engine, self.access)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.SockSite(self._runner, http_sock).start()
+        await GuardedSockSite(self._runner, http_sock, self.access.guard).start()
         self.http_port = http_sock.getsockname()[1]
         if bridge_sock is not None:
-            ops = {op.op_id: op.func for op in operations(self.service)}
+            table = operations(self.service)
+            ops = {op.op_id: op.func for op in table}
             ops.update(runs_api.bridge_operations(self.engine))
-            self.bridge = Bridge(self.service, ops, cfg.bridge_max_message)
+            read_only = {op.op_id for op in table if op.method == "GET"} | runs_api.BRIDGE_READ_ONLY
+            self.bridge = Bridge(self.service, ops, cfg.bridge_max_message, read_only, self.access)
             await self.bridge.start(bridge_sock)
             self.bridge_port = bridge_sock.getsockname()[1]
 

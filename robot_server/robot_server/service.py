@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+from update_server.tokens import TokenStore, tokens_path
+
 from . import __version__
 from .channel import Channel
 from .config import Config
@@ -183,7 +185,10 @@ class RobotService:
         self.system_version = _system_version()
         self.channel = Channel(self)
         from .ot2_api import Ot2Resources                # late: it imports this module
+        from .pairing import Pairing
         self.ot2 = Ot2Resources(self)
+        self.tokens = TokenStore(tokens_path(config.data_dir))
+        self.pairing = Pairing(self.tokens, gpio, config.pairing_timeout)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -204,6 +209,7 @@ class RobotService:
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.pairing.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -254,6 +260,9 @@ class RobotService:
         self.events.publish("button", {"pressed": pressed})
         if pressed and self.channel.lease is not None:      # the front button stops a lease
             self._tasks.append(asyncio.ensure_future(self.channel.stop("front button pressed")))
+            self.pairing.deny("the front button stopped a run")
+        elif pressed:                                        # else it approves a pairing request
+            self.pairing.button_pressed()
 
     @property
     def motion_lock(self) -> asyncio.Lock:

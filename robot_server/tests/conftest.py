@@ -156,8 +156,8 @@ def homed(shared_robot):
 class BridgeClient:
     """A raw TCP bridge client speaking ``\\n\\r``-terminated JSON."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.events: list[dict] = []
         self.handshake = self.recv()

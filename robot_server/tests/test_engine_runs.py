@@ -284,7 +284,7 @@ def test_files_the_engine_refuses_are_not_stored(engine):
     assert "Traceback" not in error["detail"]
     assert_error(engine.upload({"run.sh": SIMPLE}), 422, "InvalidRequest")
     assert_error(engine.upload({".hidden.py": SIMPLE}), 422, "InvalidRequest")
-    assert_error(engine.robot.post("/protocols", {"data": {}}), 422, "InvalidRequest")
+    assert_error(engine.robot.post("/protocols", {"data": {}}), 415, "UnsupportedMediaType")  # multipart only
     assert engine.robot.get("/protocols")[1]["meta"]["totalLength"] == before
     status, body = engine.upload({"../../evil.py": SIMPLE})          # a path is reduced to its name
     assert status == 201 and body["data"]["files"] == [{"name": "evil.py", "role": "main"}]

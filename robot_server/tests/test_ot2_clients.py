@@ -9,15 +9,22 @@ libraries, against our robot server (with the emulator) over real HTTP on loopba
 
 The protocol -> analysis -> run -> play -> commands flow needs the OT-2's ``/protocols``
 and ``/runs`` resources; those tests skip while the server still answers the older shapes.
+
+The robots run in the open compatibility mode (``open_access``; ``docs/security.md``) with
+loopback *not* trusted: the clients get in as any network host of an OT-2 would.  In the
+default mode the same clients, sending no token, are refused cleanly (401, the OT-2's
+error shape).
 """
 from __future__ import annotations
 
 import errno
+import json
 import random
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
 import ot_api
 import ot_api.modules
@@ -29,14 +36,17 @@ from opentrons_http_api.robot_client import RobotClient
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROTOCOL = EXAMPLES / "serial_dilution.py"
+#: The OT-2's behaviour, with loopback standing for the lab network.
+OPEN_MODE = {"open_access": True, "trusted_interfaces": ["usb*"]}
 
 
-def _start_on_31950(tmp_path):
-    """A robot whose HTTP API is on port 31950 of a free loopback address."""
+def _start_on_31950(tmp_path, **config):
+    """A robot whose HTTP API is on port 31950 of a free loopback address (open mode
+    unless ``config`` says otherwise)."""
     for _ in range(20):
         host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
         try:
-            return start_robot(tmp_path, host=host, port=API._PORT)
+            return start_robot(tmp_path, host=host, port=API._PORT, **{**OPEN_MODE, **config})
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
@@ -51,12 +61,44 @@ def robot_31950(tmp_path_factory):
     stop_robot(r)
 
 
+@pytest.fixture(scope="module")
+def open_robot(tmp_path_factory):
+    r = start_robot(tmp_path_factory.mktemp("ot-api"), **OPEN_MODE)
+    r.wait_connected()
+    yield r
+    stop_robot(r)
+
+
 @pytest.fixture
-def ot_api_robot(shared_robot):
+def ot_api_robot(open_robot):
     ot_api.set_host("127.0.0.1")
-    ot_api.set_port(shared_robot.port)
-    yield shared_robot
+    ot_api.set_port(open_robot.port)
+    yield open_robot
     ot_api.set_host(None)
+
+
+def test_clients_without_token_refused_cleanly_by_default(tmp_path):
+    """Default mode, a network peer without a token: each client raises on a 401 in the
+    OT-2's error shape, and nothing moved."""
+    r = _start_on_31950(tmp_path, open_access=False)
+    try:
+        r.wait_connected()
+        assert RobotClient(r.host).health().robot_model == "OT-2 Standard"    # status stays open
+        with pytest.raises(requests.HTTPError) as refused:
+            API(r.host).post_robot_lights(True)
+        assert refused.value.response.status_code == 401
+        assert refused.value.response.json()["error"] == "unauthorized" and not r.gpio.lights_on()
+        ot_api.set_host(r.host)
+        ot_api.set_port(r.port)
+        with pytest.raises(Exception, match="Unauthorized") as refused:
+            ot_api.runs.create()
+        assert json.loads(str(refused.value))["errors"][0]["id"] == "Unauthorized"
+        with pytest.raises(Exception, match="unauthorized"):
+            ot_api.health.home()
+        assert not any(r.service.driver.homed.values()) and r.get("/runs")[1]["data"] == []
+    finally:
+        ot_api.set_host(None)
+        stop_robot(r)
 
 
 def _runs_resources_ready(robot) -> bool:

@@ -18,13 +18,10 @@ Prints the median round trip of each and the ratio token / open (target <= 1.1).
 from __future__ import annotations
 
 import argparse
-import http.client
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from update_server.benchutil import boot_files, free_port, start_update_server
+from update_server.benchutil import boot_files, free_port, open_vs_token, print_open_vs_token, start_update_server
 from update_server.tokens import TokenStore, tokens_path
 
 
@@ -46,24 +43,6 @@ def make_robot(work: Path, open_access: bool) -> tuple:
     return work / "update-server.toml", port
 
 
-def round_trips(port: int, method: str, path: str, headers: dict, n: int) -> float:
-    """Median seconds of ``n`` round trips on one keep-alive connection (all must be 200)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    times = []
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            conn.request(method, path, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            times.append(time.perf_counter() - t0)
-            if response.status != 200:
-                raise RuntimeError(f"{method} {path}: HTTP {response.status}")
-    finally:
-        conn.close()
-    return statistics.median(times)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
@@ -77,27 +56,19 @@ def main() -> int:
         servers = [start_update_server(open_config, open_port, work / "open"),
                    start_update_server(token_config, token_port, work / "token")]
         try:
-            cases = {
-                ("health", "open"): (open_port, "GET", "/health", {}),
-                ("health", "token"): (token_port, "GET", "/health", {}),
-                ("post", "open"): (open_port, "POST", "/server/update/cancel", {}),
+            results = open_vs_token({
+                ("health", "open"): (open_port, "GET", "/health", {}, None),
+                ("health", "token"): (token_port, "GET", "/health", {}, None),
+                ("post", "open"): (open_port, "POST", "/server/update/cancel", {}, None),
                 ("post", "token"): (token_port, "POST", "/server/update/cancel",
-                                    {"Authorization": f"Bearer {token}"}),
-            }
-            results = {case: [] for case in cases}
-            for _ in range(args.rounds):
-                for case, (port, method, path, headers) in cases.items():
-                    results[case].append(round_trips(port, method, path, headers, args.requests))
+                                    {"Authorization": f"Bearer {token}"}, None),
+            }, args.rounds, args.requests)
         finally:
             for server in servers:
                 server.terminate()
                 server.wait(10)
-    print(f"access checks, {args.rounds} rounds x {args.requests} round trips on loopback (median):")
-    for what, label in (("health", "GET /health"), ("post", "authorised POST /server/update/cancel")):
-        before = statistics.median(results[(what, "open")])
-        after = statistics.median(results[(what, "token")])
-        print(f"  {label:<40} open mode {before * 1e6:7.0f} us   token checked {after * 1e6:7.0f} us"
-              f"   ratio {after / before:.2f}")
+    print_open_vs_token(f"access checks, {args.rounds} rounds x {args.requests} round trips on loopback (median):",
+                        {"health": "GET /health", "post": "authorised POST /server/update/cancel"}, results)
     return 0
 
 

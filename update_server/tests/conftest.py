@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import hashlib
 import http.client
 import io
@@ -24,6 +23,7 @@ from update_server.api import UpdateServer
 from update_server.bootctl import from_config
 from update_server.config import load_config
 from update_server.connlimit import GuardedSite
+from update_server.netlab import enter_netns
 
 COMPATIBLE = "ot2-test"
 SLOT_SIZE = 32 << 20
@@ -156,19 +156,6 @@ class Client:
             + data[: len(data) // 2]
         )
         return sock
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread into network namespace ``name`` (``ip netns add``)."""
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
-CLONE_NEWNET = 0x40000000
 
 
 class ServerThread:

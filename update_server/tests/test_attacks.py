@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
-import shutil
 import socket
 import subprocess
-import threading
 import time
-import uuid
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from conftest import Client, Rig, ServerThread, enter_netns, make_bundle, make_image
+from conftest import Client, Rig, ServerThread, make_bundle, make_image
 from test_bad_input import assert_error
-from update_server import bundle
+from update_server import bundle, netlab
+from update_server.netlab import read_head
 from update_server.tokens import TokenStore
 from update_server.versions import is_downgrade, version_key
 
@@ -198,16 +195,7 @@ def test_open_mode_opens_updates_only(tmp_path, keys, monkeypatch):
 # a web page in a lab browser (the browser runs on a trusted machine: loopback here)
 
 
-@pytest.mark.parametrize("headers", [
-    {"Content-Type": "text/plain", "Origin": "http://evil.example"},
-    {"Content-Type": "text/plain"},
-    {"Content-Type": "application/x-www-form-urlencoded"},
-    {"Content-Type": "application/json", "Origin": "http://evil.example"},
-    {"Content-Type": "application/json", "Origin": "null"},
-    {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
-    # DNS rebinding: the page's own name now points at the robot; Host matches Origin
-    {"Content-Type": "application/json", "Origin": "http://rebind.example:{port}", "Host": "rebind.example:{port}"},
-])
+@pytest.mark.parametrize("headers", netlab.CROSS_SITE_HEADERS)
 def test_cross_site_requests_refused(rig, headers):
     headers = {k: v.format(port=rig.server.port) for k, v in headers.items()}
     before = machine(rig)
@@ -386,20 +374,6 @@ def test_key_count_capped(rig):
 # resources
 
 
-def read_reply(sock, timeout=5.0) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    except socket.timeout:
-        pass
-    return data
-
-
 @pytest.mark.parametrize("who", ["stranger", "paired"])
 def test_expect_continue_only_after_checks(lan, who):
     token = lan.paired.begin()
@@ -408,7 +382,7 @@ def test_expect_continue_only_after_checks(lan, who):
         sock.sendall((f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n{auth}"
                       f"Content-Type: application/octet-stream\r\nContent-Length: {10 << 30}\r\n"
                       "Expect: 100-continue\r\n\r\n").encode())
-        reply = read_reply(sock)
+        reply = read_head(sock)
     assert not reply.startswith(b"HTTP/1.1 100"), reply[:80]
     assert reply.startswith(b"HTTP/1.1 413" if who == "paired" else b"HTTP/1.1 401"), reply[:80]
     assert lan.client.get(f"/server/update/{token}/status").body["stage"] == "awaiting-file"
@@ -421,55 +395,26 @@ def test_expect_continue_for_a_good_request(lan, keys):
         sock.sendall((f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n"
                       f"Authorization: Bearer {lan.token}\r\nContent-Type: application/octet-stream\r\n"
                       f"Content-Length: {len(data)}\r\nExpect: 100-continue\r\n\r\n").encode())
-        assert read_reply(sock).startswith(b"HTTP/1.1 100 Continue")
+        assert read_head(sock).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(data)
-        assert read_reply(sock, 30).startswith(b"HTTP/1.1 200")
+        assert read_head(sock, 30).startswith(b"HTTP/1.1 200")
 
 
 @pytest.fixture
 def many_fds():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 4096:
-        pytest.skip(f"the hard file limit ({hard}) is too low for 1,100 client sockets")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with netlab.many_fds():
+        yield
 
 
 def test_1100_idle_and_slowloris_connections_leave_health_answering(rig, many_fds):
-    guard = rig.server.server.guard
-    socks = []
-    try:
-        for i in range(1100):  # from 11 addresses, half idle, half trickling a request head
-            s = socket.socket()
-            s.bind((f"127.0.0.{2 + i % 11}", 0))
-            s.setblocking(False)
-            try:
-                s.connect(("127.0.0.1", rig.server.port))
-            except BlockingIOError:
-                pass
-            socks.append(s)
-        time.sleep(0.5)
-        for s in socks[::2]:
-            try:
-                s.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-            except OSError:
-                pass  # already closed by the server
+    with netlab.flood(rig.server.port):
         started = time.monotonic()
         r = rig.client.get("/health", timeout=10)
         assert r.status == 200 and time.monotonic() - started < 5
-        deadline = time.monotonic() + 10  # until the server has accepted every connection
-        while time.monotonic() < deadline:
-            stats = guard.stats()
-            if stats["open"] + stats["evicted"] + stats["refused"] + stats["timed_out"] >= 1100:
-                break
-            time.sleep(0.1)
+        stats = netlab.settled(rig.server.server.guard, 1100)
         assert stats["open"] <= rig.config.max_connections
         assert stats["evicted"] + stats["refused"] >= 1100 - rig.config.max_connections, stats
         assert rig.client.get("/health", timeout=10).status == 200
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_slow_head_and_idle_connection_closed(tmp_path, keys, monkeypatch):
@@ -477,25 +422,10 @@ def test_slow_head_and_idle_connection_closed(tmp_path, keys, monkeypatch):
     rig = Rig(tmp_path, keys["keyring"], header_timeout=1, idle_timeout=1)
     rig.start()
     try:
-        with socket.create_connection(("127.0.0.1", rig.server.port)) as slow, \
-                socket.create_connection(("127.0.0.1", rig.server.port)) as idle:
-            idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_reply(idle).startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
-            for byte in b"GET /health HTTP/1.1\r\n":  # one byte every 0.2 s
-                try:
-                    slow.send(bytes([byte]))
-                except OSError:
-                    break
-                time.sleep(0.2)
-            slow.settimeout(5)
-            assert slow.recv(100) == b""  # closed without an answer
-            assert time.monotonic() - started < 4
-            idle.settimeout(5)
-            rest = b""
-            while chunk := idle.recv(4096):
-                rest += chunk
-            assert b"HTTP/1.1" not in rest.split(b"\r\n\r\n", 1)[-1]  # closed, nothing else sent
+        answer, slow_got, closed_after, idle_got = netlab.slow_and_idle(rig.server.port)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert slow_got == b"" and closed_after < 4  # closed without an answer
+        assert b"HTTP/1.1" not in idle_got          # closed, nothing else sent
     finally:
         rig.stop()
 
@@ -504,78 +434,25 @@ def test_slow_head_and_idle_connection_closed(tmp_path, keys, monkeypatch):
 # network namespaces: the USB link, the LAN and a link-local impostor
 
 
-def ip(*args, netns=None):
-    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @pytest.fixture
-def netlab():
-    """Namespaces ``robot`` (usb0 169.254.1.1/16, lan0 192.168.77.1/24), ``usb``
-    (169.254.9.9/16, the laptop on the USB cable) and ``lan`` (192.168.77.2/24, plus the
-    impostor's 169.254.7.7/16 with a route to the robot's USB address over the LAN)."""
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("network namespaces need root and iproute2")
-    tag = uuid.uuid4().hex[:6]
-    names = {role: f"ot2t-{role}-{tag}" for role in ("robot", "usb", "lan")}
-    try:
-        for name in names.values():
-            ip("netns", "add", name)
-    except subprocess.CalledProcessError as e:
-        for name in names.values():
-            subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
-        pytest.skip(f"ip netns unavailable: {e.stderr.decode().strip()}")
-    try:
-        for link, peer, role in (("usb0", "u-host", "usb"), ("lan0", "l-host", "lan")):
-            ip("link", "add", link, "netns", names["robot"], "type", "veth", "peer", "name", peer,
-               "netns", names[role])
-        ip("addr", "add", "169.254.1.1/16", "dev", "usb0", netns=names["robot"])
-        ip("addr", "add", "192.168.77.1/24", "dev", "lan0", netns=names["robot"])
-        ip("addr", "add", "169.254.9.9/16", "dev", "u-host", netns=names["usb"])
-        ip("addr", "add", "192.168.77.2/24", "dev", "l-host", netns=names["lan"])
-        ip("addr", "add", "169.254.7.7/32", "dev", "l-host", netns=names["lan"])
-        for role, links in (("robot", ("lo", "usb0", "lan0")), ("usb", ("lo", "u-host")), ("lan", ("lo", "l-host"))):
-            for link in links:
-                ip("link", "set", link, "up", netns=names[role])
-        ip("route", "add", "169.254.1.1/32", "dev", "l-host", "src", "169.254.7.7", netns=names["lan"])
+def netlab_names():
+    with netlab.netlab() as names:
         yield names
-    finally:
-        for name in names.values():
-            subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
-
-
-def from_netns(name: str, fn):
-    """Run ``fn()`` in a thread inside network namespace ``name``; its result or exception."""
-    result = {}
-
-    def run():
-        try:
-            enter_netns(name)
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            result["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(60)
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 @pytest.fixture
-def robot_in_netns(tmp_path, keys, netlab, monkeypatch):
+def robot_in_netns(tmp_path, keys, netlab_names, monkeypatch):
     monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
     rig = Rig(tmp_path, keys["keyring"], listen="0.0.0.0")  # default trusted_interfaces
-    rig.server = ServerThread(rig.config, netns=netlab["robot"])
-    yield rig, netlab
+    rig.server = ServerThread(rig.config, netns=netlab_names["robot"])
+    yield rig, netlab_names
     rig.stop()
 
 
 def test_usb_link_is_trusted(robot_in_netns):
     rig, ns = robot_in_netns
-    usb = Client(rig.server.port, host="169.254.1.1")
-    r = from_netns(ns["usb"], lambda: usb.post("/server/ssh_keys", json_body={"key": ED25519}))
+    usb = Client(rig.server.port, host=netlab.ROBOT_USB)
+    r = netlab.in_netns(ns["usb"], lambda: usb.post("/server/ssh_keys", json_body={"key": ED25519}))
     assert r.status == 201
     assert "attacker" in (rig.root / "data/ssh/authorized_keys").read_text()
 
@@ -583,10 +460,10 @@ def test_usb_link_is_trusted(robot_in_netns):
 def test_lan_host_refused(robot_in_netns):
     rig, ns = robot_in_netns
     before = machine(rig)
-    lan = Client(rig.server.port, host="192.168.77.1")
-    r = from_netns(ns["lan"], lambda: lan.post("/server/ssh_keys", json_body={"key": ED25519}))
+    lan = Client(rig.server.port, host=netlab.ROBOT_LAN)
+    r = netlab.in_netns(ns["lan"], lambda: lan.post("/server/ssh_keys", json_body={"key": ED25519}))
     assert_error(r, 401, "unauthorized")
-    assert from_netns(ns["lan"], lambda: lan.get("/health")).status == 200
+    assert netlab.in_netns(ns["lan"], lambda: lan.get("/health")).status == 200
     assert machine(rig) == before
 
 
@@ -596,7 +473,7 @@ def test_link_local_impostor_on_the_lan_refused(robot_in_netns, target):
     answers 169.254/16 only over the USB link."""
     rig, ns = robot_in_netns
     before = machine(rig)
-    impostor = Client(rig.server.port, host=target, source="169.254.7.7")
+    impostor = Client(rig.server.port, host=target, source=netlab.IMPOSTOR)
 
     def attack():
         try:
@@ -604,6 +481,6 @@ def test_link_local_impostor_on_the_lan_refused(robot_in_netns, target):
         except OSError as e:
             return e
 
-    outcome = from_netns(ns["lan"], attack)
+    outcome = netlab.in_netns(ns["lan"], attack)
     assert isinstance(outcome, OSError) or outcome.status in (401, 403), outcome
     assert machine(rig) == before

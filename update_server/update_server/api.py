@@ -8,7 +8,6 @@ Every error answer is a 4xx (or, for a broken machine, 5xx) with the JSON body
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import secrets
@@ -16,11 +15,10 @@ import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from . import __version__, bootctl, interfaces, openapi, provision
+from . import __version__, access, bootctl, openapi, provision
 from . import state as state_mod
 from .bundle import ChunkSource
 from .connlimit import ConnectionGuard, GuardedSite
@@ -37,7 +35,7 @@ from .install import (
 )
 from .name import Advertiser, NameStore, apply_hostname, hostname_for
 from .sshkeys import KeyStore
-from .tokens import TokenError, TokenStore, bearer_token
+from .tokens import TokenError, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +43,7 @@ MAX_JSON_BODY = 64 * 1024  # bytes
 BUNDLE_OVERHEAD = 2 << 20  # bytes a bundle may have beyond its image (headers, manifest, padding)
 RECENT_SESSIONS = 8
 UPLOAD_READ_SIZE = 256 * 1024  # bytes per multipart read
-JSON_TYPE = "application/json"
 UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 
 VIA = web.RequestKey("via", object) if hasattr(web, "RequestKey") else "via"  # see _check
 
@@ -84,8 +80,7 @@ def _error_response(err: UpdateError) -> web.Response:
 
 def _on_trusted_interface(request) -> bool:
     """Whether :meth:`UpdateServer._check` let ``request`` in for its interface."""
-    via = request.get(VIA)
-    return bool(via) and via != "open" and not via.startswith("token:")
+    return access.is_trusted_interface(request.get(VIA))
 
 
 def _flag(request, name: str) -> bool:
@@ -271,69 +266,20 @@ class UpdateServer:
 
     def _caller(self, request, policy: str) -> str:
         """How the caller may make a ``policy`` request (see :meth:`_check`); UpdateError if not."""
-        transport = request.transport
-        interface = interfaces.arrived_on(
-            transport.get_extra_info("peername") if transport else None,
-            transport.get_extra_info("sockname") if transport else None,
-            self.config.trusted_interfaces,
-        )
-        if interface:
-            return interface
-        if policy == PRESENT:
-            raise UpdateError("bad-interface", "only from the robot itself or its USB link")
-        presented = bearer_token(request.headers.get("Authorization"))
-        record = self.tokens.verify(presented)
-        if record:
-            return f"token:{record['id']}"
-        if policy == CHANGE and self.config.open_access:
-            return "open"
-        if presented:
-            raise UpdateError("unauthorized", "the token is not valid (revoked, or from another robot)")
-        raise UpdateError("unauthorized", "send 'Authorization: Bearer <token>' (pair with 'ot2 pair'), "
-                                          "or connect over the USB link")
+        return access.caller(request.transport, request.headers.get("Authorization"),
+                             self.config.trusted_interfaces, self.tokens, present=policy == PRESENT,
+                             open_access=policy == CHANGE and self.config.open_access)
 
     def _check_origin(self, request) -> None:
-        """A browser's cross-site request never changes anything: a state-changing request
-        with ``Sec-Fetch-Site`` other than same-origin/none, or with an ``Origin`` that is
-        not this server addressed by IP literal, ``localhost`` or the robot's own host name,
-        is refused (this also defeats DNS rebinding, whose ``Host`` is a foreign name)."""
-        site = request.headers.get("Sec-Fetch-Site")
-        if site and site.lower() not in ("same-origin", "none"):
-            raise UpdateError("cross-origin", f"cross-site requests are refused (Sec-Fetch-Site: {site[:40]})")
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return
-        host = (request.host or "").lower()
-        parts = urlsplit(origin.strip().lower())
-        if parts.scheme != "http" or parts.netloc != host or not self._own_host(parts.hostname or ""):
-            raise UpdateError("cross-origin", f"requests from {origin[:100]!r} are refused")
-
-    def _own_host(self, hostname: str) -> bool:
-        try:
-            ipaddress.ip_address(hostname.strip("[]"))
-            return True
-        except ValueError:
-            own = hostname_for(self.names.get())
-            return hostname in ("localhost", own, f"{own}.local")
+        """A browser's cross-site request never changes anything (:func:`access.check_origin`)."""
+        own = hostname_for(self.names.get())
+        access.check_origin(request.headers, request.host, (own, f"{own}.local"))
 
     def _check_body(self, request) -> None:
-        declared = request.headers.get("Content-Type")
-        media = request.content_type if declared is not None else None
-        has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
         upload = request.match_info.route.handler == self.upload
-        if upload:
-            if media not in UPLOAD_TYPES:
-                raise UpdateError("unsupported-media-type",
-                                  f"the bundle must be sent as {' or '.join(UPLOAD_TYPES)}")
-            limit = self._max_bundle()
-        else:
-            # The types an HTML form can send are refused even with an empty body: a
-            # browser too old to send Origin still cannot post a form here.
-            if (has_body and media != JSON_TYPE) or media in FORM_TYPES:
-                raise UpdateError("unsupported-media-type", f"the body must be {JSON_TYPE}")
-            limit = MAX_JSON_BODY
-        if request.content_length is not None and request.content_length > limit:
-            raise UpdateError("payload-too-large", f"the body is larger than {limit} bytes")
+        has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
+        access.check_body(request.headers, request.content_type, has_body, request.content_length,
+                          UPLOAD_TYPES if upload else None, self._max_bundle() if upload else MAX_JSON_BODY)
 
     def _max_bundle(self) -> int:
         """Bytes a bundle may have: the inactive slot's capacity plus ``BUNDLE_OVERHEAD``."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import http.client
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -94,3 +96,44 @@ def start_update_server(config: Path, port: int, cwd: Path, timeout: float = 30)
                 proc.wait()
                 raise RuntimeError("update-server did not start") from None
             time.sleep(0.1)
+
+
+def round_trips(port: int, method: str, path: str, headers: dict, n: int, body: bytes | None = None) -> float:
+    """Median seconds of ``n`` round trips to ``127.0.0.1:port`` on one keep-alive
+    connection; RuntimeError unless every answer is 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            times.append(time.perf_counter() - t0)
+            if response.status != 200:
+                raise RuntimeError(f"{method} {path}: HTTP {response.status}")
+    finally:
+        conn.close()
+    return statistics.median(times)
+
+
+def open_vs_token(cases: dict, rounds: int, requests: int) -> dict:
+    """Time ``cases`` (``{(what, "open" | "token"): (port, method, path, headers, body)}``)
+    alternately, ``rounds`` times :func:`round_trips` of ``requests`` each; returns
+    ``{case: [median seconds of each round]}``."""
+    results = {case: [] for case in cases}
+    for _ in range(rounds):
+        for case, (port, method, path, headers, body) in cases.items():
+            results[case].append(round_trips(port, method, path, headers, requests, body))
+    return results
+
+
+def print_open_vs_token(title: str, labels: dict, results: dict) -> None:
+    """Print, per ``what`` of ``labels`` (``{what: label}``), the median round trip in
+    open mode and with a token checked, and their ratio."""
+    print(title)
+    for what, label in labels.items():
+        before = statistics.median(results[(what, "open")])
+        after = statistics.median(results[(what, "token")])
+        print(f"  {label:<40} open mode {before * 1e6:7.0f} us   token checked {after * 1e6:7.0f} us"
+              f"   ratio {after / before:.2f}")

@@ -196,3 +196,18 @@ class GuardedSite(web.TCPSite):
         )
         if hasattr(self, "_bound_port"):
             self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class GuardedSockSite(web.SockSite):
+    """``web.SockSite`` (an already bound, listening socket) whose connections go through
+    a :class:`ConnectionGuard`."""
+
+    def __init__(self, runner, sock, guard: ConnectionGuard, backlog: int = 512):
+        super().__init__(runner, sock, backlog=backlog)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._guard.wrap(self._runner.server),
+                                                sock=self._sock, backlog=self._backlog)
