@@ -36,10 +36,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import socket
 import sys
 import time
 from typing import TYPE_CHECKING, Callable
+
+from update_server.interfaces import socket_owner
 
 from . import gcode
 from .driver import BoardError, DriverError
@@ -117,6 +120,7 @@ class Channel:
         self._namer: Namer | None = None
         self._server: asyncio.AbstractServer | None = None
         self._last_position_event = 0.0
+        self.users = allowed_uids(svc.config.sandbox_user, svc.config.channel_users)
 
     # ------------------------------------------------------------ public API
     @property
@@ -231,7 +235,9 @@ class Channel:
         pid, program = await asyncio.get_running_loop().run_in_executor(
             None, peer_process, peer_addr, writer.get_extra_info("sockname"))
         name = self._name(pid) or program or f"a client at {peer_addr[0]}:{peer_addr[1]}"
-        refusal = self._refusal()
+        owner = socket_owner(peer_addr, writer.get_extra_info("sockname"))
+        refusal = self._refusal() if owner in self.users else (
+            f"user {owner} may not use the motor board (channel_users, docs/security.md)")
         if refusal is None:
             async with self.svc.motion_lock:   # a motion started over HTTP finishes first
                 refusal = self._refusal()
@@ -462,6 +468,21 @@ def collapse_retries(lines: list[bytes]) -> list[bytes]:
     while unit and lines[k:k + end] == unit:
         k += end
     return unit + lines[k:]
+
+
+def allowed_uids(sandbox_user: str, channel_users: list[str]) -> frozenset[int]:
+    """The uids whose processes may lease the motor board: root, this server's own user,
+    the protocol-run user (``sandbox_user``, else ``nobody``, the sandbox's fallback) and the
+    ``channel_users`` that exist (``ot2-notebook``: notebooks drive the robot too)."""
+    def uid(name: str) -> int | None:
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            return None
+
+    sandbox = uid(sandbox_user)
+    found = {sandbox if sandbox is not None else uid("nobody"), *(uid(name) for name in channel_users)}
+    return frozenset({0, os.geteuid()} | found - {None})
 
 
 def _proc_addr(addr: tuple) -> str:

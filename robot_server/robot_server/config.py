@@ -26,6 +26,8 @@ key                    default               meaning
 ``sandbox_user``       ``"ot2-run"``         user protocol code runs as (``nobody`` if it does not exist)
 ``sandbox_memory_max`` ``805306368``         bytes of memory per analysis worker / run process (768 MiB)
 ``sandbox_tasks_max``  ``256``               processes + threads per sandbox
+``channel_users``      ``["ot2-notebook"]``  users besides root, the server's own and ``sandbox_user``
+                                             whose processes may use the G-code channel
 ``trusted_interfaces`` ``["lo", "usb*"]``    interfaces whose callers are someone at the robot
                                              (shell patterns; ``docs/security.md``)
 ``open_access``        ``false``             true: the OT-2's behaviour, no token needed to change,
@@ -71,6 +73,7 @@ class Config:
     protocol_analysis_timeout: float = 60.0
     analysis_prewarm: bool = True
     sandbox_user: str = "ot2-run"
+    channel_users: list = field(default_factory=lambda: ["ot2-notebook"])
     sandbox_memory_max: int = 768 * 1024 * 1024
     sandbox_tasks_max: int = 256
     trusted_interfaces: list = field(default_factory=lambda: ["lo", "usb*"])
@@ -110,6 +113,8 @@ class Config:
             raise ConfigError("sandbox_tasks_max must be in [16, 65536]")
         if not self.sandbox_user or self.sandbox_user == "root":
             raise ConfigError("sandbox_user must name an unprivileged user")
+        if not all(isinstance(u, str) and u for u in self.channel_users):
+            raise ConfigError("channel_users must be a list of user names")
         if not all(isinstance(p, str) and p for p in self.trusted_interfaces):
             raise ConfigError("trusted_interfaces must be a list of interface name patterns")
         if not 1 <= self.max_connections_per_peer <= self.max_connections:

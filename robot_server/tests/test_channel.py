@@ -96,6 +96,29 @@ def test_second_client_is_refused_naming_the_holder(robot):
     third.close()
 
 
+def test_a_user_not_allowed_is_refused_and_the_board_stays_free(robot):
+    """Only root, the server's user, the protocol-run user and ``channel_users`` may lease
+    the motor board: a process of another local user is refused by its socket's uid."""
+    stranger = 60125                        # no such user: neither the sandbox's nor a channel user
+    client = textwrap.dedent(f"""
+        import socket
+        s = socket.create_connection(("127.0.0.1", {robot.channel_port}), timeout=5)
+        s.sendall(b"G28.2 X\\r\\n\\r\\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        print(data.decode())
+    """)
+    refused = subprocess.run([PYTHON, "-I", "-c", client], user=stranger, group=stranger, capture_output=True,
+                             text=True, timeout=30)
+    assert refused.returncode == 0, refused.stderr
+    assert refused.stdout.startswith(f"Error: user {stranger} may not use the motor board")
+    assert lease_of(robot) is None
+    ours = ChannelClient(robot.channel_port)      # root (this test) still may
+    assert ours.command("M114.2").startswith("MCS:")
+    ours.close()
+
+
 def test_http_and_bridge_motion_refused_while_reads_work(robot):
     robot.service.channel.set_namer(lambda pid: "run 42" if pid == os.getpid() else None)
     client = ChannelClient(robot.channel_port)
