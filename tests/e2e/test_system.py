@@ -231,6 +231,34 @@ def test_labmcp_client_drives_the_guest(guest):
            time.monotonic() - started)
 
 
+def test_least_privilege_and_pairing_with_the_front_button(guest):
+    """docs/security.md on the image: the robot server runs as ot2-robot with four
+    capabilities, the update server as root; protocol code (ot2-run) cannot read the tokens;
+    a pairing request is approved by a press of the front button (simulated GPIO), and the
+    token it gives is one the update server accepts too."""
+    started = time.monotonic()
+    users = guest.ssh("for unit in ot2-robot-server ot2-update-server; do "
+                      "pid=$(systemctl show -p MainPID --value $unit); "
+                      "echo $unit $(stat -c %U /proc/$pid) $(awk '/^CapEff/ {print $2}' /proc/$pid/status); done"
+                      ).stdout.split("\n")
+    assert users[0].split()[1:] == ["ot2-robot", "00000000000000e1"], users
+    assert users[1].split()[1] == "root", users
+    denied = guest.ssh("setpriv --reuid=ot2-run --regid=ot2-run --clear-groups cat /data/ot2/tokens.json",
+                       check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    asked = guest.request("robot", "POST", "/pair", {"client": "e2e lab PC"})
+    assert guest.request("robot", "GET", f"/pair/{asked['pairing_id']}")["status"] == "waiting"
+    guest.request("robot", "POST", "/robot/sim/gpio", {"button": True})
+    guest.request("robot", "POST", "/robot/sim/gpio", {"button": False})
+    approved = guest.request("robot", "GET", f"/pair/{asked['pairing_id']}")
+    assert approved["status"] == "approved" and approved["token"].startswith("ot2_"), approved
+    listed = {t["id"]: t for t in guest.request("update", "GET", "/server/tokens")["tokens"]}
+    assert listed[approved["id"]]["via"] == "button" and listed[approved["id"]]["client"] == "e2e lab PC"
+    guest.request("update", "DELETE", f"/server/tokens/{approved['id']}")
+    record("least privilege, button pairing", "A", booted(guest)["booted_slot"], data_intact(guest),
+           time.monotonic() - started)
+
+
 def test_ssh_script_drives_the_robot_while_the_server_runs(guest):
     """A script over SSH (no login shell) uses opentrons.execute.get_protocol_api: it homes and
     moves the robot through the G-code channel while the robot server keeps running."""
