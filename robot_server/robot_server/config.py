@@ -26,6 +26,7 @@ key                    default               meaning
 ``sandbox_user``       ``"ot2-run"``         user protocol code runs as (``nobody`` if it does not exist)
 ``sandbox_memory_max`` ``805306368``         bytes of memory per analysis worker / run process (768 MiB)
 ``sandbox_tasks_max``  ``256``               processes + threads per sandbox
+``module_dir``         ``"/dev"``            where the udev rules name USB modules ``ot_module_<name><n>``
 =====================  ====================  ==================================================
 """
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Config:
     sandbox_user: str = "ot2-run"
     sandbox_memory_max: int = 768 * 1024 * 1024
     sandbox_tasks_max: int = 256
+    module_dir: str = "/dev"
 
     def validate(self) -> "Config":
         if self.gpio_backend not in ("rpi", "sim"):

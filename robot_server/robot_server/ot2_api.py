@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, ot2_facts
+from .module_monitor import ModuleMonitor
 from .service import ApiError, _bool, _number, _obj, invalid
 from .versioning import GENERAL_ERROR_CODE, Ot2Error
 
@@ -102,6 +103,7 @@ class Ot2Resources:
         self.engine: EngineHost | None = None
         #: The kernel's network interfaces (sysfs).
         self.net_class = Path("/sys/class/net")
+        self.module_monitor = ModuleMonitor(Path(svc.config.module_dir), self._modules_busy)
 
     # ------------------------------------------------------------ helpers
     def preload(self) -> None:
@@ -289,11 +291,24 @@ class Ot2Resources:
                 for mount, a in attached.items() if a["model"]]
         return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
 
+    def _modules_busy(self) -> bool:
+        """Whether a run or the G-code channel's lease holder may be using the modules."""
+        run_active = self.engine is not None and self.engine.runs.active() is not None
+        return run_active or self.svc.channel.lease is not None
+
     async def modules(self, params: Any = None) -> dict:
-        """``GET /modules``: ``{data: [...], meta: {cursor, totalLength}}``; no module
-        (temperature, magnetic, thermocycler, heater-shaker) is attached over USB here."""
+        """``GET /modules``: ``{data: [module], meta: {cursor: 0, totalLength}}``, each
+        attached USB module (temperature, magnetic, thermocycler, heater-shaker) as the
+        OT-2's ``AttachedModule`` (Opentrons/opentrons, robot-server/robot_server/modules/
+        module_models.py: ``id``, ``serialNumber``, ``firmwareVersion``,
+        ``hardwareRevision``, ``hasAvailableUpdate``, ``moduleType``, ``moduleModel``,
+        ``compatibleWithRobot``, ``usbPort``, ``data``: live ``status`` and temperatures
+        °C, speeds rpm, magnet ``height`` mm), read from the module now, or while a run or
+        lease holder uses the modules the last data read (see
+        :mod:`~robot_server.module_monitor`)."""
         _obj(params, set())
-        return {"data": [], "meta": {"cursor": 0, "totalLength": 0}}
+        data = await self.module_monitor.modules()
+        return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
 
     # ------------------------------------------------------------ settings, calibration
     async def _settings_body(self) -> dict:
