@@ -71,7 +71,27 @@ class ModuleMonitor:
         async with self._lock:
             await self._stop_helper()
 
+    async def execute(self, path: str, command_type: str, params: dict) -> dict:
+        """Carry out a module command of ``POST /commands`` on the module at ``path`` (see
+        :func:`robot_server.module_reader.execute`): ``{"result": {...}}`` or ``{"error":
+        {errorType, detail}}``. The caller makes sure no run or lease holder uses the modules."""
+        async with self._lock:
+            reply = await self._ask({"command": {"path": path, "commandType": command_type, "params": params}})
+        if reply is None:
+            return {"error": {"errorType": "ModuleNotAttachedError", "detail": f"The module at {path} did not answer."}}
+        return reply
+
     async def _read(self, devices: list[str]) -> list[dict]:
+        reply = await self._ask({"read": devices})
+        if reply is None:
+            return []
+        for path, error in (reply.get("errors") or {}).items():
+            log.warning("module at %s not read: %s", path, error)
+        return list(reply.get("modules") or [])
+
+    async def _ask(self, request: dict) -> dict | None:
+        """The helper's reply to ``request`` (starting the helper if needed); None if it
+        failed or did not answer in time (it is then stopped)."""
         if self._proc is None or self._proc.returncode is not None:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "robot_server.module_reader", stdin=subprocess.PIPE,
@@ -79,17 +99,15 @@ class ModuleMonitor:
         ref = next(self._refs)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
-            self._proc.stdin.write(json.dumps({"ref": ref, "read": devices}).encode() + b"\n")
+            self._proc.stdin.write(json.dumps({"ref": ref, **request}).encode() + b"\n")
             async with asyncio.timeout(READ_TIMEOUT_S):
                 async for frame in worker_io.frames(self._proc.stdout):
                     if frame.get("ref") == ref:
-                        for path, error in (frame.get("errors") or {}).items():
-                            log.warning("module at %s not read: %s", path, error)
-                        return list(frame.get("modules") or [])
+                        return frame
         except (TimeoutError, ConnectionError) as exc:
             log.warning("module reader failed: %s", exc or type(exc).__name__)
         await self._stop_helper()
-        return []
+        return None
 
     async def _stop_helper(self) -> None:
         proc, self._proc = self._proc, None

@@ -5,10 +5,12 @@ robot server itself never imports ``opentrons``. Started by
 :class:`robot_server.module_monitor.ModuleMonitor` while a module is present.
 
 ``python -m robot_server.module_reader``; requests on stdin, one JSON line each:
-``{"ref": n, "read": ["/dev/ot_module_tempdeck0", ...]}``. Each module is opened, read
-once and closed again, so that its port is free between requests (a run's engine opens it).
-Reply frame (see :mod:`.worker_io`): ``{"ref": n, "modules": [module, ...], "errors":
-{path: message}}``, each module in the shape of the OT-2's ``GET /modules`` (Opentrons/
+``{"ref": n, "read": ["/dev/ot_module_tempdeck0", ...]}`` or ``{"ref": n, "command":
+{"path", "commandType", "params"}}`` (a module command of ``POST /commands``). Each module
+is opened, used once and closed again, so that its port is free between requests (a run's
+engine opens it). Reply frames (see :mod:`.worker_io`): ``{"ref": n, "result": {...}}`` or
+``{"ref": n, "error": {errorType, detail}}`` for a command; ``{"ref": n, "modules":
+[module, ...], "errors": {path: message}}`` for a read, each module in the shape of the OT-2's ``GET /modules`` (Opentrons/
 opentrons, robot-server/robot_server/modules/module_models.py, ``AttachedModule``; mapped
 as robot-server/robot_server/modules/module_data_mapper.py and module_identifier.py do).
 Paths that are not a module (a bootloader) are skipped.
@@ -64,16 +66,17 @@ def module_data(model: str, live: dict) -> dict:
             "errorDetails": d.get("errorDetails")}
 
 
-async def read_module(path: str) -> dict | None:
-    """Open the module at ``path`` with ``opentrons``, read it and close it again; None if
-    the name is not a module's (``opentrons``' own port matcher,
-    hardware_control/module_control.py). Raises what the driver raises."""
+async def open_module(path: str) -> Any:
+    """The ``opentrons`` module object (``TempDeck``, ``MagDeck``, ``Thermocycler``,
+    ``HeaterShaker``) of the device at ``path``, connected and read once; None if the name
+    is not a module's (``opentrons``' own port matcher, hardware_control/module_control.py).
+    The caller calls its ``cleanup()``. Raises what the driver raises."""
     from pathlib import Path
 
     from opentrons.drivers.rpi_drivers.types import USBPort
     from opentrons.hardware_control.execution_manager import ExecutionManager
     from opentrons.hardware_control.module_control import AttachedModulesControl
-    from opentrons.hardware_control.modules import MODULE_TYPE_BY_NAME, build
+    from opentrons.hardware_control.modules import MODULE_TYPE_BY_NAME, MagDeck, build
 
     found = AttachedModulesControl.get_module_at_port(Path(path).name)
     if found is None:
@@ -82,25 +85,125 @@ async def read_module(path: str) -> dict | None:
                          usb_port=USBPort(name=found.name, port_number=0, device_path=path),
                          hw_control_loop=asyncio.get_running_loop(), execution_manager=ExecutionManager(),
                          disconnected_callback=lambda *a, **k: None, error_callback=lambda *a, **k: None)
+    if isinstance(module, MagDeck):
+        # opentrons' MagDeck starts at height 0 and only remembers the moves it made itself
+        # (hardware_control/modules/magdeck.py); the magnets may have been moved by a run
+        # since: ask the module where they are.
+        module._current_height = await module._driver.get_mag_position()
+    return module
+
+
+async def describe(module: Any) -> dict:
+    """The OT-2's ``AttachedModule`` of an open module."""
+    info, model, usb = module.device_info, module.model(), module.usb_port
+    return {"id": module_id(info["serial"], info["model"]), "serialNumber": info["serial"],
+            "firmwareVersion": info["version"], "hardwareRevision": info["model"],
+            "hasAvailableUpdate": bool(module.has_available_update()),
+            "moduleType": module.MODULE_TYPE.value, "moduleModel": model, "compatibleWithRobot": True,
+            "usbPort": {"port": usb.port_number, "portGroup": str(usb.port_group), "hub": usb.hub,
+                        "hubPort": usb.hub_port, "path": usb.device_path},
+            "data": module_data(model, module.live_data)}
+
+
+async def execute(module: Any, command_type: str, params: dict) -> dict:
+    """Carry out one module command of ``POST /commands`` on an open module, validated and
+    converted as the protocol engine's command of that type does (Opentrons/opentrons,
+    api/src/opentrons/protocol_engine/commands/{temperature_module,magnetic_module,
+    thermocycler,heater_shaker}/, with the checks of protocol_engine/state/
+    module_substates/); gantry moves the engine makes first are the server's. Returns the
+    command's ``result``. Raises the engine's errors (``WrongModuleTypeError``,
+    ``InvalidTargetTemperatureError``, ``EngageHeightOutOfRangeError``,
+    ``CannotPerformModuleAction``, ...)."""
+    from opentrons.drivers.types import HeaterShakerLabwareLatchStatus
+    from opentrons.hardware_control.modules import HeaterShaker, MagDeck, SpeedStatus, TempDeck, Thermocycler
+    from opentrons.protocol_engine import ModuleModel, errors
+    from opentrons.protocol_engine.commands.heater_shaker.common import get_heatershaker_ready_to_shake
+    from opentrons.protocol_engine.state.module_substates import (
+        HeaterShakerModuleSubState, MagneticModuleSubState, TemperatureModuleSubState, ThermocyclerModuleSubState)
+    from opentrons.protocol_engine.state.module_substates.heater_shaker_module_substate import (
+        HeaterShakerLatchStatus)
+
+    family, _, action = command_type.partition("/")
+    kinds = {"temperatureModule": (TempDeck, "Temperature Module"), "magneticModule": (MagDeck, "Magnetic Module"),
+             "thermocycler": (Thermocycler, "Thermocycler Module"), "heaterShaker": (HeaterShaker, "Heater-Shaker Module")}
+    kind, name = kinds[family]
+    if not isinstance(module, kind):
+        raise errors.WrongModuleTypeError(f"{params['moduleId']} is not a {name}.")
+    if family == "temperatureModule":
+        if action == "deactivate":
+            await module.deactivate()
+            return {}
+        celsius = TemperatureModuleSubState.validate_target_temperature(params["celsius"])
+        await module.start_set_temperature(celsius)
+        return {"targetTemperature": celsius}
+    if family == "magneticModule":
+        if action == "disengage":
+            await module.deactivate()
+        else:
+            state = MagneticModuleSubState(module_id=params["moduleId"], model=ModuleModel(module.model()))
+            await module.engage(height=state.calculate_magnet_hardware_height(mm_from_base=params["height"]))
+        return {}
+    if family == "thermocycler":
+        if action == "setTargetBlockTemperature":
+            celsius = ThermocyclerModuleSubState.validate_target_block_temperature(params["celsius"])
+            volume, hold = params.get("blockMaxVolumeUl"), params.get("holdTimeSeconds")
+            await module.set_target_block_temperature(
+                celsius, volume=None if volume is None else ThermocyclerModuleSubState.validate_max_block_volume(volume),
+                hold_time_seconds=None if hold is None else ThermocyclerModuleSubState.validate_hold_time(hold))
+            return {"targetBlockTemperature": celsius}
+        if action == "setTargetLidTemperature":
+            celsius = ThermocyclerModuleSubState.validate_target_lid_temperature(params["celsius"])
+            await module.set_target_lid_temperature(celsius)
+            return {"targetLidTemperature": celsius}
+        await {"deactivateBlock": module.deactivate_block, "deactivateLid": module.deactivate_lid,
+               "openLid": module.open, "closeLid": module.close}[action]()
+        return {}
+    latch_closed = module.labware_latch_status == HeaterShakerLabwareLatchStatus.IDLE_CLOSED
+    state = HeaterShakerModuleSubState(
+        module_id=params["moduleId"], plate_target_temperature=module.target_temperature,
+        labware_latch_status=HeaterShakerLatchStatus.CLOSED if latch_closed else HeaterShakerLatchStatus.OPEN,
+        is_plate_shaking=module.speed_status != SpeedStatus.IDLE)
+    if action == "setTargetTemperature":
+        await module.start_set_temperature(state.validate_target_temperature(params["celsius"]))
+        return {}
+    if action == "setAndWaitForShakeSpeed":
+        await module.set_speed(rpm=await get_heatershaker_ready_to_shake(state, params["rpm"]))
+        return {"pipetteRetracted": True}
+    if action == "openLabwareLatch":
+        state.raise_if_shaking()
+        await module.open_labware_latch()
+        return {"pipetteRetracted": True}
+    await {"deactivateHeater": module.deactivate_heater, "deactivateShaker": module.deactivate_shaker,
+           "closeLabwareLatch": module.close_labware_latch}[action]()
+    return {}
+
+
+async def with_module(path: str, use: Any) -> Any:
+    """``use(module)`` on the module at ``path`` opened for the moment (None if it is not a
+    module), within :data:`READ_TIMEOUT_S` for opening it."""
+    module = await asyncio.wait_for(open_module(path), READ_TIMEOUT_S)
+    if module is None:
+        return None
     try:
-        info, model = module.device_info, module.model()
-        usb = module.usb_port
-        return {"id": module_id(info["serial"], info["model"]), "serialNumber": info["serial"],
-                "firmwareVersion": info["version"], "hardwareRevision": info["model"],
-                "hasAvailableUpdate": bool(module.has_available_update()),
-                "moduleType": module.MODULE_TYPE.value, "moduleModel": model, "compatibleWithRobot": True,
-                "usbPort": {"port": usb.port_number, "portGroup": str(usb.port_group), "hub": usb.hub,
-                            "hubPort": usb.hub_port, "path": usb.device_path},
-                "data": module_data(model, module.live_data)}
+        return await use(module)
     finally:
         await module.cleanup()
 
 
 async def handle(request: dict) -> dict:
+    """One request: ``read`` (the modules at these paths) or ``command`` (``{path,
+    commandType, params}``, see :func:`execute`)."""
+    if isinstance(request.get("command"), dict):
+        c = request["command"]
+        try:
+            result = await with_module(str(c["path"]), lambda m: execute(m, c["commandType"], c["params"]))
+        except Exception as exc:  # noqa: BLE001 - the command's error, as the engine names it
+            return {"ref": request.get("ref"), "error": {"errorType": type(exc).__name__, "detail": str(exc)[:1000]}}
+        return {"ref": request.get("ref"), "result": result or {}}
     modules, errors = [], {}
     for path in request.get("read") or []:
         try:
-            found = await asyncio.wait_for(read_module(str(path)), READ_TIMEOUT_S)
+            found = await with_module(str(path), describe)
         except Exception as exc:  # noqa: BLE001 - a module that cannot be read is reported, not fatal
             errors[str(path)] = f"{type(exc).__name__}: {str(exc)[:300]}"
             continue

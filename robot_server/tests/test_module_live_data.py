@@ -16,6 +16,7 @@ from opentrons.hardware_control.emulation.magdeck import MagDeckEmulator
 from opentrons.hardware_control.emulation.parser import Parser
 from opentrons.hardware_control.emulation.settings import Settings
 from opentrons.hardware_control.emulation.tempdeck import TempDeckEmulator
+from opentrons.hardware_control.modules.magdeck import OFFSET_TO_LABWARE_BOTTOM
 
 from conftest import start_robot, stop_robot
 from test_engine_runs import SANDBOX_USER, world_readable_dir
@@ -115,3 +116,48 @@ def test_active_run_has_the_ports(rig):
     status, body = robot.request("DELETE", f"/runs/{run_id}", timeout=60)
     assert status == 200, body
     assert modules(robot)["temperatureModuleType"]["data"]["targetTemperature"] == 30.0
+
+
+def command(robot, command_type: str, params: dict) -> dict:
+    status, body = robot.post("/commands?waitUntilComplete=true&timeout=60000",
+                              {"data": {"commandType": command_type, "params": params}}, timeout=90)
+    assert status == 201, body
+    assert body["data"]["status"] in ("succeeded", "failed"), body
+    return body["data"]
+
+
+def test_stateless_module_commands_act_on_the_attached_modules(rig):
+    """``POST /commands`` module commands reach the module named by its ``GET /modules``
+    id, with the engine's units (°C; magnet height in mm above the labware bottom) and
+    checks; the live data shows the change."""
+    robot, tempdeck, magdeck, _ = rig
+    found = modules(robot)
+    temp_id, mag_id = found["temperatureModuleType"]["id"], found["magneticModuleType"]["id"]
+
+    done = command(robot, "temperatureModule/setTargetTemperature", {"moduleId": temp_id, "celsius": 40})
+    assert done["status"] == "succeeded" and done["result"] == {"targetTemperature": 40}, done
+    assert "M104 S40" in tempdeck.lines
+    done = command(robot, "magneticModule/engage", {"moduleId": mag_id, "height": 10})
+    assert done["status"] == "succeeded", done
+    assert magdeck.position == 10 + OFFSET_TO_LABWARE_BOTTOM["magneticModuleV2"]     # mm above home
+    now = modules(robot)
+    assert now["temperatureModuleType"]["data"]["targetTemperature"] == 40.0
+    assert now["magneticModuleType"]["data"] == {"status": "engaged", "engaged": True, "height": 10.0}
+
+    too_hot = command(robot, "temperatureModule/setTargetTemperature", {"moduleId": temp_id, "celsius": 150})
+    assert too_hot["status"] == "failed" and too_hot["error"]["errorType"] == "InvalidTargetTemperatureError"
+    wrong = command(robot, "magneticModule/disengage", {"moduleId": temp_id})
+    assert wrong["status"] == "failed" and wrong["error"]["errorType"] == "WrongModuleTypeError", wrong
+    unknown = command(robot, "temperatureModule/deactivate", {"moduleId": "no-such-module"})
+    assert unknown["error"]["errorType"] == "ModuleNotLoadedError"
+    assert command(robot, "magneticModule/disengage", {"moduleId": mag_id})["status"] == "succeeded"
+    assert magdeck.position == 0
+    assert validate_commands(robot)
+
+
+def validate_commands(robot) -> bool:
+    status, body = robot.get("/commands")
+    assert status == 200, body
+    for c in body["data"]:
+        validate("command_summary", c)
+    return len(body["data"]) == 6
