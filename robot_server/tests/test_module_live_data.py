@@ -6,8 +6,11 @@ loopback; the shape validated against a schema written from the OT-2's documente
 modules, their ports are left alone and the last data read is answered."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
+import subprocess
 import time
 from urllib.parse import urlsplit
 
@@ -20,7 +23,7 @@ from opentrons.hardware_control.modules.magdeck import OFFSET_TO_LABWARE_BOTTOM
 
 from conftest import start_robot, stop_robot
 from test_engine_runs import SANDBOX_USER, world_readable_dir
-from test_modules import PtyModule, Recording
+from test_modules import BIN, PROTOCOL, PtyModule, Recording, free_port
 from test_ot2_api import validate
 
 
@@ -161,3 +164,45 @@ def validate_commands(robot) -> bool:
     for c in body["data"]:
         validate("command_summary", c)
     return len(body["data"]) == 6
+
+
+def test_protocol_using_the_modules_runs_while_the_server_reports_them(rig, tmp_path):
+    """``robot-execute`` (``opentrons.execute``) runs a protocol that loads both modules
+    through the server's G-code channel, opening the same module ports (announced by
+    ``ot2-modules``) as on the OT-2; meanwhile ``GET /modules`` answers without touching
+    them, and afterwards it shows what the protocol left: 6 °C, magnets down."""
+    robot, tempdeck, magdeck, dev = rig
+    assert modules(robot)["temperatureModuleType"]["data"]["targetTemperature"] is None
+    port = free_port()
+    announcer = subprocess.Popen([str(BIN / "ot2-modules"), "--dev", str(dev), "--port", str(port),
+                                  "--interval", "0.2"], stderr=subprocess.PIPE, text=True)
+    try:
+        for line in announcer.stderr:
+            if "magdeck at" in line:
+                break
+        protocol = tmp_path / "cold_beads.py"
+        protocol.write_text(PROTOCOL)
+        env = dict(os.environ, HOME=str(tmp_path), OT_SMOOTHIE_EMULATOR_URI=robot.server.channel_url,
+                   OT_EMULATOR_module_server=json.dumps({"host": "127.0.0.1", "port": port}))
+        run = subprocess.Popen([str(BIN / "robot-execute"), str(protocol)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        answered_during_run = 0
+        while run.poll() is None:
+            if robot.service.channel.lease is not None:             # the protocol has the robot
+                assert set(modules(robot)) == {"temperatureModuleType", "magneticModuleType"}
+                answered_during_run += 1
+            time.sleep(0.2)
+        out, err = run.communicate()
+        assert run.returncode == 0, out[-3000:] + err[-6000:]
+        assert answered_during_run > 0
+    finally:
+        announcer.terminate()
+        announcer.wait(10)
+    assert "M104 S6" in tempdeck.lines and magdeck.position == 0
+    deadline = time.monotonic() + 10
+    while robot.service.channel.lease is not None:
+        assert time.monotonic() < deadline, "lease not ended"
+        time.sleep(0.05)
+    after = modules(robot)
+    assert after["temperatureModuleType"]["data"]["targetTemperature"] == 6.0
+    assert after["magneticModuleType"]["data"]["engaged"] is False
