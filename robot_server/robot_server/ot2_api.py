@@ -75,6 +75,7 @@ COMMUNICATION_ERROR_CODE = "1000"
 #: ``securityType`` of ``POST /wifi/configure`` (the OT-2's NetworkingSecurityType).
 WIFI_SECURITY_TYPES = ("none", "wpa-psk", "wpa-eap", "unsupported")
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
+DEFAULT_PAGE_LENGTH = 20
 #: Module commands before which the protocol engine moves the pipettes out of the way, and
 #: the axes it homes for that (Opentrons/opentrons, api/src/opentrons/protocol_engine/
 #: commands/thermocycler/{open,close}_lid.py: X, Y and the mounts; heater_shaker/
@@ -82,7 +83,6 @@ MAX_COMMANDS = 100          # stateless commands kept for GET /commands
 #: near; we do not track where pipettes are, so always).
 RETRACT_BEFORE = {"thermocycler/openLid": ["X", "Y", "Z", "A"], "thermocycler/closeLid": ["X", "Y", "Z", "A"],
                   "heaterShaker/openLabwareLatch": ["Z", "A"], "heaterShaker/setAndWaitForShakeSpeed": ["Z", "A"]}
-DEFAULT_PAGE_LENGTH = 20
 
 
 def _now() -> str:
@@ -548,8 +548,8 @@ class Ot2Resources:
         (through :mod:`~robot_server.module_reader`, validated as the engine does); for an
         id not attached it fails as the OT-2's engine fails it for an unknown module: status
         ``failed``, error ``ModuleNotLoadedError`` "Module <id> not found."
-        (protocol_engine/errors/exceptions.py). ``waitUntilComplete`` waits up to ``timeout`` ms (> 0; default: no
-        limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
+        (protocol_engine/errors/exceptions.py). ``waitUntilComplete`` waits up to
+        ``timeout`` ms (> 0; default: no limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
         command type, missing or mistyped parameters), 409 ``RunActive`` while a run is open."""
         p = _obj(params, {"data", "waitUntilComplete", "timeout"})
         if self.engine is not None and self.engine.runs.active() is not None:
