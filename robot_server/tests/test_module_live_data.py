@@ -96,6 +96,8 @@ def test_lease_holder_has_the_ports_last_data_is_answered(rig):
         read_before = len(tempdeck.lines)
         held = modules(robot)["temperatureModuleType"]
         assert held["data"]["targetTemperature"] is None       # the last data read
+        refused = command(robot, "temperatureModule/deactivate", {"moduleId": held["id"]})
+        assert refused["status"] == "failed" and refused["error"]["errorType"] == "RobotInUse", refused
         assert len(tempdeck.lines) == read_before               # the module's port was left alone
     deadline = time.monotonic() + 5
     while robot.service.channel.lease is not None:
