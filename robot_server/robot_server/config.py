@@ -39,6 +39,7 @@ key                    default               meaning
 ``bridge_max_clients`` ``64``                bridge connections in all (the oldest is closed for a new one)
 ``bridge_max_clients_per_peer`` ``16``       bridge connections per peer address
 ``pairing_timeout``    ``30.0``              seconds a pairing request waits for the front button
+``module_dir``         ``"/dev"``            where the udev rules name USB modules ``ot_module_<name><n>``
 =====================  ====================  ==================================================
 """
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Config:
     bridge_max_clients: int = 64
     bridge_max_clients_per_peer: int = 16
     pairing_timeout: float = 30.0
+    module_dir: str = "/dev"
 
     def validate(self) -> "Config":
         if self.gpio_backend not in ("rpi", "sim"):

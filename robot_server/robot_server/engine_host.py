@@ -41,7 +41,8 @@ class EngineHost:
         self.protocols = ProtocolStore(root / "protocols", self.analyzer)
         self.runs = RunManager(root / "runs", self.protocols, self.sandbox,
                                channel_url=lambda: service.channel.url, on_play=self._resume_board,
-                               stopped_elsewhere=self._stopped_by_channel)
+                               stopped_elsewhere=self._stopped_by_channel,
+                               before_spawn=service.ot2.module_monitor.release)
         self._stopped_leases: set[str] = set()
         self.prewarm = config.analysis_prewarm
         self._events: asyncio.Task | None = None

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, ot2_facts
+from .module_monitor import ModuleMonitor
 from .service import ApiError, _bool, _number, _obj, invalid
 from .versioning import GENERAL_ERROR_CODE, Ot2Error
 
@@ -75,6 +76,13 @@ COMMUNICATION_ERROR_CODE = "1000"
 WIFI_SECURITY_TYPES = ("none", "wpa-psk", "wpa-eap", "unsupported")
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
 DEFAULT_PAGE_LENGTH = 20
+#: Module commands before which the protocol engine moves the pipettes out of the way, and
+#: the axes it homes for that (Opentrons/opentrons, api/src/opentrons/protocol_engine/
+#: commands/thermocycler/{open,close}_lid.py: X, Y and the mounts; heater_shaker/
+#: {open_labware_latch,set_and_wait_for_shake_speed}.py: the mounts, when a pipette is
+#: near; we do not track where pipettes are, so always).
+RETRACT_BEFORE = {"thermocycler/openLid": ["X", "Y", "Z", "A"], "thermocycler/closeLid": ["X", "Y", "Z", "A"],
+                  "heaterShaker/openLabwareLatch": ["Z", "A"], "heaterShaker/setAndWaitForShakeSpeed": ["Z", "A"]}
 
 
 def _now() -> str:
@@ -102,6 +110,7 @@ class Ot2Resources:
         self.engine: EngineHost | None = None
         #: The kernel's network interfaces (sysfs).
         self.net_class = Path("/sys/class/net")
+        self.module_monitor = ModuleMonitor(Path(svc.config.module_dir), self._modules_busy)
 
     # ------------------------------------------------------------ helpers
     def preload(self) -> None:
@@ -289,11 +298,24 @@ class Ot2Resources:
                 for mount, a in attached.items() if a["model"]]
         return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
 
+    def _modules_busy(self) -> bool:
+        """Whether a run or the G-code channel's lease holder may be using the modules."""
+        run_active = self.engine is not None and self.engine.runs.active() is not None
+        return run_active or self.svc.channel.lease is not None
+
     async def modules(self, params: Any = None) -> dict:
-        """``GET /modules``: ``{data: [...], meta: {cursor, totalLength}}``; no module
-        (temperature, magnetic, thermocycler, heater-shaker) is attached over USB here."""
+        """``GET /modules``: ``{data: [module], meta: {cursor: 0, totalLength}}``, each
+        attached USB module (temperature, magnetic, thermocycler, heater-shaker) as the
+        OT-2's ``AttachedModule`` (Opentrons/opentrons, robot-server/robot_server/modules/
+        module_models.py: ``id``, ``serialNumber``, ``firmwareVersion``,
+        ``hardwareRevision``, ``hasAvailableUpdate``, ``moduleType``, ``moduleModel``,
+        ``compatibleWithRobot``, ``usbPort``, ``data``: live ``status`` and temperatures
+        °C, speeds rpm, magnet ``height`` mm), read from the module now, or while a run or
+        lease holder uses the modules the last data read (see
+        :mod:`~robot_server.module_monitor`)."""
         _obj(params, set())
-        return {"data": [], "meta": {"cursor": 0, "totalLength": 0}}
+        data = await self.module_monitor.modules()
+        return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
 
     # ------------------------------------------------------------ settings, calibration
     async def _settings_body(self) -> dict:
@@ -522,11 +544,12 @@ class Ot2Resources:
         "rightPlunger"]}``, ``setRailLights`` ``{on}``, module commands ``{moduleId, ...}``:
         ``celsius`` °C, ``rpm``, magnet ``height`` mm), as the OT-2's robot-server/
         robot_server/commands/router.py. Motion goes through the same lock as every other.
-        No module is attached here (``GET /modules`` is empty), so a module command fails
-        as the OT-2's engine fails it for an unknown module: status ``failed``, error
-        ``ModuleNotLoadedError`` "Module <id> not found." (protocol_engine/errors/
-        exceptions.py). ``waitUntilComplete`` waits up to ``timeout`` ms (> 0; default: no
-        limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
+        A module command acts on the attached module whose ``GET /modules`` ``id`` it names
+        (through :mod:`~robot_server.module_reader`, validated as the engine does); for an
+        id not attached it fails as the OT-2's engine fails it for an unknown module: status
+        ``failed``, error ``ModuleNotLoadedError`` "Module <id> not found."
+        (protocol_engine/errors/exceptions.py). ``waitUntilComplete`` waits up to
+        ``timeout`` ms (> 0; default: no limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
         command type, missing or mistyped parameters), 409 ``RunActive`` while a run is open."""
         p = _obj(params, {"data", "waitUntilComplete", "timeout"})
         if self.engine is not None and self.engine.runs.active() is not None:
@@ -569,22 +592,40 @@ class Ot2Resources:
     async def _execute(self, command: dict) -> None:
         command.update(status="running", startedAt=_now())
         command_type, cparams = command["commandType"], command["params"]
+        result: dict = {}
         try:
             if command_type == "home":
                 axes = cparams.get("axes")
                 await self.svc.home({"axes": [ENGINE_AXES[a] for a in axes]} if axes else {})
             elif command_type == "setRailLights":
                 await self.svc.set_lights({"on": cparams["on"]})
-            else:               # a module command: none is attached
-                raise ApiError(404, "ModuleNotLoadedError", f"Module {cparams['moduleId']} not found.")
+            else:
+                result = await self._module_command(command_type, cparams)
         except ApiError as exc:
             command.update(status="failed", error={
                 "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": GENERAL_ERROR_CODE,
                 "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": [],
                 "isDefined": False})
         else:
-            command.update(status="succeeded", result={})
+            command.update(status="succeeded", result=result)
         command["completedAt"] = _now()
+
+    async def _module_command(self, command_type: str, cparams: dict) -> dict:
+        """A module command on the attached module ``moduleId`` (see
+        :meth:`create_command`); its result. Raises ``ApiError`` with the engine's error
+        type: ``ModuleNotLoadedError`` (no such module attached), ``RobotInUse`` (a lease
+        holder has the modules), or what the module reader reports."""
+        if self._modules_busy():
+            raise ApiError(409, "RobotInUse", "A client of the G-code channel is using the robot and its modules.")
+        module = next((m for m in await self.module_monitor.modules() if m["id"] == cparams["moduleId"]), None)
+        if module is None:
+            raise ApiError(404, "ModuleNotLoadedError", f"Module {cparams['moduleId']} not found.")
+        if command_type in RETRACT_BEFORE:
+            await self.svc.home({"axes": RETRACT_BEFORE[command_type]})
+        reply = await self.module_monitor.execute(module["usbPort"]["path"], command_type, cparams)
+        if "error" in reply:
+            raise ApiError(422, str(reply["error"]["errorType"]), str(reply["error"]["detail"]))
+        return reply["result"]
 
     async def list_commands(self, params: Any = None) -> dict:
         """``GET /commands?cursor=&pageLength=``: the stateless commands, oldest first,

@@ -36,7 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from . import worker_io
 from .engine_errors import ROBOT_IN_USE, EngineError, invalid_request, not_found
@@ -102,17 +102,21 @@ class RunManager:
     processes reach the motor board through (``socket://127.0.0.1:<channel_port>``);
     ``on_play()``: called when a run is played (the board may be held by the door);
     ``stopped_elsewhere(name)``: whether the lease of holder ``name`` was ended by a stop
-    (then a run that lost its board ends ``stopped``, not ``failed``)."""
+    (then a run that lost its board ends ``stopped``, not ``failed``); ``before_spawn()``:
+    awaited before a run process starts, once the run is active (the USB modules' ports
+    are then free for it)."""
 
     def __init__(self, root: Path, protocols: ProtocolStore, sandbox: Sandbox,
                  channel_url: Callable[[], str], on_play: Callable[[], None],
-                 stopped_elsewhere: Callable[[str], bool]) -> None:
+                 stopped_elsewhere: Callable[[str], bool],
+                 before_spawn: Callable[[], Awaitable[None]] | None = None) -> None:
         self.root = root
         self.protocols = protocols
         self.sandbox = sandbox
         self.channel_url = channel_url
         self.on_play = on_play
         self.stopped_elsewhere = stopped_elsewhere
+        self.before_spawn = before_spawn
         self.runs: dict[str, Run] = {}
 
     # ------------------------------------------------------------ state
@@ -190,6 +194,8 @@ class RunManager:
         try:
             args = [str(copy_in(files, Path(run.scratch), self.sandbox.drop_spec()))] if files is not None else []
             self.sandbox.owns(Path(run.scratch))    # after the copy: a non-root server cannot enter it then
+            if self.before_spawn is not None:
+                await self.before_spawn()
             run.proc = await self.sandbox.spawn(
                 run.unit, [sys.executable, "-m", "robot_server.run_worker", *args],
                 env={"OT_SMOOTHIE_EMULATOR_URI": self.channel_url(), "OT_API_CONFIG_DIR": run.scratch,

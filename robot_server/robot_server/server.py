@@ -79,6 +79,7 @@ class RobotServer:
 
     async def stop(self) -> None:
         await self.engine.stop()             # an active run stops while its lease still works
+        await self.service.ot2.module_monitor.close()
         await self.service.channel.close()
         self.service.events.close()          # ends event streams so HTTP can shut down
         if self.bridge is not None:
