@@ -271,15 +271,27 @@ def drop_privileges(spec: str) -> None:
 
 
 def become(uid: int, gid: int, tasks_max: int | None = None) -> None:
-    """Switch this process to ``uid``/``gid`` for good: no supplementary groups, real,
-    effective and saved ids, ``RLIMIT_NPROC`` = ``tasks_max`` (if given) and
-    :func:`drop_capabilities`. Raises ``OSError`` when a step is refused."""
-    os.setgroups([])
+    """Switch this process to ``uid``/``gid`` for good: only the supplementary groups the
+    group database gives that user (on the image ``ot2-run`` is in ``ot2-usb``, for USB
+    modules and serial adapters; none of the server's groups), real, effective and saved
+    ids, ``RLIMIT_NPROC`` = ``tasks_max`` (if given) and :func:`drop_capabilities`.
+    Raises ``OSError`` when a step is refused."""
+    os.setgroups(own_groups(uid, gid))
     os.setresgid(gid, gid, gid)
     if tasks_max is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (tasks_max, tasks_max))
     os.setresuid(uid, uid, uid)
     drop_capabilities()
+
+
+def own_groups(uid: int, gid: int) -> list[int]:
+    """The supplementary groups of user ``uid`` in the group database (``getgrouplist(3)``),
+    its primary group ``gid`` left out; none for a uid without a passwd entry."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return []
+    return [g for g in os.getgrouplist(name, gid) if g != gid]
 
 
 class _CapHeader(ctypes.Structure):

@@ -261,6 +261,12 @@ def test_balance_example_reads_the_balance_over_usb_serial(lab):
     grams = [float(g) for g in lab.ssh(weigh, timeout=300).stdout.split()]     # opentrons imports slowly under TCG
     assert len(grams) == 2 and grams[1] == pytest.approx(grams[0] + 0.25), grams
     assert lab.balance.requests == before + 2
+    # Protocol runs' user opens serial devices on USB (group ot2-usb), never the motor board's UART.
+    as_run = "setpriv --reuid=ot2-run --regid=ot2-run --init-groups python3 -c 'import serial; serial.Serial(\"{}\").close()'"
+    assert lab.ssh("stat -c %G /dev/ttyUSB0 /dev/ttyS1").stdout.split() == ["ot2-usb", "dialout"]
+    assert lab.ssh(as_run.format("/dev/ttyUSB0"), check=False).returncode == 0
+    refused = lab.ssh(as_run.format("/dev/ttyS1"), check=False)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused
 
 
 def test_jupyter_answers_on_48888_and_a_notebook_sees_the_robot_environment(lab):
