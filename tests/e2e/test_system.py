@@ -13,6 +13,7 @@ file order on one guest; each adds a row to the table printed at the end.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tarfile
 import time
@@ -231,32 +232,83 @@ def test_labmcp_client_drives_the_guest(guest):
            time.monotonic() - started)
 
 
-def test_least_privilege_and_pairing_with_the_front_button(guest):
+UNTRUSTING_UPDATE_SERVER = """\
+mkdir -p /run/ot2-e2e /run/systemd/system/ot2-update-server.service.d
+sed 's/^trusted_interfaces = .*/trusted_interfaces = ["lo", "usb*"]/' /etc/ot2/update-server.toml \
+    > /run/ot2-e2e/update-server.toml
+printf '[Service]\\nExecStart=\\nExecStart=/usr/bin/python3 -I -m update_server --config /run/ot2-e2e/update-server.toml\\n' \
+    > /run/systemd/system/ot2-update-server.service.d/e2e.conf
+systemctl daemon-reload && systemctl restart ot2-update-server
+"""
+
+
+def ot2_cli(guest: ot2qemu.Guest, config: Path, *args: str, timeout: float = 900) -> subprocess.Popen:
+    """The `ot2` client (this repository's, in .venv) with its own config directory (tokens)."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config), "OT2_KEYRING": str(ot2qemu.dev_key_dir() / "keyring")}
+    return subprocess.Popen([str(ot2qemu.ROOT / ".venv" / "bin" / "ot2"), "--no-progress", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_least_privilege_pairing_with_the_front_button_and_a_push_with_its_token(guest, images, tmp_path):
     """docs/security.md on the image: the robot server runs as ot2-robot with four
-    capabilities, the update server as root; protocol code (ot2-run) cannot read the tokens;
-    a pairing request is approved by a press of the front button (simulated GPIO), and the
-    token it gives is one the update server accepts too."""
+    capabilities, the update server as root; protocol code (ot2-run) cannot read the tokens.
+    With the host no longer on a trusted interface of the update server, `ot2 pair` gets a
+    token through the front button (simulated GPIO), and `ot2 push` installs with that token
+    where it is refused without one."""
     started = time.monotonic()
     users = guest.ssh("for unit in ot2-robot-server ot2-update-server; do "
                       "pid=$(systemctl show -p MainPID --value $unit); "
                       "echo $unit $(stat -c %U /proc/$pid) $(awk '/^CapEff/ {print $2}' /proc/$pid/status); done"
-                      ).stdout.split("\n")
+                      ).stdout.splitlines()
     assert users[0].split()[1:] == ["ot2-robot", "00000000000000e1"], users
     assert users[1].split()[1] == "root", users
-    denied = guest.ssh("setpriv --reuid=ot2-run --regid=ot2-run --clear-groups cat /data/ot2/tokens.json",
+    denied = guest.ssh("setpriv --reuid=ot2-run --regid=ot2-run --init-groups cat /data/ot2/tokens.json",
                        check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
-    asked = guest.request("robot", "POST", "/pair", {"client": "e2e lab PC"})
-    assert guest.request("robot", "GET", f"/pair/{asked['pairing_id']}")["status"] == "waiting"
-    guest.request("robot", "POST", "/robot/sim/gpio", {"button": True})
-    guest.request("robot", "POST", "/robot/sim/gpio", {"button": False})
-    approved = guest.request("robot", "GET", f"/pair/{asked['pairing_id']}")
-    assert approved["status"] == "approved" and approved["token"].startswith("ot2_"), approved
-    listed = {t["id"]: t for t in guest.request("update", "GET", "/server/tokens")["tokens"]}
-    assert listed[approved["id"]]["via"] == "button" and listed[approved["id"]]["client"] == "e2e lab PC"
-    guest.request("update", "DELETE", f"/server/tokens/{approved['id']}")
-    record("least privilege, button pairing", "A", booted(guest)["booted_slot"], data_intact(guest),
-           time.monotonic() - started)
+
+    guest.ssh(UNTRUSTING_UPDATE_SERVER)
+    try:
+        guest.wait_healthy(timeout=300)
+        robot = f"127.0.0.1:{guest.ports['update']}"
+        bundle = str(images["v2"] / "rootfs.bundle")
+        refused = ot2_cli(guest, tmp_path / "stranger", "push", bundle, robot)
+        out, err = refused.communicate(timeout=600)
+        assert refused.returncode != 0 and ("401" in out + err or "token" in (out + err).lower()), (out, err)
+        pairing = ot2_cli(guest, tmp_path / "paired", "pair", "--robot-port", str(guest.ports["robot"]), robot)
+        deadline = time.monotonic() + 120
+        while pairing.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)                         # the request waits for a press of the front button
+            guest.request("robot", "POST", "/robot/sim/gpio", {"button": True})
+            guest.request("robot", "POST", "/robot/sim/gpio", {"button": False})
+        out, err = pairing.communicate(timeout=60)
+        assert pairing.returncode == 0 and "paired (button)" in out + err, (out, err)
+        pushed = ot2_cli(guest, tmp_path / "paired", "push", bundle, robot)
+        out, err = pushed.communicate(timeout=900)
+        assert pushed.returncode == 0, (out, err)
+    finally:
+        guest.ssh("rm -rf /run/systemd/system/ot2-update-server.service.d /run/ot2-e2e && "
+                  "systemctl daemon-reload && systemctl restart ot2-update-server")
+        guest.wait_healthy(timeout=300)
+    tokens = guest.request("update", "GET", "/server/tokens")["tokens"]
+    assert [t["via"] for t in tokens] == ["button"], tokens
+    record("least privilege, button pairing, push with its token", "A", booted(guest)["booted_slot"],
+           data_intact(guest), time.monotonic() - started)
+
+
+def test_idle_connections_do_not_stop_health(guest):
+    """1,100 idle connections to each server (more than a server's 1,024 descriptors were
+    once): both /health still answer, and the connections are closed by the servers' limits."""
+    import socket
+    idle = []
+    try:
+        for port in ("robot", "update"):
+            for _ in range(1100):
+                idle.append(socket.create_connection((ot2qemu.HOST, guest.ports[port]), timeout=10))
+        for port in ("robot", "update"):
+            assert guest.request(port, "GET", "/health", timeout=60)
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_ssh_script_drives_the_robot_while_the_server_runs(guest):
