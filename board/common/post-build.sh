@@ -74,11 +74,6 @@ if [ ! -e "$target/usr/bin/python" ] && [ -e "$target/usr/bin/python3" ]; then
 	ln -s python3 "$target/usr/bin/python"
 fi
 
-# The system users of sysusers.d (the root is read-only at run time, so they are made here).
-if ls "$target"/usr/lib/sysusers.d/ot2-*.conf >/dev/null 2>&1; then
-	systemd-sysusers --root "$target"
-fi
-
 # Enable the units of the overlay (what `systemctl enable` would do, without a running systemd).
 wants="$target/etc/systemd/system/multi-user.target.wants"
 mkdir -p "$wants"
