@@ -6,6 +6,8 @@
 # or BINARIES_DIR/sdcard.img (Pi), and writes beside it the image's block map
 # (<image>.bmap, `bmaptool create`: flash with `bmaptool copy` or `ot2 flash`, which write
 # only the mapped blocks) and its SHA-256 (<image>.sha256, `sha256sum -c` format).
+# OT2_GENIMAGE_CFG names another genimage configuration (ci/build-pi-image.sh: the Pi's
+# without the firmware files Debian does not ship).
 set -eu
 
 binaries=$1
@@ -35,7 +37,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/root"
 genimage --rootpath "$work/root" --tmppath "$work/tmp" \
 	--inputpath "$binaries" --outputpath "$binaries" \
-	--config "$boarddir/genimage.cfg"
+	--config "${OT2_GENIMAGE_CFG:-$boarddir/genimage.cfg}"
 
 case "$board" in
 qemu) image=disk.img ;;
