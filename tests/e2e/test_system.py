@@ -13,6 +13,7 @@ file order on one guest; each adds a row to the table printed at the end.
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import tarfile
@@ -265,6 +266,12 @@ def test_least_privilege_pairing_with_the_front_button_and_a_push_with_its_token
     denied = guest.ssh("setpriv --reuid=ot2-run --regid=ot2-run --init-groups cat /data/ot2/tokens.json",
                        check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    # The OT-2's log endpoints still read the system journal (group systemd-journal).
+    conn = http.client.HTTPConnection(ot2qemu.HOST, guest.ports["robot"], timeout=60)
+    conn.request("GET", "/logs/api.log", headers={"Opentrons-Version": "*"})
+    log = conn.getresponse().read().decode()
+    conn.close()
+    assert "robot" in log.lower() and len(log.splitlines()) > 5, log[-2000:]
 
     guest.ssh(UNTRUSTING_UPDATE_SERVER)
     try:
