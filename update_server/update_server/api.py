@@ -43,6 +43,7 @@ MAX_JSON_BODY = 64 * 1024  # bytes
 BUNDLE_OVERHEAD = 2 << 20  # bytes a bundle may have beyond its image (headers, manifest, padding)
 RECENT_SESSIONS = 8
 UPLOAD_READ_SIZE = 256 * 1024  # bytes per multipart read
+UPLOAD_LINGER = 300.0          # s an unread upload body is drained after an early answer
 UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")
 
 VIA = web.RequestKey("via", object) if hasattr(web, "RequestKey") else "via"  # see _check
@@ -579,7 +580,11 @@ async def serve(config, stop: asyncio.Event) -> None:
     until ``stop`` is set."""
     server = UpdateServer(config)
     access_log = log if config.log_level == "debug" else None
-    runner = web.AppRunner(server.make_app(), access_log=access_log)
+    # A bundle refused early (no signature, wrong compatible, a downgrade) leaves the rest of
+    # its body unread: aiohttp reads and drops it for `lingering_time` before closing, so the
+    # client, still sending, gets the 4xx answer rather than a connection reset. Its default
+    # (10 s) is too short for a slot-sized body over a slow link.
+    runner = web.AppRunner(server.make_app(), access_log=access_log, lingering_time=UPLOAD_LINGER)
     await runner.setup()
     try:
         await GuardedSite(runner, config.listen, config.port, server.guard).start()
