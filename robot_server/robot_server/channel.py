@@ -84,6 +84,7 @@ class Lease:
         self.outstanding = 0
         self.lines = 0
         self.ending: str | None = None
+        self.end_task: asyncio.Task | None = None      # held: the loop keeps only weak references
         self.eof_sent = False
         self.ended = asyncio.Event()
         self.drained = asyncio.Event()
@@ -420,7 +421,7 @@ class Channel:
     def _end_soon(self, lease: Lease, reason: str) -> None:
         if lease.ending is None:
             lease.ending = reason
-            asyncio.ensure_future(self._end(lease))
+            lease.end_task = asyncio.ensure_future(self._end(lease))
 
     async def _end(self, lease: Lease) -> None:
         """Close the client, let the board answer what it was sent, give the board back

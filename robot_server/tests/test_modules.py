@@ -83,11 +83,13 @@ def proxied_modules(tempdeck: Recording, magdeck: Recording, settings: Settings)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     app = asyncio.run_coroutine_threadsafe(Application(settings).run(), loop)
+    emulator_clients = []       # asyncio keeps only weak references to tasks: a lost one is collected
 
     async def connect() -> None:
         await asyncio.sleep(0.5)            # the proxies are listening
-        asyncio.ensure_future(run_emulator_client("127.0.0.1", settings.temperature_proxy.emulator_port, tempdeck))
-        asyncio.ensure_future(run_emulator_client("127.0.0.1", settings.magdeck_proxy.emulator_port, magdeck))
+        emulator_clients.extend(
+            asyncio.ensure_future(run_emulator_client("127.0.0.1", proxy.emulator_port, emulator))
+            for proxy, emulator in ((settings.temperature_proxy, tempdeck), (settings.magdeck_proxy, magdeck)))
         client = await ModuleStatusClient.connect("127.0.0.1", settings.module_server.port, retries=50)
         announced = set()
         while announced != {"tempdeck", "magdeck"}:      # both emulators are in the proxies' pools
@@ -97,6 +99,8 @@ def proxied_modules(tempdeck: Recording, magdeck: Recording, settings: Settings)
     asyncio.run_coroutine_threadsafe(connect(), loop).result(60)
     yield settings.module_server.port
     app.cancel()
+    for task in emulator_clients:
+        loop.call_soon_threadsafe(task.cancel)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
 
