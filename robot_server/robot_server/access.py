@@ -104,7 +104,7 @@ class Access:
                 return refusal(request, exc)
             return await handler(request)
         finally:
-            self.guard.request_finished(request.transport)
+            self.guard.request_finished(request.transport, body_left=not request.content.is_eof())
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue`` is answered only once :meth:`check` has passed: a

@@ -64,7 +64,7 @@ class RobotServer:
         self.service.ot2.preload()
         await self.engine.start()
         app = make_app(self.service, self.engine, self.access)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = self.access.guard.runner(app, access_log=None)
         await self._runner.setup()
         await GuardedSockSite(self._runner, http_sock, self.access.guard).start()
         self.http_port = http_sock.getsockname()[1]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from update_server import bundle
 from update_server.api import UpdateServer
@@ -176,7 +175,7 @@ class ServerThread:
         self.port = asyncio.run_coroutine_threadsafe(self._start(config.listen), self.loop).result(30)
 
     async def _start(self, host) -> int:
-        self.runner = web.AppRunner(self.server.make_app(), access_log=None)
+        self.runner = self.server.guard.runner(self.server.make_app(), access_log=None)
         await self.runner.setup()
         await GuardedSite(self.runner, host, 0, self.server.guard).start()
         return self.runner.addresses[0][1]

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from conftest import Client, Rig, ServerThread, make_bundle, make_image
+from conftest import Client, Rig, ServerThread, make_bundle, make_image, manifest_for, raw_bundle
 from test_bad_input import assert_error
 from update_server import bundle, netlab
 from update_server.netlab import read_head
@@ -426,6 +426,30 @@ def test_slow_head_and_idle_connection_closed(tmp_path, keys, monkeypatch):
         assert answer.startswith(b"HTTP/1.1 200")
         assert slow_got == b"" and closed_after < 4  # closed without an answer
         assert b"HTTP/1.1" not in idle_got          # closed, nothing else sent
+    finally:
+        rig.stop()
+
+
+def test_refused_upload_still_sending_gets_its_answer(tmp_path, keys, monkeypatch):
+    """An unsigned bundle is refused once its manifest is read; the client keeps sending the
+    rest (slowly, longer than the header and idle timeouts) and then reads a 400, not a
+    connection reset: a body drained after the answer is no idle connection's next request."""
+    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    rig = Rig(tmp_path, keys["keyring"], header_timeout=1, idle_timeout=1)
+    rig.start()
+    try:
+        image = make_image(2_000_000, seed=5)
+        data = raw_bundle([("manifest.json", manifest_for(image)), ("rootfs.img", image)])
+        sock = rig.client.start_upload(rig.client.begin(), data)
+        with sock:
+            rest = data[len(data) // 2:]
+            for start in range(0, len(rest), 64 * 1024):      # about 3 s
+                sock.sendall(rest[start:start + 64 * 1024])
+                time.sleep(0.2)
+            sock.settimeout(10)
+            answer = read_head(sock)
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert machine(rig)["booted"] == "A" and rig.slot_a_intact()
     finally:
         rig.stop()
 

@@ -43,7 +43,10 @@ MAX_JSON_BODY = 64 * 1024  # bytes
 BUNDLE_OVERHEAD = 2 << 20  # bytes a bundle may have beyond its image (headers, manifest, padding)
 RECENT_SESSIONS = 8
 UPLOAD_READ_SIZE = 256 * 1024  # bytes per multipart read
-UPLOAD_LINGER = 300.0          # s an unread upload body is drained after an early answer
+# s an upload's unread body is drained after an early answer (no signature, wrong
+# compatible, a downgrade), so the client still sending a slot-sized bundle over a slow link
+# reads the 4xx rather than a connection reset
+UPLOAD_LINGER = 300.0
 UPLOAD_TYPES = ("application/octet-stream", "multipart/form-data")
 
 VIA = web.RequestKey("via", object) if hasattr(web, "RequestKey") else "via"  # see _check
@@ -136,7 +139,7 @@ class UpdateServer:
         self.tokens = TokenStore(config.tokens_file)
         self.names = NameStore(config.state_dir, config.machine_id_file)
         self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_peer,
-                                     config.header_timeout, config.idle_timeout)
+                                     config.header_timeout, config.idle_timeout, UPLOAD_LINGER)
         self.restarting = False
         self.policies: dict = {}
         self.advertiser = (
@@ -226,7 +229,7 @@ class UpdateServer:
             self._check(request)
             return await handler(request)
         finally:
-            self.guard.request_finished(request.transport)
+            self.guard.request_finished(request.transport, body_left=not request.content.is_eof())
 
     async def _expect(self, request):
         """``Expect: 100-continue``: answered only once :meth:`_check` has passed, so a
@@ -580,11 +583,7 @@ async def serve(config, stop: asyncio.Event) -> None:
     until ``stop`` is set."""
     server = UpdateServer(config)
     access_log = log if config.log_level == "debug" else None
-    # A bundle refused early (no signature, wrong compatible, a downgrade) leaves the rest of
-    # its body unread: aiohttp reads and drops it for `lingering_time` before closing, so the
-    # client, still sending, gets the 4xx answer rather than a connection reset. Its default
-    # (10 s) is too short for a slot-sized body over a slow link.
-    runner = web.AppRunner(server.make_app(), access_log=access_log, lingering_time=UPLOAD_LINGER)
+    runner = server.guard.runner(server.make_app(), access_log=access_log)
     await runner.setup()
     try:
         await GuardedSite(runner, config.listen, config.port, server.guard).start()

@@ -9,7 +9,10 @@
   request, the new one is closed instead;
 * a request head (request line and headers) must be complete within ``header_timeout``
   seconds of its first byte (of the connection, for the first request): slowloris;
-* a connection idle between requests is closed after ``idle_timeout`` seconds.
+* a connection idle between requests is closed after ``idle_timeout`` seconds;
+* a request answered before its body was read (a refused upload) is drained, not
+  timed out as a request head, for up to ``lingering_time`` seconds; aiohttp's server
+  must linger as long (:meth:`ConnectionGuard.runner`).
 
 The aiohttp application reports request start and end with :meth:`request_started` /
 :meth:`request_finished` (a middleware), keyed by ``request.transport``.
@@ -25,7 +28,7 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-HEAD, BUSY, IDLE = "head", "busy", "idle"
+HEAD, BUSY, IDLE, DRAIN = "head", "busy", "idle", "drain"
 
 
 class _Conn:
@@ -42,11 +45,13 @@ class _Conn:
 class ConnectionGuard:
     """Limits and timeouts for every connection of one server (see the module docstring)."""
 
-    def __init__(self, max_connections: int, max_per_peer: int, header_timeout: float, idle_timeout: float):
+    def __init__(self, max_connections: int, max_per_peer: int, header_timeout: float, idle_timeout: float,
+                 lingering_time: float = 10.0):
         self.max_connections = max_connections
         self.max_per_peer = max_per_peer
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.lingering_time = lingering_time
         self.conns: OrderedDict = OrderedDict()  # transport -> _Conn, oldest first
         self.per_peer: dict = {}
         self.refused = 0
@@ -89,6 +94,11 @@ class ConnectionGuard:
 
         return Guarded
 
+    def runner(self, app: web.Application, **kwargs) -> web.AppRunner:
+        """An ``AppRunner`` for ``app`` whose connections drain an unread body as long as
+        this guard lets them (aiohttp's ``lingering_time``)."""
+        return web.AppRunner(app, lingering_time=self.lingering_time, **kwargs)
+
     # ---- bookkeeping -----------------------------------------------------------------
 
     def _admit(self, transport) -> _Conn | None:
@@ -112,7 +122,7 @@ class ConnectionGuard:
 
     def _evict(self, peer) -> bool:
         for conn in self.conns.values():
-            if conn.phase != BUSY and (peer is None or conn.peer == peer):
+            if conn.phase not in (BUSY, DRAIN) and (peer is None or conn.peer == peer):
                 self.evicted += 1
                 self._close(conn)
                 return True
@@ -167,12 +177,14 @@ class ConnectionGuard:
             if conn.timer:
                 conn.timer.cancel()
 
-    def request_finished(self, transport) -> None:
-        """The answer was sent: the connection is idle until its next request head."""
+    def request_finished(self, transport, body_left: bool = False) -> None:
+        """The answer was sent: the connection is idle until its next request head, or,
+        with ``body_left``, drains the rest of the request's body first (the client may
+        still be sending it; cutting it off would reset the connection under the answer)."""
         conn = self.conns.get(transport)
         if conn is not None:
-            conn.phase = IDLE
-            self._arm(conn, self.idle_timeout)
+            conn.phase = DRAIN if body_left else IDLE
+            self._arm(conn, self.lingering_time if body_left else self.idle_timeout)
 
     def stats(self) -> dict:
         """``{open, refused, evicted, timed_out}`` (counts since start)."""
