@@ -82,8 +82,9 @@ test-unit: venv
 test-compat: venv
 	$(PYTEST) -q $(COMPAT_TESTS)
 
+# test_boot_size (a second image, without Jupyter, and its boot) is a figure: bench-boot.
 test-e2e: venv
-	$(PYTEST) -q tests/e2e
+	$(PYTEST) -q tests/e2e --ignore=tests/e2e/test_boot_size.py
 
 bench: venv
 	$(PY) update_server/bench/bench_install.py

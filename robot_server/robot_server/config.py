@@ -48,6 +48,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from update_server.access import AccessSettings
+
 DEFAULT_PATH = "/etc/ot2/robot-server.toml"
 
 
@@ -56,7 +58,10 @@ class ConfigError(Exception):
 
 
 @dataclass
-class Config:
+class Config(AccessSettings):
+    """The robot server's settings (the table above); the access and connection ones are
+    :class:`~update_server.access.AccessSettings`'."""
+
     listen: str = "0.0.0.0"
     port: int = 31950
     bridge_port: int = 7887
@@ -77,12 +82,6 @@ class Config:
     channel_users: list = field(default_factory=lambda: ["ot2-notebook"])
     sandbox_memory_max: int = 768 * 1024 * 1024
     sandbox_tasks_max: int = 256
-    trusted_interfaces: list = field(default_factory=lambda: ["lo", "usb*"])
-    open_access: bool = False
-    max_connections: int = 256
-    max_connections_per_peer: int = 32
-    header_timeout: float = 10.0
-    idle_timeout: float = 60.0
     bridge_max_clients: int = 64
     bridge_max_clients_per_peer: int = 16
     pairing_timeout: float = 30.0
@@ -117,15 +116,12 @@ class Config:
             raise ConfigError("sandbox_user must name an unprivileged user")
         if not all(isinstance(u, str) and u for u in self.channel_users):
             raise ConfigError("channel_users must be a list of user names")
-        if not all(isinstance(p, str) and p for p in self.trusted_interfaces):
-            raise ConfigError("trusted_interfaces must be a list of interface name patterns")
-        if not 1 <= self.max_connections_per_peer <= self.max_connections:
-            raise ConfigError("max_connections_per_peer must be in [1, max_connections]")
+        if problem := self.access_settings_problem():
+            raise ConfigError(problem)
         if not 1 <= self.bridge_max_clients_per_peer <= self.bridge_max_clients:
             raise ConfigError("bridge_max_clients_per_peer must be in [1, bridge_max_clients]")
-        for name in ("header_timeout", "idle_timeout", "pairing_timeout"):
-            if not 0 < getattr(self, name) <= 3600:
-                raise ConfigError(f"{name} must be in (0, 3600] seconds")
+        if not 0 < self.pairing_timeout <= 3600:
+            raise ConfigError("pairing_timeout must be in (0, 3600] seconds")
         return self
 
     @property

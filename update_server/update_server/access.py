@@ -16,6 +16,7 @@ Origin Concept"); the body types an HTML form can send without a CORS pre-flight
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from . import interfaces
@@ -26,6 +27,30 @@ JSON_TYPE = "application/json"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 OPEN_VIA = "open"
 TOKEN_VIA = "token:"
+
+
+@dataclass
+class AccessSettings:
+    """The access and connection settings both servers' configs have (their config files
+    take these keys; ``docs/security.md``). Counts, and seconds for the timeouts."""
+
+    trusted_interfaces: list = field(default_factory=lambda: ["lo", "usb*"])
+    open_access: bool = False        # true: the OT-2's behaviour, no token needed to change
+    max_connections: int = 256       # open HTTP connections in all
+    max_connections_per_peer: int = 32
+    header_timeout: float = 10.0     # s to send a request head
+    idle_timeout: float = 60.0       # s a connection may idle between requests
+
+    def access_settings_problem(self) -> str | None:
+        """What is wrong with these settings, or None."""
+        if not all(isinstance(p, str) and p for p in self.trusted_interfaces):
+            return "trusted_interfaces: expected a list of interface name patterns"
+        if not 1 <= self.max_connections_per_peer <= self.max_connections:
+            return "max_connections_per_peer: expected 1..max_connections"
+        for key in ("header_timeout", "idle_timeout"):
+            if not 0 < getattr(self, key) <= 3600:
+                return f"{key}: expected (0, 3600] seconds"
+        return None
 
 
 def check_origin(headers, host: str | None, own_names) -> None:

@@ -57,6 +57,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .access import AccessSettings
 from .errors import UpdateError
 from .tokens import tokens_path
 
@@ -69,8 +70,9 @@ class ConfigError(Exception):
 
 
 @dataclass
-class Config:
-    """All settings of the update server (units: bytes, seconds)."""
+class Config(AccessSettings):
+    """All settings of the update server (units: bytes, seconds); the access and
+    connection ones are :class:`~update_server.access.AccessSettings`'."""
 
     listen: str = "0.0.0.0"
     port: int = 34000
@@ -88,13 +90,7 @@ class Config:
     boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     machine_id_file: str = "/etc/machine-id"
     version_file: str = "/etc/ot2/version.json"
-    trusted_interfaces: list = field(default_factory=lambda: ["lo", "usb*"])
-    open_access: bool = False
     session_idle_timeout: float = 300.0
-    max_connections: int = 256
-    max_connections_per_peer: int = 32
-    header_timeout: float = 10.0
-    idle_timeout: float = 60.0
     apply_hostname: bool = False
     mdns: bool = False
     mdns_port: int = 31950
@@ -245,8 +241,7 @@ def validate(config: Config) -> None:
         raise ConfigError("fw_env_config: at least one config is needed")
     if not config.reboot_command:
         raise ConfigError("reboot_command: must not be empty")
-    if not 1 <= config.max_connections_per_peer <= config.max_connections:
-        raise ConfigError("max_connections_per_peer: expected 1..max_connections")
-    for key in ("session_idle_timeout", "header_timeout", "idle_timeout"):
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"{key}: expected a positive number of seconds")
+    if problem := config.access_settings_problem():
+        raise ConfigError(problem)
+    if config.session_idle_timeout <= 0:
+        raise ConfigError("session_idle_timeout: expected a positive number of seconds")
