@@ -20,7 +20,6 @@ import pytest
 
 from conftest import BridgeClient, Robot, start_robot, stop_robot
 from update_server import netlab
-from update_server.netlab import read_head
 from update_server.tokens import TokenStore, tokens_path
 
 PROTOCOL = b"""requirements = {"robotType": "OT-2", "apiLevel": "2.15"}
@@ -248,12 +247,8 @@ def test_unprivileged_local_process_is_not_trusted(homed):
 
 @pytest.mark.parametrize("who", ["stranger", "paired"])
 def test_expect_continue_only_after_checks(lan, who):
-    auth = f"Authorization: Bearer {lan.token}\r\n" if who == "paired" else ""
-    with socket.create_connection(("127.0.0.1", lan.port)) as sock:
-        sock.sendall((f"POST /protocols HTTP/1.1\r\nHost: robot\r\n{auth}Opentrons-Version: *\r\n"
-                      f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {10 << 30}\r\n"
-                      "Expect: 100-continue\r\n\r\n").encode())
-        reply = read_head(sock)
+    reply = netlab.ask_to_continue(lan.port, "/protocols", lan.token if who == "paired" else None,
+                                   "Opentrons-Version: *\r\n", "multipart/form-data; boundary=x")
     assert not reply.startswith(b"HTTP/1.1 100"), reply[:80]
     assert reply.startswith(b"HTTP/1.1 413" if who == "paired" else b"HTTP/1.1 401"), reply[:80]
 

@@ -377,12 +377,8 @@ def test_key_count_capped(rig):
 @pytest.mark.parametrize("who", ["stranger", "paired"])
 def test_expect_continue_only_after_checks(lan, who):
     token = lan.paired.begin()
-    auth = f"Authorization: Bearer {lan.token}\r\n" if who == "paired" else ""
-    with socket.create_connection(("127.0.0.1", lan.server.port)) as sock:
-        sock.sendall((f"POST /server/update/{token}/file HTTP/1.1\r\nHost: robot\r\n{auth}"
-                      f"Content-Type: application/octet-stream\r\nContent-Length: {10 << 30}\r\n"
-                      "Expect: 100-continue\r\n\r\n").encode())
-        reply = read_head(sock)
+    reply = netlab.ask_to_continue(lan.server.port, f"/server/update/{token}/file",
+                                   lan.token if who == "paired" else None)
     assert not reply.startswith(b"HTTP/1.1 100"), reply[:80]
     assert reply.startswith(b"HTTP/1.1 413" if who == "paired" else b"HTTP/1.1 401"), reply[:80]
     assert lan.client.get(f"/server/update/{token}/status").body["stage"] == "awaiting-file"

@@ -142,6 +142,19 @@ def read_head(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return data
 
 
+def ask_to_continue(port: int, path: str, token: str | None, headers: str = "",
+                    content_type: str = "application/octet-stream") -> bytes:
+    """Send ``POST path`` announcing a 10 GiB body with ``Expect: 100-continue`` (and the
+    bearer ``token``, and ``headers``: ``"Name: value\r\n"`` lines) to 127.0.0.1:``port``;
+    return the head of the answer, sending no body (RFC 9110, section 10.1.1)."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: robot\r\n{auth}{headers}"
+                      f"Content-Type: {content_type}\r\nContent-Length: {10 << 30}\r\n"
+                      "Expect: 100-continue\r\n\r\n").encode())
+        return read_head(sock)
+
+
 @contextlib.contextmanager
 def flood(port: int, count: int = 1100, peers: int = 11):
     """``count`` connections to ``127.0.0.1:port`` from ``peers`` loopback addresses; half
