@@ -149,3 +149,12 @@ def test_config_errors(tmp_path):
     assert r.returncode == 2
     bad.write_text("port = \"x\"\n")
     assert cli("--config", bad, "serve", check=False).returncode == 2
+
+
+def test_more_tries_than_the_bootloader_counts_is_a_config_error(tmp_path):
+    """``max_tries = 4`` would write ``BOOT_B_LEFT=4``, which both bootloader scripts take
+    for a corrupt environment (back to order ``A B``): refused before anything runs."""
+    conf = tmp_path / "tries.toml"
+    conf.write_text("max_tries = 4\n")
+    r = cli("--config", conf, "boot-check", check=False)
+    assert r.returncode == 2 and "max_tries: expected 1..3" in r.stderr, r.stderr

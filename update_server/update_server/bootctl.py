@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 SLOTS = ("A", "B")
 DEFAULT_ORDER = ["A", "B"]
+# Tries a slot can have: the bootloader scripts (board/ot2/boot.cmd, board/qemu/grub.cfg)
+# count BOOT_*_LEFT down from 3 and take any value outside 0..3 for a corrupt environment.
+MAX_TRIES = 3
 _TOOL_TIMEOUT = 30  # seconds
 
 
@@ -151,7 +154,7 @@ class BootControl:
                 tries = int(value) if value is not None else self.max_tries
             except ValueError:
                 tries = 0
-            result[slot] = max(0, min(tries, 9))
+            result[slot] = max(0, min(tries, MAX_TRIES))
         return result
 
     def _write(self, order: list, tries: dict) -> None:

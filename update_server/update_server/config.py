@@ -40,7 +40,7 @@ Example (every key is optional; the values shown are the defaults unless noted):
     boot_check_timeout = 300              # seconds
     boot_check_interval = 2               # seconds
     chunk_size = 1048576                  # bytes
-    max_tries = 3
+    max_tries = 3                         # 1..3: the tries the bootloader scripts count
     log_level = "info"
 
     [slots.A]
@@ -57,6 +57,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import bootctl
 from .access import AccessSettings
 from .errors import UpdateError
 from .tokens import tokens_path
@@ -233,8 +234,9 @@ def validate(config: Config) -> None:
         raise ConfigError("port: out of range")
     if not 4096 <= config.chunk_size <= 64 << 20 or config.chunk_size % 512:
         raise ConfigError("chunk_size: expected a multiple of 512 between 4 KiB and 64 MiB")
-    if not 1 <= config.max_tries <= 9:
-        raise ConfigError("max_tries: expected 1..9")
+    if not 1 <= config.max_tries <= bootctl.MAX_TRIES:
+        raise ConfigError(f"max_tries: expected 1..{bootctl.MAX_TRIES}, the tries the bootloader "
+                          "scripts count (a larger value would make them reset the boot order)")
     if config.boot_backend == "grub" and not config.grubenv:
         raise ConfigError("grubenv: at least one file is needed")
     if config.boot_backend == "uboot" and not config.fw_env_config:
