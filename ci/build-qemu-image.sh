@@ -178,10 +178,13 @@ tar -C "$root" --numeric-owner -xf "$rootfs"
 OT2_VERSION=$version OT2_KEYRING_DIR=$keys/keyring "$tree/board/common/post-build.sh" "$root" qemu
 
 # Fault injection for the end-to-end rollback test: an image whose robot server never starts.
+# Its boot check gives up after 30 s instead of 90: the outcome is the same, three times sooner.
 if [ "$fault" = robot-server ]; then
 	mkdir -p "$root/etc/systemd/system/ot2-robot-server.service.d"
 	printf '[Service]\nExecStart=\nExecStart=/bin/false\n' \
 		> "$root/etc/systemd/system/ot2-robot-server.service.d/fault.conf"
+	sed -i 's/^boot_check_timeout = .*/boot_check_timeout = 30/' "$root/etc/ot2/update-server.toml"
+	grep -qx 'boot_check_timeout = 30' "$root/etc/ot2/update-server.toml"
 fi
 
 log "making the squashfs"
