@@ -11,13 +11,14 @@ PYTEST := $(VENV)/bin/pytest
 OT2_CACHE ?= $(HOME)/.cache/ot2
 export OT2_CACHE
 
-.PHONY: help deps venv qemu-image run test test-unit test-compat test-e2e bench bench-e2e bench-boot clean
+.PHONY: help deps venv lint qemu-image run test test-unit test-compat test-e2e bench bench-e2e bench-boot clean
 
 help:
 	@echo "make deps        install the Debian packages the build and tests need (root)"
 	@echo "make run         build the QEMU image and boot it (servers forwarded to localhost)"
 	@echo "make test        unit tests, Buildroot tree checks, image boot and OTA end-to-end tests"
-	@echo "make test-unit   only the tests that need no QEMU"
+	@echo "make test-unit   the linters, then the tests that need no QEMU"
+	@echo "make lint        ruff (rules in ruff.toml) and shellcheck on the shell scripts"
 	@echo "make test-compat the OT-2's own driver and simulator against ours"
 	@echo "make test-e2e    only the image boot and OTA end-to-end tests"
 	@echo "make qemu-image  build the QEMU board's image and signed bundle from Debian packages"
@@ -70,7 +71,15 @@ test: test-unit test-compat test-e2e
 COMPAT_TESTS := robot_server/tests/test_ot2_compat.py robot_server/tests/test_protocol_corpus.py \
 	robot_server/tests/test_corpus_channel.py
 
-test-unit: venv
+# Shell scripts: the board's, CI's and the overlay's (every file there that starts with #!/bin/sh).
+SHELL_SCRIPTS = board/common/*.sh ci/*.sh .ci/run \
+	$(shell grep -rlE '^#!/bin/(ba)?sh' overlay)
+
+lint: venv
+	$(VENV)/bin/ruff check --quiet .
+	shellcheck $(SHELL_SCRIPTS)
+
+test-unit: venv lint
 	$(PYTEST) -q update_server/tests
 	$(PYTEST) -q robot_server/tests $(addprefix --ignore=,$(COMPAT_TESTS))
 	$(PYTEST) -q client/tests

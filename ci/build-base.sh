@@ -12,11 +12,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 packages=$(cat "$here/base-packages.txt" "$@" | grep -v '^#' | paste -sd, -)
 
 # The initramfs must mount a squashfs root from a virtio disk; MODULES=list keeps it
-# small and independent of the build host's hardware.
+# small and independent of the build host's hardware. The hooks' "$1" (the root being
+# built) is expanded by mmdebstrap's shell, not this one.
+# shellcheck disable=SC2016
 initramfs_setup='mkdir -p "$1/etc/initramfs-tools/conf.d" &&
   printf "squashfs\nvirtio_pci\nvirtio_blk\next4\n" >> "$1/etc/initramfs-tools/modules" &&
   echo MODULES=list > "$1/etc/initramfs-tools/conf.d/ot2.conf"'
 
+# shellcheck disable=SC2016
 mmdebstrap --variant=minbase --format=tar --include="$packages" \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/man/*' \

@@ -75,7 +75,7 @@ if [ ! -s "$base" ]; then
 fi
 
 # The engine and its dependencies as wheels for the image's Python (3.11, x86_64, glibc 2.36).
-wheels_key=$(cat "$tree/ci/image-requirements.txt" | hash_of)
+wheels_key=$(hash_of < "$tree/ci/image-requirements.txt")
 wheels=$cache/wheels-$wheels_key
 if [ ! -e "$wheels/.complete" ]; then
 	log "downloading the image's Python wheels ($wheels)"
@@ -157,7 +157,7 @@ assemble_root() {
 		sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$root/usr/local/bin/${script##*/}"
 		chmod 755 "$root/usr/local/bin/${script##*/}"
 	done
-	rm -rf "$root$site/bin"
+	rm -rf "${root:?}$site/bin"
 	# Bytecode made by the host's Python 3.11 (one bytecode format for all of 3.11), with the
 	# guest's paths.
 	"$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / "$root/usr/lib/python3/dist-packages/update_server" \

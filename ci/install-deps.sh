@@ -3,7 +3,7 @@
 set -eu
 packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub-common mmdebstrap genimage
 squashfs-tools dosfstools mtools e2fsprogs fdisk u-boot-tools libubootenv-tool bmap-tools
-openssh-client python3-venv"
+openssh-client python3-venv shellcheck"
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -11,5 +11,6 @@ done
 if [ -n "$missing" ]; then
 	echo "installing:$missing"
 	apt-get update -qq
+	# shellcheck disable=SC2086 # $missing is a list of package names
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi

@@ -43,7 +43,7 @@ if [ -n "${OT2_SERIAL:-}" ]; then
 fi
 usb=()
 if [ -n "${OT2_USB_DRIVES:-}${OT2_USB_SERIAL:-}" ]; then
-	usb=(-device qemu-xhci,id=xhci)
+	usb=(-device "qemu-xhci,id=xhci")
 	n=0
 	for stick in ${OT2_USB_DRIVES:-}; do
 		usb+=(-drive "if=none,id=usbdrive$n,format=raw,file=$stick"
@@ -51,7 +51,7 @@ if [ -n "${OT2_USB_DRIVES:-}${OT2_USB_SERIAL:-}" ]; then
 		n=$((n + 1))
 	done
 	if [ -n "${OT2_USB_SERIAL:-}" ]; then
-		usb+=(-chardev "serial,id=usbserial,path=$OT2_USB_SERIAL" -device usb-serial,bus=xhci.0,chardev=usbserial)
+		usb+=(-chardev "serial,id=usbserial,path=$OT2_USB_SERIAL" -device "usb-serial,bus=xhci.0,chardev=usbserial")
 	fi
 fi
 qmp=()

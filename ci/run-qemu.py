@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ot2qemu  # noqa: E402
+import ot2qemu
 
 
 def main() -> int:

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cardimage import make_card_image  # noqa: E402
+from cardimage import make_card_image
 
-from update_server.benchutil import evict, warm  # noqa: E402
+from update_server.benchutil import evict, warm
 
-from ot2_client import flash as flash_mod  # noqa: E402
+from ot2_client import flash as flash_mod
 
 
 def main() -> int:

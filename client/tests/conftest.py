@@ -164,10 +164,7 @@ class CuttingProxy:
             pass
         finally:
             for w in (writer, up_writer):
-                try:
-                    w.transport.abort()
-                except Exception:
-                    pass
+                w.transport.abort()
             task.cancel()
 
     def stop(self):

@@ -27,8 +27,8 @@ from pathlib import Path
 import serial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import ot2_execute  # noqa: E402  (shared with tests/test_channel.py)
-from bench_api import start_local, stop_all  # noqa: E402
+import ot2_execute
+from bench_api import start_local, stop_all
 
 
 def start_emulator(tmp: Path) -> tuple[subprocess.Popen, str]:

@@ -217,7 +217,7 @@ class Channel:
             return None
         try:
             return self._namer(pid)
-        except Exception:  # noqa: BLE001 - a faulty namer must not refuse the client
+        except Exception:
             log.exception("G-code channel: namer failed for pid %s", pid)
             return None
 

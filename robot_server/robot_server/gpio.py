@@ -85,7 +85,7 @@ class GPIOBackend:
         for cb in list(cbs):
             try:
                 cb(state)
-            except Exception:  # noqa: BLE001 - a bad listener must not kill the edge thread
+            except Exception:
                 log.exception("GPIO callback failed")
 
     # outputs

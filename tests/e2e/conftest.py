@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ci"))
-import ot2qemu  # noqa: E402
+import ot2qemu
 
 VERSION_1 = "1.0.0-e2e"
 VERSION_2 = "2.0.0-e2e"

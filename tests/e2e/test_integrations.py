@@ -31,7 +31,7 @@ import ot2qemu
 from conftest import VERSION_1, VERSION_2, figure, record
 
 sys.path.insert(0, str(ot2qemu.ROOT / "tests"))
-from wheelmaker import make_wheel  # noqa: E402
+from wheelmaker import make_wheel
 
 EXAMPLES = ot2qemu.ROOT / "examples"
 STICK_LABEL = "LABSTICK"

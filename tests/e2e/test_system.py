@@ -309,10 +309,11 @@ def test_idle_connections_do_not_stop_health(guest):
     from concurrent.futures import ThreadPoolExecutor
     idle = []
     try:
+        def connect(server: str) -> socket.socket:
+            return socket.create_connection((ot2qemu.HOST, guest.ports[server]), timeout=60)
+
         with ThreadPoolExecutor(64) as pool:     # QEMU's user network accepts them one by one
-            for port in ("robot", "update"):
-                idle += pool.map(lambda _: socket.create_connection((ot2qemu.HOST, guest.ports[port]), timeout=60),
-                                 range(1100))
+            idle += pool.map(connect, ["robot"] * 1100 + ["update"] * 1100)
         for port in ("robot", "update"):
             assert guest.request(port, "GET", "/health", timeout=60)
     finally:

@@ -108,7 +108,7 @@ async def _errors_as_json(request, handler):
         return web.json_response({"error": code, "message": e.reason}, status=e.status)
     except asyncio.CancelledError:
         raise
-    except Exception:  # noqa: BLE001 - last line of defence, logged
+    except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error("internal-error", "internal error (see the server log)")
 

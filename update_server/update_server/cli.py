@@ -300,7 +300,7 @@ def main(argv: list | None = None) -> int:
 
         try:
             provision.run(config, args.boot_dir)
-        except Exception:  # noqa: BLE001 - provisioning must never fail the boot
+        except Exception:
             logging.getLogger(__name__).exception("provisioning failed")
         return EXIT_OK
     if args.command == "boot-check":

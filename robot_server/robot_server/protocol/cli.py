@@ -141,7 +141,7 @@ def simulate_main(argv: list[str] | None = None) -> int:
                                       custom_labware_paths=args.custom_labware_path,
                                       custom_data_paths=args.custom_data_path + args.custom_data_file,
                                       log_level=args.log_level)
-    except Exception as exc:        # the protocol's own error, as opentrons words it
+    except Exception as exc:  # noqa: BLE001 - the protocol's own error, as opentrons words it
         print(f"robot-simulate: {_error_text(exc)}", file=sys.stderr)
         return 1
     if args.output == "runlog":
@@ -287,7 +287,7 @@ def execute_main(argv: list[str] | None = None) -> int:
             return 2
         print(f"robot-execute: {_error_text(exc)}", file=sys.stderr)
         return 1
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the protocol's own error, as opentrons words it
         print(f"robot-execute: {_error_text(exc)}", file=sys.stderr)
         return 1
     return 0

@@ -18,7 +18,6 @@ one, a corrupt one) exits with status 1 and touches nothing else.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
