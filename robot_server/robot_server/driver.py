@@ -45,8 +45,6 @@ SOFT_LIMITS: dict[str, tuple[float, float]] = {
 DEFAULT_SPEED = 400.0
 #: Seconds allowed for a full homing sequence on top of the ack timeout.
 HOME_TIMEOUT = 40.0
-#: Reset pulse timing (s): reset low 0.25 s, then wait 0.25 s (OT-2 reset sequence).
-RESET_PULSE = 0.25
 
 
 # ---------------------------------------------------------------- exceptions
@@ -172,7 +170,6 @@ class MotorDriver:
         self.homed: dict[str, bool] = {ax: False for ax in AXES}
         self.engaged: dict[str, bool] = {ax: False for ax in AXES}
         self.last_error: str | None = None
-        self.transactions = 0
 
     # ------------------------------------------------------------ connection
     @property
@@ -308,7 +305,6 @@ class MotorDriver:
     def _transact(self, line: str, timeout: float) -> list[str]:
         """Write one command line (with the OT-2 terminator) and return its data lines
         (the final ``ok`` lines removed). Raises the typed board errors."""
-        self.transactions += 1
         log.debug("-> %s", line)
         self._write((line + gcode.TERMINATOR).encode("ascii"))
         lines = self._read_reply(2, timeout, line)

@@ -1,7 +1,8 @@
 """A Smoothieware-compatible emulator of the OT-2 motor board.
 
-It answers on the wire the way the board does (facts in ``shared/reference/ot2-facts.md``
-and Smoothieware's G-code dispatcher):
+It answers on the wire the way the board does (Opentrons' driver,
+https://github.com/Opentrons/opentrons/blob/edge/api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py, and Smoothieware's G-code dispatcher,
+https://github.com/Smoothieware/Smoothieware/blob/edge/src/modules/communication/GcodeDispatch.cpp):
 
 * every received line gets exactly one final answer: ``ok`` (or ``!!`` while halted);
   an empty line is answered ``ok`` (so a command written with ``\\r\\n\\r\\n`` yields

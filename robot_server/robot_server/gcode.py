@@ -1,12 +1,16 @@
 """G-code vocabulary of the OT-2 motor board: building command lines and parsing replies.
 
-Sources of the facts used here (see ``shared/reference/ot2-facts.md``):
+Sources of the facts used here:
 
-* **Smoothieware** (the motor board firmware, an Opentrons fork): every G/M word on a
+* **Smoothieware** (the motor board firmware, an Opentrons fork; its dispatcher is
+  https://github.com/Smoothieware/Smoothieware/blob/edge/src/modules/communication/GcodeDispatch.cpp):
+  every G/M word on a
   line is run as its own command; an empty line is answered with ``ok``; while halted
   every command except ``M999`` (and read-only ``M114``/``M119``) is answered ``!!``;
   errors are reported as ``Error: ...`` lines, alarms as ``ALARM: ...`` lines.
-* **OT-2 driver behaviour**: each command line is written followed by ``\\r\\n\\r\\n`` (the
+* **OT-2 driver behaviour** (Opentrons' SmoothieDriver,
+  https://github.com/Opentrons/opentrons/blob/edge/api/src/opentrons/drivers/smoothie_drivers/driver_3_0.py):
+  each command line is written followed by ``\\r\\n\\r\\n`` (the
   command line, then an empty line), so a healthy board answers ``ok`` twice; the host
   reads up to ``ok\\r\\nok\\r\\n``. A data reply puts its data line before the ``ok``.
   ``M400`` (wait for motion to finish) is sent after every command. Feed rates are
@@ -37,8 +41,6 @@ ACTIVE_CURRENT: dict[str, float] = {"X": 1.25, "Y": 1.25, "Z": 0.8, "A": 0.8, "B
 
 #: What the host appends to every command (command line + empty line).
 TERMINATOR = "\r\n\r\n"
-#: The complete acknowledgement of one command written with :data:`TERMINATOR`.
-ACK = "ok\r\nok\r\n"
 
 _WORD = re.compile(r"([A-Za-z])\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
@@ -181,9 +183,6 @@ ENDSTOPS = "M119"        #: read the endstop switches
 HOMING_STATUS = "G28.6"  #: read which axes are homed (Opentrons firmware)
 CLEAR_ALARM = "M999"     #: leave the halted state
 ABSOLUTE = "G90"
-RELATIVE = "G91"
-PUSH_SPEED = "M120"
-POP_SPEED = "M121"
 VERSION = "version"
 
 

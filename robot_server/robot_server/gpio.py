@@ -1,7 +1,7 @@
 """GPIO: frame lights, button LED, front button, door switch, motor-board reset/halt.
 
-Pin map (BCM numbering) of the OT-2 as given in ``shared/reference/ot2-facts.md``
-(gathered from the public Opentrons robot sources, ``rpi_drivers/gpio``):
+Pin map (BCM numbering) of the OT-2, from Opentrons' GPIO driver,
+https://github.com/Opentrons/opentrons/blob/edge/api/src/opentrons/drivers/rpi_drivers/gpio.py:
 
 ==================  ====  ==========================================================
 line                BCM   notes

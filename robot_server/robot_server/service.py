@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 from update_server.tokens import TokenStore, tokens_path
 
@@ -606,6 +606,3 @@ def _system_version() -> str | None:
             return str(json.load(fh).get("version"))
     except (OSError, ValueError, AttributeError):
         return None
-
-
-Operation = Callable[[Any], Awaitable[dict]]
