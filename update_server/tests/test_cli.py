@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMPATIBLE, Rig, make_image
+from conftest import COMPATIBLE, Rig, make_bundle, make_image, manifest_for, raw_bundle
 
 EXE = str(Path(sys.executable).with_name("update-server"))
 
@@ -158,3 +158,30 @@ def test_more_tries_than_the_bootloader_counts_is_a_config_error(tmp_path):
     conf.write_text("max_tries = 4\n")
     r = cli("--config", conf, "boot-check", check=False)
     assert r.returncode == 2 and "max_tries: expected 1..3" in r.stderr, r.stderr
+
+
+def test_install_a_local_bundle_through_the_running_server(tmp_path, keys, monkeypatch):
+    """``update-server install FILE`` (a USB drive's file) goes through the running server:
+    a signed bundle lands in slot B and is selected; an unsigned one is refused (exit 1)
+    with slot A booted and the boot order unchanged; no server is exit 2."""
+    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    rig = Rig(tmp_path, keys["keyring"])
+    rig.start()
+    try:
+        image = make_image(300_000, seed=8)
+        unsigned = tmp_path / "unsigned.bundle"
+        unsigned.write_bytes(raw_bundle([("manifest.json", manifest_for(image)), ("rootfs.img", image)]))
+        r = cli("install", "--port", rig.server.port, unsigned, check=False)
+        assert r.returncode == 1 and "refused: unsigned" in r.stderr, r.stderr
+        assert rig.env()["BOOT_ORDER"] == ["A", "B"] and rig.slot_a_intact()
+
+        signed = tmp_path / "update.bundle"
+        signed.write_bytes(make_bundle(keys["trusted"], image, version="2.0.0"))
+        r = cli("install", "--port", rig.server.port, signed)
+        assert r.stdout.startswith("installed 2.0.0 in slot B, selected for the next boot"), r.stdout
+        assert rig.env()["BOOT_ORDER"] == ["B", "A"]
+        assert rig.slot_bytes("B", len(image)) == image and rig.slot_a_intact()
+    finally:
+        rig.stop()
+    r = cli("install", "--port", free_port(), signed, check=False)
+    assert r.returncode == 2 and "is the update server running" in r.stderr, r.stderr

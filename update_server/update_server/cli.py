@@ -1,4 +1,4 @@
-"""Command line: ``update-server [serve] | bundle ... | boot-check | provision``.
+"""Command line: ``update-server [serve] | bundle ... | boot-check | provision | install``.
 
 ``update-server bundle verify`` exit status: 0 valid, 1 rejected (the error code is
 printed, e.g. ``bad-signature``), 2 usage or I/O error.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                           help="import robot.toml from the boot partition into the data dir (always exits 0)")
     prov.add_argument("--boot-dir", dest="boot_dir", default="/boot/firmware",
                       help="directory holding robot.toml (default /boot/firmware)")
+
+    inst = sub.add_parser("install", parents=[flags],
+                          help="install a local bundle file through the running update server")
+    inst.add_argument("bundle", help="bundle file (a USB drive's, or on /data)")
+    inst.add_argument("--allow-downgrade", dest="allow_downgrade", action="store_true",
+                      help="accept a bundle older than the booted system")
+    inst.add_argument("--no-commit", dest="commit", action="store_false",
+                      help="write the inactive slot but do not select it for the next boot")
 
     b = sub.add_parser("bundle", help="make and check bundles").add_subparsers(dest="bundle_command")
     keygen = b.add_parser("keygen", help="make a signing key pair")
@@ -276,6 +285,57 @@ def _info(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# install
+
+
+def _install(args, config) -> int:
+    """``update-server install BUNDLE``: exit 0 installed (and selected unless
+    ``--no-commit``), 1 refused or failed by the server, 2 unreadable file or no server."""
+    from . import local_install
+
+    with _progress_bar(Path(args.bundle).name) as progress:
+        try:
+            status = local_install.install(config.port, args.bundle, args.allow_downgrade,
+                                           args.commit, progress)
+        except local_install.InstallFailed as e:
+            print(f"update-server install: refused: {e.code}: {e.message}", file=sys.stderr)
+            return EXIT_REJECTED
+        except OSError as e:
+            print(f"update-server install: {e} (is the update server running on port "
+                  f"{config.port}?)", file=sys.stderr)
+            return EXIT_USAGE
+    slot, version = status.get("target_slot"), status.get("version")
+    if args.commit:
+        print(f"installed {version} in slot {slot}, selected for the next boot: restart to use it")
+    else:
+        print(f"installed {version} in slot {slot}, not selected (--no-commit)")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _progress_bar(name: str):
+    """A progress callback ``(sent, total)`` in bytes: rich's bar where rich is installed
+    (the ``progress`` extra), else a line on stderr every 10 %."""
+    try:
+        from rich.console import Console
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    except ImportError:
+        shown = [-1]
+
+        def plain(sent: int, total: int) -> None:
+            tenth = sent * 10 // max(total, 1)
+            if tenth != shown[0]:
+                shown[0] = tenth
+                print(f"{name}: {sent * 100 // max(total, 1)} % sent", file=sys.stderr)
+        yield plain
+        return
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(name, total=None)
+        yield lambda sent, total: bar.update(task, completed=sent, total=total)
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def main(argv: list | None = None) -> int:
@@ -307,6 +367,8 @@ def main(argv: list | None = None) -> int:
         from . import bootcheck
 
         return bootcheck.run(config)
+    if args.command == "install":
+        return _install(args, config)
     from . import api
 
     api.run(config)
