@@ -28,7 +28,7 @@ hardware).
 
 Backends: :class:`RPiGPIO` (RPi.GPIO, imported lazily, only on the Pi) and
 :class:`SimulatedGPIO` (in memory; inputs are set by :meth:`SimulatedGPIO.set_door` /
-:meth:`SimulatedGPIO.press_button`, used off the Pi, in tests and in the QEMU image).
+:meth:`SimulatedGPIO.set_button`, used off the Pi, in tests and in the QEMU image).
 Input-change callbacks run in an arbitrary thread; the server hops them onto its loop.
 """
 from __future__ import annotations
