@@ -115,17 +115,6 @@ mkdir -p "$root" "$binaries/efi-part/EFI/BOOT"
 
 # The root filesystem: the base with only the kernel modules a virtio machine needs, the
 # overlays, both projects and the engine, compiled; kept in the cache as a tar.
-# install_scripts FROM TO: pip's console scripts in FROM, for the guest's /usr/bin/python3,
-# into TO; FROM is removed.
-install_scripts() {
-	mkdir -p "$2"
-	for script in "$1"/*; do
-		sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$2/${script##*/}"
-		chmod 755 "$2/${script##*/}"
-	done
-	rm -rf "${1:?}"
-}
-
 assemble_root() {
 	start=$(date +%s)
 	log "unpacking the base"
@@ -155,17 +144,20 @@ assemble_root() {
 	log "installing the overlays and the Python projects"
 	cp -a "$tree/overlay/." "$root/"
 	cp -a "$tree/board/qemu/rootfs-overlay/." "$root/"
-	# Our projects' commands (update-server, robot-execute, ...) go to /usr/bin, as Buildroot's
-	# python-package puts them.
 	"$venv/bin/pip" install --quiet --no-deps --no-compile \
 		--target "$root/usr/lib/python3/dist-packages" "$tree/update_server" "$tree/robot_server"
-	install_scripts "$root/usr/lib/python3/dist-packages/bin" "$root/usr/bin"
+	rm -rf "$root/usr/lib/python3/dist-packages/bin"
 	# The engine goes where Debian's Python looks for locally installed packages; its
 	# commands (opentrons_execute, opentrons_simulate) to /usr/local/bin for that Python.
 	site=/usr/local/lib/python3.11/dist-packages
 	"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheels" --no-deps \
 		--no-compile --target "$root$site" -r "$tree/ci/image-requirements.txt"
-	install_scripts "$root$site/bin" "$root/usr/local/bin"
+	mkdir -p "$root/usr/local/bin"
+	for script in "$root$site"/bin/*; do
+		sed '1s|^#!.*|#!/usr/bin/python3|' "$script" > "$root/usr/local/bin/${script##*/}"
+		chmod 755 "$root/usr/local/bin/${script##*/}"
+	done
+	rm -rf "${root:?}$site/bin"
 	# Bytecode made by the host's Python 3.11 (one bytecode format for all of 3.11), with the
 	# guest's paths.
 	"$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / "$root/usr/lib/python3/dist-packages/update_server" \
