@@ -70,8 +70,7 @@ class Access:
     def __init__(self, config: Config, tokens) -> None:
         self.config = config
         self.tokens = tokens
-        self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_peer,
-                                     config.header_timeout, config.idle_timeout)
+        self.guard = ConnectionGuard.from_settings(config)
 
     def check(self, request: web.Request) -> None:
         """Refuse a request its caller may not make (:class:`ApiError`, see the module docstring)."""
@@ -104,7 +103,7 @@ class Access:
                 return refusal(request, exc)
             return await handler(request)
         finally:
-            self.guard.request_finished(request.transport, body_left=not request.content.is_eof())
+            self.guard.request_finished(request)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue`` is answered only once :meth:`check` has passed: a

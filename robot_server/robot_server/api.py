@@ -154,7 +154,7 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         return error_response(err.status, err.code, err.message)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except Exception:
+    except Exception:       # a bug; still answer in JSON, and log it
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal-error", "internal server error (see the server log)")
 

@@ -257,7 +257,7 @@ class Bridge:
         except ApiError as exc:
             client.send({"type": "reply", "id": req_id, "ok": False, "error": exc.code,
                          "message": exc.message})
-        except Exception:
+        except Exception:   # a bug must not kill the connection
             log.exception("bridge command failed")
             client.send({"type": "reply", "id": req_id, "ok": False, "error": "internal-error",
                          "message": "internal server error (see the server log)"})

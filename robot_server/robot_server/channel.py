@@ -217,7 +217,7 @@ class Channel:
             return None
         try:
             return self._namer(pid)
-        except Exception:
+        except Exception:   # a faulty namer must not refuse the client
             log.exception("G-code channel: namer failed for pid %s", pid)
             return None
 

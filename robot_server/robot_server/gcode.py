@@ -4,8 +4,7 @@ Sources of the facts used here:
 
 * **Smoothieware** (the motor board firmware, an Opentrons fork; its dispatcher is
   https://github.com/Smoothieware/Smoothieware/blob/edge/src/modules/communication/GcodeDispatch.cpp):
-  every G/M word on a
-  line is run as its own command; an empty line is answered with ``ok``; while halted
+  every G/M word on a line is run as its own command; an empty line is answered with ``ok``; while halted
   every command except ``M999`` (and read-only ``M114``/``M119``) is answered ``!!``;
   errors are reported as ``Error: ...`` lines, alarms as ``ALARM: ...`` lines.
 * **OT-2 driver behaviour** (Opentrons' SmoothieDriver,

@@ -85,7 +85,7 @@ class GPIOBackend:
         for cb in list(cbs):
             try:
                 cb(state)
-            except Exception:
+            except Exception:   # a bad listener must not kill the edge thread
                 log.exception("GPIO callback failed")
 
     # outputs

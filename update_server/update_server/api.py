@@ -108,7 +108,7 @@ async def _errors_as_json(request, handler):
         return web.json_response({"error": code, "message": e.reason}, status=e.status)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception:  # last line of defence, logged
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error("internal-error", "internal error (see the server log)")
 
@@ -138,8 +138,7 @@ class UpdateServer:
         self.keys = KeyStore(config.ssh_dir)
         self.tokens = TokenStore(config.tokens_file)
         self.names = NameStore(config.state_dir, config.machine_id_file)
-        self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_peer,
-                                     config.header_timeout, config.idle_timeout, UPLOAD_LINGER)
+        self.guard = ConnectionGuard.from_settings(config, UPLOAD_LINGER)
         self.restarting = False
         self.policies: dict = {}
         self.advertiser = (
@@ -229,7 +228,7 @@ class UpdateServer:
             self._check(request)
             return await handler(request)
         finally:
-            self.guard.request_finished(request.transport, body_left=not request.content.is_eof())
+            self.guard.request_finished(request)
 
     async def _expect(self, request):
         """``Expect: 100-continue``: answered only once :meth:`_check` has passed, so a

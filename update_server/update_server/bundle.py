@@ -333,7 +333,7 @@ class ChunkSource:
             chunk = await self._next_chunk()
         except UpdateError:
             raise
-        except Exception as e:
+        except Exception as e:  # connection errors of any kind
             raise UpdateError("truncated", f"upload interrupted: {e or type(e).__name__}") from e
         if not chunk:
             self._eof = True

@@ -360,7 +360,7 @@ def main(argv: list | None = None) -> int:
 
         try:
             provision.run(config, args.boot_dir)
-        except Exception:
+        except Exception:  # provisioning must never fail the boot
             logging.getLogger(__name__).exception("provisioning failed")
         return EXIT_OK
     if args.command == "boot-check":

@@ -58,6 +58,13 @@ class ConnectionGuard:
         self.evicted = 0
         self.timed_out = 0
 
+    @classmethod
+    def from_settings(cls, settings, lingering_time: float = 10.0) -> "ConnectionGuard":
+        """The guard of a server configured by ``settings``
+        (:class:`~update_server.access.AccessSettings`)."""
+        return cls(settings.max_connections, settings.max_connections_per_peer,
+                   settings.header_timeout, settings.idle_timeout, lingering_time)
+
     def wrap(self, factory):
         """A protocol factory for ``loop.create_server`` that guards ``factory``'s protocols."""
         guard = self
@@ -177,11 +184,12 @@ class ConnectionGuard:
             if conn.timer:
                 conn.timer.cancel()
 
-    def request_finished(self, transport, body_left: bool = False) -> None:
-        """The answer was sent: the connection is idle until its next request head, or,
-        with ``body_left``, drains the rest of the request's body first (the client may
-        still be sending it; cutting it off would reset the connection under the answer)."""
-        conn = self.conns.get(transport)
+    def request_finished(self, request: web.Request) -> None:
+        """The answer to ``request`` was sent: the connection is idle until its next request
+        head, or, if the request's body was not all read, drains the rest first (the client
+        may still be sending it; cutting it off would reset the connection under the answer)."""
+        body_left = not request.content.is_eof()
+        conn = self.conns.get(request.transport)
         if conn is not None:
             conn.phase = DRAIN if body_left else IDLE
             self._arm(conn, self.lingering_time if body_left else self.idle_timeout)

@@ -161,7 +161,7 @@ class Installer:
             log.exception("install failed")
             progress.fail("write-failed", f"{progress.stage}: {e.strerror or e}")
             raise UpdateError("write-failed", progress.message) from e
-        except Exception as e:
+        except Exception as e:  # the session must end, whatever broke
             log.exception("install failed")
             progress.fail("internal-error", f"{progress.stage}: unexpected {type(e).__name__}")
             raise UpdateError("internal-error", progress.message) from e
