@@ -561,7 +561,7 @@ class Ot2Resources:
         body = _obj(data, {"commandType", "params", "intent", "key"})
         schemas = (await self.facts())["stateless_commands"]
         command_type = body.get("commandType")
-        if command_type not in schemas:
+        if not isinstance(command_type, str) or command_type not in schemas:
             raise invalid(f"body.data.commandType: unsupported command type {str(command_type)[:40]!r} "
                           f"(supported: {', '.join(schemas)})")
         cparams = body.get("params") or {}

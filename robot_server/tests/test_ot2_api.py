@@ -300,6 +300,7 @@ def test_module_command_without_the_module(shared_robot, command_type, params):
     ({"commandType": "setRailLights", "params": {"on": 1}}, "on: must be of type boolean"),
     ({"commandType": "home", "params": {"axes": ["extensionZ"]}}, "an OT-2 has only"),
     ({"commandType": "vacuumModule/openVent", "params": {}}, "unsupported command type"),
+    ({"commandType": [], "params": {}}, "unsupported command type"),     # found by test_fuzz
 ])
 def test_stateless_command_bad_params(shared_robot, data, text):
     status, reply = shared_robot.post("/commands", {"data": data})
