@@ -379,6 +379,13 @@ class Guest:
                             "-f", str(self.ssh_key)], check=True)
         return (self.ssh_key.with_suffix(".pub")).read_text().strip()
 
+    def scp(self, source: Path, target: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`scp SOURCE root@robot:TARGET` with the test's key (today's scp: over SFTP)."""
+        return subprocess.run(
+            ["scp", "-i", str(self.ssh_key), "-P", str(self.ports["ssh"]), "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             str(source), f"root@{HOST}:{target}"], capture_output=True, text=True, timeout=timeout)
+
     def ssh(self, command: str, check: bool = True, timeout: float = 60, input: str | None = None,
             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`); `input`

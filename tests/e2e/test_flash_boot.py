@@ -4,7 +4,8 @@ The QEMU board's image is flashed onto a file target (the "card") with the mappe
 only and read-back verification, robot.toml goes onto its boot partition, and the card
 boots in QEMU: its name is the hostname and the mDNS name, the key logs in over SSH,
 robot.toml is gone, /data has grown to the end of the larger card, and a second boot
-changes nothing.
+changes nothing. On that card, with room in /data, an update is installed from a file there
+(`update-server install`, as from a USB drive) and boots in the other slot.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import pytest
 
 import ot2qemu
-from conftest import record
+from conftest import VERSION_2, record
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -51,7 +52,7 @@ def flashed_guest(images):
     robot.stop()
 
 
-def test_flashed_card_boots_provisioned(flashed_guest):
+def test_flashed_card_boots_provisioned(flashed_guest, images):
     robot = flashed_guest
     started = time.monotonic()
     robot.boot()
@@ -71,4 +72,21 @@ def test_flashed_card_boots_provisioned(flashed_guest):
     assert robot.ssh("cat /data/update-server/provision.json").stdout == report
     assert robot.ssh("cat /data/ssh/authorized_keys").stdout == keys
     record("flashed card, provisioned, 2 boots", "A", health["booted_slot"], True,
+           time.monotonic() - started)
+
+    # An update from a file on /data, installed on the robot without the network: the
+    # image's Python runs the update server's command line (`update-server install`).
+    started = time.monotonic()
+    copied = robot.scp(images["v2"] / "rootfs.bundle", "/data/update.bundle", timeout=600)
+    assert copied.returncode == 0, copied.stderr
+    done = robot.ssh("python3 -m update_server install /data/update.bundle; echo exit=$?; "
+                     "rm /data/update.bundle", timeout=600)
+    assert "exit=0" in done.stdout, done.stdout + done.stderr
+    assert f"installed {VERSION_2} in slot B, selected for the next boot" in done.stdout, done.stdout
+    health = robot.restart()
+    assert health["booted_slot"] == "B" and health["version"] == VERSION_2, health
+    health = robot.wait_boot_check()
+    assert health["name"] == "lab-robot-7"
+    assert robot.ssh("cat /data/ssh/authorized_keys").stdout == keys
+    record("update-server install from /data", "B", health["booted_slot"], True,
            time.monotonic() - started)

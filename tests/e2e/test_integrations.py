@@ -136,18 +136,10 @@ def test_boot_with_lab_equipment_attached(lab):
            time.monotonic() - started)
 
 
-def scp(guest: ot2qemu.Guest, source: Path, target: str) -> subprocess.CompletedProcess:
-    """`scp SOURCE root@robot:TARGET` with the test's key (today's scp: over SFTP)."""
-    return subprocess.run(
-        ["scp", "-i", str(guest.ssh_key), "-P", str(guest.ports["ssh"]), "-o", "BatchMode=yes",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-         str(source), f"root@{ot2qemu.HOST}:{target}"], capture_output=True, text=True, timeout=60)
-
-
 def test_the_seeds_commands_work_as_written(lab, tmp_path):
     protocol = tmp_path / "my-protocol.py"
     protocol.write_text(PROTOCOL_USING_LABSCALE)
-    copied = scp(lab, protocol, "/data/my-protocol.py")
+    copied = lab.scp(protocol, "/data/my-protocol.py")
     assert copied.returncode == 0, copied.stderr
     assert lab.ssh("cat /data/my-protocol.py").stdout == PROTOCOL_USING_LABSCALE
     # `ssh root@robot -l -c "..."`: ssh takes `-c` as -l's argument; the command runs without
