@@ -151,7 +151,7 @@ class BootControl:
     """The update contract's slot selection on an env ``storage``.
 
     ``cmdline``: where the booted slot is read; ``max_tries``: tries given to a selected
-    or good slot (1..MAX_TRIES).  Every method returns the env as written.  Methods raise
+    or good slot (1..MAX_TRIES).  The changing methods return the env as it now is.  Methods raise
     :class:`BootEnvError` (an UpdateError ``boot-env-error``) when a tool fails.  They are
     blocking (they run the tools) and serialised by a lock.
     """
