@@ -19,7 +19,8 @@ import pytest
 
 from update_server import bundle
 from update_server.api import UpdateServer
-from update_server.bootctl import from_config
+from update_server.bootctl import BootControl, from_config
+from update_server.bootmodel import BootEnv, simulate_boot
 from update_server.config import load_config
 from update_server.connlimit import GuardedSite
 from update_server.netlab import enter_netns
@@ -228,6 +229,16 @@ def make_grub_env(directory: Path) -> list:
     return [str(f) for f in files]
 
 
+def bootloader_boots(boot: BootControl, loadable: frozenset[str] = frozenset("AB")) -> str | None:
+    """Play the bootloader once on ``boot``'s env: :func:`~update_server.bootmodel.simulate_boot`
+    on the copies as the real storage reads them (primary, backup), its writes stored
+    back through that storage.  Returns the slot booted (the caller sets the cmdline)."""
+    copies = [*boot.storage.load(), None][:2]
+    outcome = simulate_boot(*copies, loadable=loadable)
+    boot.storage.store(outcome.saved)
+    return outcome.slot
+
+
 class Rig:
     """A robot in a directory: slots, boot env, cmdline, boot id, data dir, server."""
 
@@ -300,8 +311,20 @@ class Rig:
         self.stop()
         return self.start()
 
-    def env(self) -> dict:
+    def env(self) -> BootEnv:
         return self.boot.read()
+
+    def bootloader_boots(self, version: str | None = None,
+                         loadable: frozenset[str] = frozenset("AB")) -> str | None:
+        """A (re)boot through the bootloader model (:func:`bootloader_boots`): the slot it
+        boots is on the cmdline (new boot id) and carries ``version`` (unchanged when None).
+        Returns that slot."""
+        slot = bootloader_boots(self.boot, loadable)
+        if slot:
+            self.set_boot(slot)
+        if version:
+            self.set_version(version)
+        return slot
 
     def slot_a_intact(self) -> bool:
         with open(self.slots["A"], "rb") as f:

@@ -240,7 +240,7 @@ def test_downgrade_refused_then_allowed(rig, keys):
     token = rig.client.post("/server/update/begin?allow_downgrade=true").body["token"]
     assert rig.client.upload(token, old).status == 200
     token2 = rig.client.post(f"/server/update/{token}/commit")
-    assert token2.status == 200 and rig.env()["BOOT_ORDER"] == ["B", "A"]
+    assert token2.status == 200 and rig.env().order == ("B", "A")
 
 
 def test_downgrade_allowed_on_the_upload(rig, keys):
@@ -313,7 +313,7 @@ def test_full_data_ends_the_session_failed(tmp_path, keys, monkeypatch):
         assert st["stage"] == "error" and st["failed_stage"] in ("validating", "writing", "done")
         assert c.post("/server/update/begin").status == 201  # not stuck
         env = rig.env()
-        assert env["BOOT_ORDER"][0] == "A" and env["A"] == 3 and rig.slot_a_intact()
+        assert env.order[0] == "A" and env.tries["A"] == 3 and rig.slot_a_intact()
     finally:
         rig.stop()
         subprocess.run(["umount", str(data)], check=False)

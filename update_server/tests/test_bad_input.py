@@ -19,8 +19,9 @@ from conftest import (
 )
 from test_install import wait_for
 from update_server import bundle
+from update_server.bootmodel import BootEnv
 
-ORIGINAL_ENV = {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}
+ORIGINAL_ENV = BootEnv(("A", "B"), {"A": 3, "B": 3})
 
 
 def assert_error(r, status, code):
@@ -38,8 +39,8 @@ def assert_nothing_changed(rig):
 def assert_booted_slot_kept(rig):
     """After writing started: A is still booted and first; B is not bootable."""
     env = rig.env()
-    assert env["BOOT_ORDER"][0] == "A" and env["A"] == 3
-    assert env["B"] == 0 or env == ORIGINAL_ENV
+    assert env.order[0] == "A" and env.tries["A"] == 3
+    assert env.tries["B"] == 0 or env == ORIGINAL_ENV
     h = rig.client.get("/health").body
     assert h["booted_slot"] == "A" and h["slots"]["A"]["state"] == "good"
     assert rig.slot_a_intact()
@@ -115,7 +116,7 @@ def test_bit_flipped_image(rig, keys):
     data[len(data) - 1024 - 70_000] ^= 0x10  # inside the image member
     upload_expect(rig, bytes(data), 400, "hash-mismatch")
     assert_booted_slot_kept(rig)
-    assert "B" not in rig.env()["BOOT_ORDER"]
+    assert "B" not in rig.env().order
 
 
 def test_truncated_upload(rig, keys):
@@ -260,7 +261,7 @@ def test_cancel_mid_write(rig, keys):
     finally:
         sock.close()
     assert_booted_slot_kept(rig)
-    assert "B" not in rig.env()["BOOT_ORDER"]
+    assert "B" not in rig.env().order
     assert_error(rig.client.post(f"/server/update/{token}/commit"), 409, "not-ready")
     assert rig.client.post("/server/update/begin").status == 201
 
@@ -269,9 +270,9 @@ def test_cancel_after_commit_undoes_the_selection(rig, keys):
     token = rig.client.begin()
     assert rig.client.upload(token, make_bundle(keys["trusted"], IMAGE)).status == 200
     assert rig.client.post(f"/server/update/{token}/commit").status == 200
-    assert rig.env()["BOOT_ORDER"] == ["B", "A"]
+    assert rig.env().order == ("B", "A")
     assert rig.client.post("/server/update/cancel").body["cancelled"] is True
-    assert rig.env() == {"BOOT_ORDER": ["A"], "A": 3, "B": 0}
+    assert rig.env() == BootEnv(("A",), {"A": 3, "B": 0})
     assert rig.client.get("/health").body["slots"]["B"]["pending"] is False
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import socket
 
-from test_install import bootloader_boots, install
+from test_install import install
 from conftest import make_image
 from update_server import bootcheck
+from update_server.bootmodel import BootEnv
 
 
 def closed_port_url() -> str:
@@ -27,7 +28,7 @@ def trial_boot(rig, keys):
     token, _ = install(rig, keys["trusted"], make_image(100_000), version="4.0.0")
     assert rig.client.post(f"/server/update/{token}/commit").status == 200
     rig.stop()
-    bootloader_boots(rig, "B")
+    assert rig.bootloader_boots() == "B"
     rig.start()
     assert rig.client.get("/health").body["slots"]["B"]["state"] == "trial"
 
@@ -47,17 +48,20 @@ def test_unhealthy_trial_reboots(rig, keys):
     assert bootcheck.run(check_config(rig, [url, closed_port_url()], timeout=0.5)) == 2
     assert rig.reboot_marker.exists()
     env = rig.env()
-    assert env["B"] == 2 and env["BOOT_ORDER"] == ["B", "A"]  # tries keep running out
+    assert env.tries["B"] == 2 and env.order == ("B", "A")  # tries keep running out
 
 
 def test_unhealthy_confirmed_slot_does_not_reboot(rig):
     assert bootcheck.run(check_config(rig, [closed_port_url()], timeout=0.3)) == 1
     assert not rig.reboot_marker.exists()
-    assert rig.env() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}
+    assert rig.env() == BootEnv(("A", "B"), {"A": 3, "B": 3})
 
 
 def test_healthy_confirmed_slot_gets_tries_back(rig):
-    rig.boot._write(["A", "B"], {"A": 1, "B": 3})
+    rig.stop()
+    assert [rig.bootloader_boots() for _ in range(2)] == ["A", "A"]
+    assert rig.env() == BootEnv(("A", "B"), {"A": 1, "B": 3})
+    rig.start()
     url = f"http://127.0.0.1:{rig.server.port}/health"
     assert bootcheck.run(check_config(rig, [url])) == 0
-    assert rig.env()["A"] == 3
+    assert rig.env().tries["A"] == 3

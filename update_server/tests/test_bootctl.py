@@ -1,4 +1,4 @@
-"""Boot control backends driving the real fw_printenv/fw_setenv and grub-editenv."""
+"""Boot control on its storages, driving the real fw_printenv/fw_setenv and grub-editenv."""
 
 from __future__ import annotations
 
@@ -7,14 +7,35 @@ import subprocess
 
 import pytest
 
-from conftest import make_grub_env, make_uboot_env, make_uboot_env_with_backup
-from update_server.bootctl import BootEnvError, GrubEnv, UBootEnv, booted_slot_from_cmdline, serial_from_cmdline
+from conftest import bootloader_boots, make_grub_env, make_uboot_env, make_uboot_env_with_backup
+from update_server.bootctl import (
+    BootControl,
+    BootEnvError,
+    GrubStorage,
+    KernelCmdline,
+    UBootStorage,
+    booted_slot_from_cmdline,
+    serial_from_cmdline,
+)
+from update_server.bootmodel import BootEnv
 
 
 def cmdline(tmp_path, slot="A"):
     path = tmp_path / "cmdline"
     path.write_text(f"root=/dev/mmcblk0p2 rootwait ot2.slot={slot}\n")
-    return str(path)
+    return KernelCmdline(str(path))
+
+
+def uboot(configs, tmp_path, slot="A"):
+    return BootControl(UBootStorage(configs), cmdline(tmp_path, slot))
+
+
+def grub(files, tmp_path, slot="A"):
+    return BootControl(GrubStorage(files), cmdline(tmp_path, slot))
+
+
+def env(order, a, b):
+    return BootEnv(tuple(order.split()), {"A": a, "B": b})
 
 
 def fw_printenv(config):
@@ -25,30 +46,47 @@ def fw_printenv(config):
 @pytest.fixture(params=["uboot", "uboot-redundant", "uboot-backup", "grub"])
 def backend(request, tmp_path):
     if request.param == "uboot-backup":
-        return UBootEnv(make_uboot_env_with_backup(tmp_path), cmdline=cmdline(tmp_path))
+        return uboot(make_uboot_env_with_backup(tmp_path), tmp_path)
     if request.param.startswith("uboot"):
         config = make_uboot_env(tmp_path, redundant=request.param.endswith("redundant"))
-        return UBootEnv(str(config), cmdline=cmdline(tmp_path))
-    return GrubEnv(make_grub_env(tmp_path), cmdline=cmdline(tmp_path))
+        return uboot(str(config), tmp_path)
+    return grub(make_grub_env(tmp_path), tmp_path)
+
+
+def boot(b, loadable=frozenset("AB")):
+    """A reboot through the bootloader model; the booted slot goes on the cmdline."""
+    slot = bootloader_boots(b, loadable)
+    with open(b.cmdline.path, "w") as f:
+        f.write(f"ot2.slot={slot}\n")
+    return slot
 
 
 def test_contract_operations(backend):
     b = backend
     assert b.booted_slot() == "A" and b.inactive_slot() == "B"
-    assert b.read() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}
-    assert b.mark_bad("B") == {"BOOT_ORDER": ["A"], "A": 3, "B": 0}
-    assert b.select_for_next_boot("B", 3) == {"BOOT_ORDER": ["B", "A"], "A": 3, "B": 3}
-    b._write(["B", "A"], {"A": 3, "B": 1})  # the bootloader used two tries
-    assert b.set_primary("A", other_tries=0) == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 0}
-    b._write(["A", "B"], {"A": 2, "B": 0})
-    assert b.mark_good() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 0}
+    assert b.read() == env("A B", 3, 3)
+    assert b.mark_bad("B") == b.read() == env("A", 3, 0)
+    assert b.select_for_next_boot("B", 3) == b.read() == env("B A", 3, 3)
+    # the new slot never becomes healthy: its tries run out, then A is booted
+    assert [boot(b) for _ in range(4)] == ["B", "B", "B", "A"]
+    assert b.read() == env("B A", 2, 0)
+    assert b.set_primary("A", other_tries=0) == b.read() == env("A B", 2, 0)
+    assert b.mark_good() == b.read() == env("A B", 3, 0)
     with pytest.raises(BootEnvError):
         b.mark_bad("A")  # never the booted slot
 
 
+def test_mark_good_after_a_boot_that_skipped_an_unloadable_slot(backend):
+    b = backend
+    b.select_for_next_boot("B")
+    assert boot(b, loadable=frozenset("A")) == "A"
+    assert b.read() == env("B A", 2, 0)
+    assert b.mark_good() == b.read() == env("B A", 3, 0)
+
+
 def test_uboot_writes_all_variables_in_one_write(tmp_path):
     config = make_uboot_env(tmp_path)
-    b = UBootEnv(str(config), cmdline=cmdline(tmp_path))
+    b = uboot(str(config), tmp_path)
     before = os.stat(tmp_path / "uboot.env").st_mtime_ns
     b.select_for_next_boot("B")
     assert fw_printenv(config) == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
@@ -57,22 +95,22 @@ def test_uboot_writes_all_variables_in_one_write(tmp_path):
 
 def test_uboot_redundant_env_alternates_copies(tmp_path):
     config = make_uboot_env(tmp_path, redundant=True)
-    b = UBootEnv(str(config), cmdline=cmdline(tmp_path))
+    b = uboot(str(config), tmp_path)
     images = [(tmp_path / n).read_bytes() for n in ("uboot.env", "uboot-redund.env")]
     b.mark_bad("B")
     after = [(tmp_path / n).read_bytes() for n in ("uboot.env", "uboot-redund.env")]
     assert sum(a != b_ for a, b_ in zip(images, after)) == 1  # one copy written, one kept
     # the old copy going bad leaves the new one in charge
     b.select_for_next_boot("B")
-    assert b.read() == {"BOOT_ORDER": ["B", "A"], "A": 3, "B": 3}
+    assert b.read() == env("B A", 3, 3)
 
 
 def test_uboot_corrupt_env_reads_defaults_and_can_be_rewritten(tmp_path):
     config = make_uboot_env(tmp_path)
     with open(tmp_path / "uboot.env", "r+b") as f:
         f.write(b"\xde\xad\xbe\xef")  # CRC no longer matches
-    b = UBootEnv(str(config), cmdline=cmdline(tmp_path))
-    assert b.read() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}
+    b = uboot(str(config), tmp_path)
+    assert b.read() == env("A B", 3, 3)
     b.mark_bad("B")
     assert fw_printenv(config)["BOOT_ORDER"] == "A"
 
@@ -80,19 +118,19 @@ def test_uboot_corrupt_env_reads_defaults_and_can_be_rewritten(tmp_path):
 def test_uboot_primary_then_backup(tmp_path):
     configs = make_uboot_env_with_backup(tmp_path)
     primary, backup = tmp_path / "primary/uboot.env", tmp_path / "backup/uboot.env"
-    b = UBootEnv(configs, cmdline=cmdline(tmp_path))
+    b = uboot(configs, tmp_path)
     b.select_for_next_boot("B")
     assert fw_printenv(configs[0]) == fw_printenv(configs[1]) == {
         "BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
     subprocess.run(["fw_setenv", "-c", configs[1], "BOOT_ORDER", "A"], check=True)
-    assert b.read()["BOOT_ORDER"] == ["B", "A"]  # the primary wins while valid
+    assert b.read().order == ("B", "A")  # the primary wins while valid
     with open(primary, "r+b") as f:
         f.write(b"\xde\xad\xbe\xef")
-    assert b.read()["BOOT_ORDER"] == ["A"]  # CRC-bad primary: the backup
+    assert b.read().order == ("A",)  # CRC-bad primary: the backup
     os.unlink(primary)
-    assert b.read()["BOOT_ORDER"] == ["A"]  # missing primary: the backup
+    assert b.read().order == ("A",)  # missing primary: the backup
     backup.write_bytes(bytes(0x4000))
-    assert b.read() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}  # neither: defaults
+    assert b.read() == env("A B", 3, 3)  # neither: defaults
     b.mark_bad("B")  # the missing primary and the invalid backup are rewritten, primary first
     assert fw_printenv(configs[0])["BOOT_ORDER"] == fw_printenv(configs[1])["BOOT_ORDER"] == "A"
     assert os.stat(primary).st_mtime_ns <= os.stat(backup).st_mtime_ns
@@ -102,33 +140,37 @@ def test_grub_empty_env_means_defaults(tmp_path):
     files = [str(tmp_path / "grubenv"), str(tmp_path / "grubenv.bak")]
     for f in files:
         subprocess.run(["grub-editenv", f, "create"], check=True)
-    b = GrubEnv(files, cmdline=cmdline(tmp_path, "B"))
-    assert b.read() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}
+    b = grub(files, tmp_path, "B")
+    assert b.read() == env("A B", 3, 3)
     assert b.inactive_slot() == "A"
 
 
 def test_grub_primary_then_backup(tmp_path):
     files = make_grub_env(tmp_path)
-    b = GrubEnv(files, cmdline=cmdline(tmp_path))
+    b = grub(files, tmp_path)
     subprocess.run(["grub-editenv", files[1], "set", "BOOT_ORDER=B A"], check=True)
-    assert b.read()["BOOT_ORDER"] == ["A", "B"]  # primary wins while valid
+    assert b.read().order == ("A", "B")  # primary wins while valid
     os.unlink(files[0])
-    assert b.read()["BOOT_ORDER"] == ["B", "A"]  # backup when the primary is missing
+    assert b.read().order == ("B", "A")  # backup when the primary is missing
     (tmp_path / "grubenv").write_bytes(b"\0" * 1024)
-    assert b.read()["BOOT_ORDER"] == ["B", "A"]  # ... or invalid
+    assert b.read().order == ("B", "A")  # ... or invalid
     os.unlink(files[1])
-    assert b.read() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 3}  # neither: defaults
+    assert b.read() == env("A B", 3, 3)  # neither: defaults
     b.mark_bad("B")
     for f in files:
         out = subprocess.run(["grub-editenv", f, "list"], capture_output=True, text=True, check=True).stdout
         assert "BOOT_ORDER=A\n" in out
 
 
-def test_invalid_values_are_sanitised(tmp_path):
+@pytest.mark.parametrize("bad", [["BOOT_ORDER=C B B"], ["BOOT_A_LEFT=x"], ["BOOT_B_LEFT=4"], ["BOOT_ORDER="]])
+def test_a_copy_with_an_illegal_value_is_passed_over_as_the_bootloader_does(tmp_path, bad):
     files = make_grub_env(tmp_path)
-    subprocess.run(["grub-editenv", files[0], "set", "BOOT_ORDER=C B B", "BOOT_A_LEFT=x"], check=True)
-    b = GrubEnv(files, cmdline=cmdline(tmp_path))
-    assert b.read() == {"BOOT_ORDER": ["B"], "A": 0, "B": 3}
+    subprocess.run(["grub-editenv", files[1], "set", "BOOT_ORDER=B A", "BOOT_A_LEFT=1"], check=True)
+    subprocess.run(["grub-editenv", files[0], "set", *bad], check=True)
+    b = grub(files, tmp_path)
+    assert b.read() == env("B A", 1, 3)  # the backup
+    subprocess.run(["grub-editenv", files[1], "set", *bad], check=True)
+    assert b.read() == env("A B", 3, 3)  # the defaults
 
 
 def test_cmdline_parsing():
@@ -147,9 +189,8 @@ def test_serial_from_cmdline():
 
 
 def test_serial_read_from_the_kernel_cmdline(tmp_path):
-    grub = make_grub_env(tmp_path)
     (tmp_path / "cmdline").write_text("ot2.slot=B ot2.serial=00000000deadbeef\n")
-    assert GrubEnv(grub, cmdline=str(tmp_path / "cmdline")).serial() == "00000000deadbeef"
+    assert KernelCmdline(str(tmp_path / "cmdline")).serial() == "00000000deadbeef"
 
 
 def test_health_names_the_serial_from_the_cmdline(rig):

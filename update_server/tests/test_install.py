@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import COMPATIBLE, SLOT_SIZE, make_bundle, make_image
+from update_server.bootmodel import BootEnv
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05):
@@ -29,18 +30,6 @@ def install(rig, key, image, version="2.0.0"):
     return token, r
 
 
-def bootloader_boots(rig, slot, version=None):
-    """What the bootloader does on a boot: decrement the chosen slot's tries; the booted
-    rootfs then carries ``version`` (unchanged when None)."""
-    env = rig.env()
-    tries = {s: env[s] for s in "AB"}
-    tries[slot] -= 1
-    rig.boot._write(env["BOOT_ORDER"], tries)
-    rig.set_boot(slot)
-    if version:
-        rig.set_version(version)
-
-
 def test_happy_path_install_commit_trial_mark_good(any_rig, keys):
     rig = any_rig
     c = rig.client
@@ -56,12 +45,12 @@ def test_happy_path_install_commit_trial_mark_good(any_rig, keys):
     assert r.body["bytes_written"] == r.body["total_bytes"] == len(image)
     assert rig.slot_bytes("B", len(image)) == image
     # the written slot is not bootable until committed; the booted one stays first
-    assert rig.env() == {"BOOT_ORDER": ["A"], "A": 3, "B": 0}
+    assert rig.env() == BootEnv(("A",), {"A": 3, "B": 0})
     assert c.get("/health").body["slots"]["B"]["state"] == "bad"
 
     r = c.post(f"/server/update/{token}/commit")
     assert r.status == 200 and r.body["stage"] == "ready-for-restart"
-    assert rig.env() == {"BOOT_ORDER": ["B", "A"], "A": 3, "B": 3}
+    assert rig.env() == BootEnv(("B", "A"), {"A": 3, "B": 3})
     assert c.get(f"/server/update/{token}/status").body["stage"] == "ready-for-restart"
     # a second commit is harmless
     assert c.post(f"/server/update/{token}/commit").status == 200
@@ -75,7 +64,7 @@ def test_happy_path_install_commit_trial_mark_good(any_rig, keys):
     assert h["rollback"] is None and h["slots"]["B"]["pending"] is True
 
     rig.stop()
-    bootloader_boots(rig, "B", "2.0.0")
+    assert rig.bootloader_boots("2.0.0") == "B"
     c = rig.start()
     h = c.get("/health").body
     assert h["booted_slot"] == "B" and h["version"] == "2.0.0"
@@ -85,7 +74,7 @@ def test_happy_path_install_commit_trial_mark_good(any_rig, keys):
 
     r = c.post("/server/update/mark-good")
     assert r.status == 200 and r.body["confirmed"] == "2.0.0"
-    assert rig.env() == {"BOOT_ORDER": ["B", "A"], "A": 3, "B": 3}
+    assert rig.env() == BootEnv(("B", "A"), {"A": 3, "B": 3})
     h = c.get("/health").body
     assert h["slots"]["B"]["state"] == "good" and h["slots"]["B"]["pending"] is False
     assert h["rollback"] is None
@@ -99,23 +88,21 @@ def test_rollback_recorded_and_reported(any_rig, keys):
     assert rig.client.post(f"/server/update/{token}/commit").status == 200
     rig.stop()
     # the new slot never became healthy: its tries ran out, the bootloader fell back to A
-    for _ in range(3):
-        bootloader_boots(rig, "B")
-    bootloader_boots(rig, "A")
-    assert rig.env() == {"BOOT_ORDER": ["B", "A"], "A": 2, "B": 0}
+    assert [rig.bootloader_boots() for _ in range(4)] == ["B", "B", "B", "A"]
+    assert rig.env() == BootEnv(("B", "A"), {"A": 2, "B": 0})
     c = rig.start()
     h = c.get("/health").body
     assert h["booted_slot"] == "A"
     assert h["rollback"]["failed_slot"] == "B" and h["rollback"]["failed_version"] == "3.1.0"
     assert h["rollback"]["booted_slot"] == "A"
     assert h["boot_order"] == ["A", "B"] and h["slots"]["B"]["state"] == "bad"
-    assert rig.env()["B"] == 0
+    assert rig.env().tries["B"] == 0
     # recorded once, not again at the next start
     rig.restart()
     state = json.loads((rig.root / "data/update-server/state.json").read_text())
     assert len(state["rollbacks"]) == 1 and state["pending"] is None
     assert rig.client.post("/server/update/mark-good").body["booted_slot"] == "A"
-    assert rig.env() == {"BOOT_ORDER": ["A", "B"], "A": 3, "B": 0}
+    assert rig.env() == BootEnv(("A", "B"), {"A": 3, "B": 0})
 
 
 def test_ecdsa_signed_bundle_and_multipart_upload(rig, keys):
@@ -164,14 +151,14 @@ def test_grub_backup_env_is_used(tmp_path, keys, backend_files, monkeypatch):
     monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
     rig = Rig(tmp_path, keys["keyring"], backend="grub")
     primary, backup = rig.config.grubenv
-    rig.boot._write(["A", "B"], {"A": 2, "B": 1})
+    rig.boot.storage.store(BootEnv(("A", "B"), {"A": 2, "B": 1}).to_vars())
     if backend_files == "missing-primary":
         import os
         os.unlink(primary)
     else:
         with open(primary, "r+b") as f:
             f.write(b"garbage!")
-    assert rig.env() == {"BOOT_ORDER": ["A", "B"], "A": 2, "B": 1}
+    assert rig.env() == BootEnv(("A", "B"), {"A": 2, "B": 1})
     rig.start()
     try:
         token, _ = install(rig, keys["trusted"], make_image(10_000))

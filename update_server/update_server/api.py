@@ -307,9 +307,9 @@ class UpdateServer:
             "update_server_version": __version__,
             "compatible": self.config.effective_compatible(),
             "bootId": boot_id,
-            "serialNumber": self.boot.serial(),
+            "serialNumber": self.boot.cmdline.serial(),
             "booted_slot": booted,
-            "boot_order": env["BOOT_ORDER"],
+            "boot_order": list(env.order),
             "slots": slots,
             "rollback": state["rollbacks"][-1] if state["rollbacks"] else None,
             "capabilities": {
@@ -443,7 +443,7 @@ class UpdateServer:
             raise UpdateError("not-ready", f"nothing to commit: session is {progress.stage}")
         env = await self._blocking(self.boot.read)
         return web.json_response(
-            {"token": session.token, **progress.as_dict(), "boot_order": env["BOOT_ORDER"]}
+            {"token": session.token, **progress.as_dict(), "boot_order": list(env.order)}
         )
 
     async def cancel(self, request) -> web.Response:
@@ -480,8 +480,8 @@ class UpdateServer:
         return web.json_response({
             "booted_slot": result["booted_slot"],
             "confirmed": result["confirmed"],
-            "boot_order": result["boot"]["BOOT_ORDER"],
-            "tries_left": {s: result["boot"][s] for s in bootctl.SLOTS},
+            "boot_order": list(result["boot"].order),
+            "tries_left": dict(result["boot"].tries),
         })
 
     async def restart(self, request) -> web.Response:

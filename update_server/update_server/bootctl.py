@@ -7,10 +7,16 @@ The bootloader environment holds (identically for U-Boot and GRUB, see
     BOOT_A_LEFT  0..3                        boot attempts left for slot A
     BOOT_B_LEFT  0..3                        boot attempts left for slot B
 
-:class:`BootControl` implements the operations on that state; the backends
-:class:`UBootEnv` (libubootenv's ``fw_printenv``/``fw_setenv``) and :class:`GrubEnv`
-(``grub-editenv`` on a primary and backup file) only load and store the variables.
-Every change writes all three variables in one go.
+as a :class:`~update_server.bootmodel.BootEnv`.  The pieces:
+
+* :class:`BootControl`, the policy: the operations of the update contract (mark bad,
+  select, mark good, make primary) on a :class:`BootEnv`;
+* an env storage it holds, which only loads and stores the raw variables of each copy:
+  :class:`UBootStorage` (libubootenv's ``fw_printenv``/``fw_setenv``) or
+  :class:`GrubStorage` (``grub-editenv``), optionally wrapped in :class:`RemountedRW`;
+* :class:`KernelCmdline`: the booted slot and the serial number from ``/proc/cmdline``.
+
+Every change writes all three variables in one go, primary copy first.
 """
 
 from __future__ import annotations
@@ -21,17 +27,14 @@ import re
 import subprocess
 import tempfile
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Protocol
 
+from .bootmodel import DEFAULT_ENV, MAX_TRIES, BootEnv, env_from_copies
 from .errors import UpdateError
 
 log = logging.getLogger(__name__)
 
-SLOTS = ("A", "B")
-DEFAULT_ORDER = ["A", "B"]
-# Tries a slot can have: the bootloader scripts (board/ot2/boot.cmd, board/qemu/grub.cfg)
-# count BOOT_*_LEFT down from 3 and take any value outside 0..3 for a corrupt environment.
-MAX_TRIES = 3
 _TOOL_TIMEOUT = 30  # seconds
 
 
@@ -77,7 +80,7 @@ def _run(argv: list) -> str:
     return proc.stdout
 
 
-def _parse_vars(text: str) -> dict:
+def _parse_vars(text: str) -> dict[str, str]:
     values = {}
     for line in text.splitlines():
         name, sep, value = line.partition("=")
@@ -86,149 +89,139 @@ def _parse_vars(text: str) -> dict:
     return values
 
 
-class BootControl:
-    """Slot selection on top of a backend's :meth:`load` / :meth:`store`.
+class KernelCmdline:
+    """The kernel command line at ``path`` (``/proc/cmdline``), read anew on every call."""
 
-    ``cmdline``: path of the kernel command line (``/proc/cmdline``);
-    ``max_tries``: tries given to a selected or good slot;
-    ``boot_mount``: mount point remounted read-write around every write ("" = none).
-    Methods raise :class:`BootEnvError` (an UpdateError ``boot-env-error``) when a tool
-    fails.  The methods are blocking (they run the tools) and serialised by a lock.
+    def __init__(self, path: str = "/proc/cmdline"):
+        self.path = path
+
+    def _text(self) -> str:
+        try:
+            with open(self.path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def booted_slot(self) -> str | None:
+        """``"A"``/``"B"`` from ``ot2.slot=``, or ``None`` (also if unreadable)."""
+        return booted_slot_from_cmdline(self._text())
+
+    def serial(self) -> str | None:
+        """The robot's serial number from ``ot2.serial=``, or ``None``."""
+        return serial_from_cmdline(self._text())
+
+
+class EnvStorage(Protocol):
+    """Where the bootloader environment's copies live; knows nothing of their meaning."""
+
+    def load(self) -> Iterator[dict[str, str] | None]:
+        """The raw variables ``{name: value}`` of each copy, primary first, lazily;
+        ``None`` for a copy that is missing or fails its check (CRC, format)."""
+        ...
+
+    def store(self, values: dict[str, str]) -> None:
+        """Write ``values`` into every copy, primary first, each in one update.
+        Raises :class:`BootEnvError`."""
+        ...
+
+
+class RemountedRW:
+    """An :class:`EnvStorage` whose writes remount ``mount_point`` read-write around them
+    (``mount -o remount,rw``, then back to ``ro``; a failure to go back is only logged)."""
+
+    def __init__(self, storage: EnvStorage, mount_point: str):
+        self.storage = storage
+        self.mount_point = mount_point
+
+    def load(self) -> Iterator[dict[str, str] | None]:
+        return self.storage.load()
+
+    def store(self, values: dict[str, str]) -> None:
+        _run(["mount", "-o", "remount,rw", self.mount_point])
+        try:
+            self.storage.store(values)
+        finally:
+            try:
+                _run(["mount", "-o", "remount,ro", self.mount_point])
+            except BootEnvError as e:
+                log.warning("could not remount %s read-only: %s", self.mount_point, e)
+
+
+class BootControl:
+    """The update contract's slot selection on an env ``storage``.
+
+    ``cmdline``: where the booted slot is read; ``max_tries``: tries given to a selected
+    or good slot (1..MAX_TRIES).  The changing methods return the env as it now is.  Methods raise
+    :class:`BootEnvError` (an UpdateError ``boot-env-error``) when a tool fails.  They are
+    blocking (they run the tools) and serialised by a lock.
     """
 
-    def __init__(self, cmdline: str = "/proc/cmdline", max_tries: int = 3, boot_mount: str = ""):
+    def __init__(self, storage: EnvStorage, cmdline: KernelCmdline, max_tries: int = MAX_TRIES):
+        self.storage = storage
         self.cmdline = cmdline
         self.max_tries = max_tries
-        self.boot_mount = boot_mount
         self._lock = threading.RLock()
-
-    # ---- backend interface ----------------------------------------------------------
-
-    def load(self) -> dict | None:
-        """Raw variables ``{name: value}``; ``None`` if no valid environment exists."""
-        raise NotImplementedError
-
-    def store(self, values: dict) -> None:
-        """Write ``values`` (``{name: value}``) in one update."""
-        raise NotImplementedError
-
-    # ---- slots ------------------------------------------------------------------------
 
     def booted_slot(self) -> str | None:
         """``"A"``/``"B"`` from ``ot2.slot=`` on the kernel command line, or ``None``."""
-        try:
-            with open(self.cmdline) as f:
-                return booted_slot_from_cmdline(f.read())
-        except OSError:
-            return None
+        return self.cmdline.booted_slot()
 
-    def serial(self) -> str | None:
-        """The robot's serial number from ``ot2.serial=`` on the kernel command line, or ``None``."""
-        try:
-            with open(self.cmdline) as f:
-                return serial_from_cmdline(f.read())
-        except OSError:
-            return None
+    def _booted(self) -> str:
+        booted = self.booted_slot()
+        if booted is None:
+            raise UpdateError("unknown-boot-slot", f"no ot2.slot= in {self.cmdline.path}")
+        return booted
 
     def inactive_slot(self) -> str:
         """The slot not booted; UpdateError ``unknown-boot-slot`` if that is unknown."""
-        booted = self.booted_slot()
-        if booted is None:
-            raise UpdateError("unknown-boot-slot", f"no ot2.slot= in {self.cmdline}")
-        return other_slot(booted)
+        return other_slot(self._booted())
 
-    def read(self) -> dict:
-        """``{"BOOT_ORDER": ["A", "B"], "A": tries, "B": tries}``.
-
-        Missing or invalid variables take the bootloader's defaults (order ``A B``,
-        ``max_tries`` tries); an environment that cannot be loaded at all is all defaults.
-        """
+    def read(self) -> BootEnv:
+        """The env the bootloader will use: the first valid copy, else its defaults
+        (:func:`~update_server.bootmodel.env_from_copies`)."""
         with self._lock:
-            raw = self.load() or {}
-        order = [s for s in raw.get("BOOT_ORDER", "").split() if s in SLOTS]
-        order = list(dict.fromkeys(order)) or list(DEFAULT_ORDER)
-        result = {"BOOT_ORDER": order}
-        for slot in SLOTS:
-            value = raw.get(f"BOOT_{slot}_LEFT")
-            try:
-                tries = int(value) if value is not None else self.max_tries
-            except ValueError:
-                tries = 0
-            result[slot] = max(0, min(tries, MAX_TRIES))
-        return result
+            return env_from_copies(self.storage.load())
 
-    def _write(self, order: list, tries: dict) -> None:
-        values = {
-            "BOOT_ORDER": " ".join(order),
-            "BOOT_A_LEFT": str(tries["A"]),
-            "BOOT_B_LEFT": str(tries["B"]),
-        }
-        log.info("boot env: %s", values)
-        with self._boot_mounted_rw():
-            self.store(values)
+    def _write(self, env: BootEnv) -> BootEnv:
+        log.info("boot env: %s", env.to_vars())
+        self.storage.store(env.to_vars())
+        return env
 
-    @contextmanager
-    def _boot_mounted_rw(self):
-        if not self.boot_mount:
-            yield
-            return
-        _run(["mount", "-o", "remount,rw", self.boot_mount])
-        try:
-            yield
-        finally:
-            try:
-                _run(["mount", "-o", "remount,ro", self.boot_mount])
-            except BootEnvError as e:
-                log.warning("could not remount %s read-only: %s", self.boot_mount, e)
-
-    def mark_bad(self, slot: str) -> dict:
+    def mark_bad(self, slot: str) -> BootEnv:
         """Remove ``slot`` from BOOT_ORDER and set its tries to 0 (before installing).
 
         The booted slot stays first.  Refuses (``boot-env-error``) to mark the booted
-        slot bad.  Returns the new state as :meth:`read` does.
+        slot bad; ``unknown-boot-slot`` if the booted slot is unknown.
         """
         with self._lock:
-            booted = self.booted_slot()
+            booted = self._booted()
             if slot == booted:
                 raise BootEnvError(f"refusing to mark the booted slot {slot} bad")
             env = self.read()
-            order = [s for s in env["BOOT_ORDER"] if s != slot]
-            if booted:
-                order = [booted] + [s for s in order if s != booted]
-            tries = {s: env[s] for s in SLOTS}
-            tries[slot] = 0
-            self._write(order, tries)
-            return self.read()
+            return self._write(BootEnv((booted,), env.tries).with_tries(slot, 0))
 
-    def select_for_next_boot(self, slot: str, tries: int | None = None) -> dict:
+    def select_for_next_boot(self, slot: str, tries: int | None = None) -> BootEnv:
         """BOOT_ORDER = ``slot`` then the booted slot; ``slot`` gets ``tries`` (default max)."""
         with self._lock:
             env = self.read()
             booted = self.booted_slot()
             if booted and booted != slot:
-                order = [slot, booted]
+                order = (slot, booted)
             else:
-                order = [slot] + [s for s in env["BOOT_ORDER"] if s != slot]
-            left = {s: env[s] for s in SLOTS}
-            left[slot] = self.max_tries if tries is None else tries
-            self._write(order, left)
-            return self.read()
+                order = (slot, *(s for s in env.order if s != slot))
+            return self._write(BootEnv(order, env.tries).with_tries(
+                slot, self.max_tries if tries is None else tries))
 
-    def mark_good(self) -> dict:
-        """The booted slot gets ``max_tries`` tries again. Returns the new state."""
+    def mark_good(self) -> BootEnv:
+        """The booted slot gets ``max_tries`` tries again (and is listed if it was not)."""
         with self._lock:
-            booted = self.booted_slot()
-            if booted is None:
-                raise UpdateError("unknown-boot-slot", f"no ot2.slot= in {self.cmdline}")
+            booted = self._booted()
             env = self.read()
-            left = {s: env[s] for s in SLOTS}
-            if left[booted] != self.max_tries or booted not in env["BOOT_ORDER"]:
-                left[booted] = self.max_tries
-                order = env["BOOT_ORDER"] if booted in env["BOOT_ORDER"] else env["BOOT_ORDER"] + [booted]
-                self._write(order, left)
-            return self.read()
+            order = env.order if booted in env.order else (*env.order, booted)
+            good = BootEnv(order, env.tries).with_tries(booted, self.max_tries)
+            return env if good == env else self._write(good)
 
-    def set_primary(self, slot: str, other_tries: int | None = None) -> dict:
+    def set_primary(self, slot: str, other_tries: int | None = None) -> BootEnv:
         """Put ``slot`` first in BOOT_ORDER (the other slot stays listed second).
 
         ``other_tries`` optionally sets the other slot's tries in the same write (a
@@ -238,13 +231,12 @@ class BootControl:
         with self._lock:
             env = self.read()
             other = other_slot(slot)
-            left = {s: env[s] for s in SLOTS}
-            if left[slot] == 0:
-                left[slot] = self.max_tries
+            primary = BootEnv((slot, other), env.tries)
+            if primary.tries[slot] == 0:
+                primary = primary.with_tries(slot, self.max_tries)
             if other_tries is not None:
-                left[other] = other_tries
-            self._write([slot, other], left)
-            return self.read()
+                primary = primary.with_tries(other, other_tries)
+            return self._write(primary)
 
 
 def _recreate_missing_env_files(config: str) -> None:
@@ -271,80 +263,75 @@ def _recreate_missing_env_files(config: str) -> None:
             raise BootEnvError(f"cannot recreate {path}: {e}") from e
 
 
-class UBootEnv(BootControl):
-    """U-Boot environment through libubootenv's ``fw_printenv``/``fw_setenv -c CONFIG``.
+class UBootStorage:
+    """U-Boot environment copies through libubootenv's ``fw_printenv``/``fw_setenv -c CONFIG``.
 
     ``configs``: libubootenv config files, primary first, then backups (each names one
-    environment file, or two for libubootenv's own redundant format).  Reads use the
-    first config whose environment is valid; writes go to every config in order, each
-    with a script (``-s``) so that all variables change in one write.  An invalid copy
-    is rewritten starting from ``default_env`` (``-f``; by default a generated file with
-    the contract's defaults).
+    environment file, or two for libubootenv's own redundant format); each is one copy.
+    Writes go to every config in order, each with a script (``-s``) so that all variables
+    change in one write.  An invalid copy is rewritten starting from ``default_env``
+    (``-f``; by default a generated file with the bootloader's defaults).
     """
 
-    def __init__(self, configs, default_env: str = "", **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, configs: str | list[str], default_env: str = ""):
         self.configs = [configs] if isinstance(configs, str) else list(configs)
         if not self.configs:
-            raise ValueError("UBootEnv needs at least one fw_env config")
+            raise ValueError("UBootStorage needs at least one fw_env config")
         self.default_env = default_env
 
-    def load(self) -> dict | None:
+    def load(self) -> Iterator[dict[str, str] | None]:
         for config in self.configs:
             try:
                 # -f on a missing file: an invalid environment is an error, not defaults
-                out = _run(["fw_printenv", "-c", config, "-f", "/nonexistent/ot2-no-default-env"])
-                return _parse_vars(out)
+                values = _parse_vars(_run(["fw_printenv", "-c", config, "-f", "/nonexistent/ot2-no-default-env"]))
             except BootEnvError as e:
                 log.warning("U-Boot environment of %s unreadable: %s", config, e)
-        return None
+                values = None
+            yield values
 
-    def store(self, values: dict) -> None:
+    def store(self, values: dict[str, str]) -> None:
         with tempfile.TemporaryDirectory(prefix="ot2-fwenv-") as tmp:
             script = os.path.join(tmp, "script")
             with open(script, "w") as f:
-                for name, value in values.items():
-                    f.write(f"{name}={value}\n")
+                f.writelines(f"{name}={value}\n" for name, value in values.items())
             default_env = self.default_env
             if not default_env:
                 default_env = os.path.join(tmp, "default-env")
                 with open(default_env, "w") as f:
-                    f.write(f"BOOT_ORDER={' '.join(DEFAULT_ORDER)}\n")
-                    for slot in SLOTS:
-                        f.write(f"BOOT_{slot}_LEFT={self.max_tries}\n")
+                    f.writelines(f"{name}={value}\n" for name, value in DEFAULT_ENV.to_vars().items())
             for config in self.configs:
                 _recreate_missing_env_files(config)
                 _run(["fw_setenv", "-c", config, "-f", default_env, "-s", script])
-        written = self.load() or {}
+        written = next((copy for copy in self.load() if copy is not None), {})
         if any(written.get(k) != v for k, v in values.items()):
             raise BootEnvError(f"U-Boot environment did not take the new values: {written}")
 
 
-class GrubEnv(BootControl):
-    """GRUB environment blocks through ``grub-editenv``, one primary and backup files.
+class GrubStorage:
+    """GRUB environment blocks through ``grub-editenv``, a primary and backup files.
 
-    Reads the primary; if it is missing or invalid, the next file.  Writes every file in
-    order (primary first); an invalid file is recreated before it is written.
+    Each file is one copy (``None`` when missing or not a valid block).  Writes go to
+    every file in order (primary first); an invalid file is recreated before it is written.
     """
 
-    def __init__(self, files: list, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, files: list[str]):
         if not files:
-            raise ValueError("GrubEnv needs at least one environment file")
+            raise ValueError("GrubStorage needs at least one environment file")
         self.files = list(files)
 
-    def load(self) -> dict | None:
+    def load(self) -> Iterator[dict[str, str] | None]:
         for path in self.files:
+            values = None
             if not os.path.isfile(path):
                 log.warning("GRUB environment %s missing", path)
-                continue
-            try:
-                return _parse_vars(_run(["grub-editenv", path, "list"]))
-            except BootEnvError as e:
-                log.warning("GRUB environment %s invalid: %s", path, e)
-        return None
+            else:
+                try:
+                    values = _parse_vars(_run(["grub-editenv", path, "list"]))
+                except BootEnvError as e:
+                    log.warning("GRUB environment %s invalid: %s", path, e)
+            yield values
 
-    def store(self, values: dict) -> None:
+    def store(self, values: dict[str, str]) -> None:
         assignments = [f"{name}={value}" for name, value in values.items()]
         for path in self.files:
             if os.path.exists(path):
@@ -357,8 +344,12 @@ class GrubEnv(BootControl):
 
 
 def from_config(config) -> BootControl:
-    """The backend chosen by ``config.boot_backend`` ("uboot" or "grub")."""
-    common = dict(cmdline=config.cmdline, max_tries=config.max_tries, boot_mount=config.boot_mount)
+    """The policy on the storage chosen by ``config.boot_backend`` ("uboot" or "grub"),
+    remounting ``config.boot_mount`` read-write around writes if it is set."""
     if config.boot_backend == "grub":
-        return GrubEnv(config.grubenv, **common)
-    return UBootEnv(config.fw_env_config, config.uboot_default_env, **common)
+        storage = GrubStorage(config.grubenv)
+    else:
+        storage = UBootStorage(config.fw_env_config, config.uboot_default_env)
+    if config.boot_mount:
+        storage = RemountedRW(storage, config.boot_mount)
+    return BootControl(storage, KernelCmdline(config.cmdline), config.max_tries)

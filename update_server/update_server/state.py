@@ -28,7 +28,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .bootctl import SLOTS, BootControl
+from .bootctl import BootControl
+from .bootmodel import SLOTS, BootEnv
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def record_installed(store: StateStore, slot: str, version: str, sha256: str) ->
         }
 
 
-def commit(store: StateStore, boot: BootControl, slot: str, version: str, boot_id: str) -> dict:
+def commit(store: StateStore, boot: BootControl, slot: str, version: str, boot_id: str) -> BootEnv:
     """Select ``slot`` for the next boot with ``max_tries`` tries and record ``pending``."""
     with store.transaction() as state:
         env = boot.select_for_next_boot(slot, boot.max_tries)
@@ -220,7 +221,7 @@ def cancel_commit(store: StateStore, boot: BootControl, slot: str) -> None:
 def mark_good(store: StateStore, boot: BootControl, boot_id: str) -> dict:
     """Mark the booted slot good (``max_tries`` tries) and confirm a trial boot.
 
-    Returns ``{"booted_slot", "confirmed": version or None, "boot": env}``.
+    Returns ``{"booted_slot", "confirmed": version or None, "boot": BootEnv}``.
     """
     with store.transaction() as state:
         env = boot.mark_good()
@@ -239,7 +240,7 @@ def mark_good(store: StateStore, boot: BootControl, boot_id: str) -> dict:
         return {"booted_slot": booted, "confirmed": confirmed, "boot": env}
 
 
-def slot_report(state: dict, env: dict, booted: str | None, boot_id: str,
+def slot_report(state: dict, env: BootEnv, booted: str | None, boot_id: str,
                 devices: dict, system_version: str | None) -> dict:
     """Per slot ``{device, state, version, tries_left, pending}`` for ``/health``.
 
@@ -253,7 +254,7 @@ def slot_report(state: dict, env: dict, booted: str | None, boot_id: str,
         info = state["slots"].get(slot) or {}
         if slot == booted:
             label = "trial" if is_trial(state, booted, boot_id) else "good"
-        elif slot not in env["BOOT_ORDER"] or env[slot] == 0:
+        elif slot not in env.order or env.tries[slot] == 0:
             label = "bad"
         else:
             label = "inactive"
@@ -264,7 +265,7 @@ def slot_report(state: dict, env: dict, booted: str | None, boot_id: str,
             "device": devices.get(slot),
             "state": label,
             "version": version,
-            "tries_left": env[slot],
+            "tries_left": env.tries[slot],
             "pending": pending.get("slot") == slot,
         }
     return report
