@@ -221,8 +221,8 @@ class Sessions:
         session = self.get(token)
         progress = session.progress
         if progress.stage == DONE:
-            env = await _blocking(state_mod.commit, self.store, self.boot, progress.target_slot,
-                                  progress.version, self.boot_id())
+            env = await asyncio.to_thread(state_mod.commit, self.store, self.boot, progress.target_slot,
+                                        progress.version, self.boot_id())
             progress.stage = READY_FOR_RESTART
             progress.message = f"slot {progress.target_slot} selected for the next boot; restart to use it"
             log.info("committed slot %s (%s): %s", progress.target_slot, progress.version, env)
@@ -247,13 +247,8 @@ class Sessions:
             session.task.cancel()
             await asyncio.wait({session.task}, timeout=30)
         elif progress.stage == READY_FOR_RESTART:
-            await _blocking(state_mod.cancel_commit, self.store, self.boot, progress.target_slot)
+            await asyncio.to_thread(state_mod.cancel_commit, self.store, self.boot, progress.target_slot)
         if progress.stage != ERROR:
             progress.fail("cancelled", "install cancelled")
         self._end(session)
         return session
-
-
-async def _blocking(fn, *args):
-    """``fn(*args)`` in the default executor (file and boot-env I/O off the event loop)."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
