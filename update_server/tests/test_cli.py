@@ -97,11 +97,8 @@ def toml_value(v):
     return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
 
 
-def test_serve_subprocess_and_boot_check(tmp_path, keys, made, monkeypatch):
-    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
-    rig = Rig(tmp_path, keys["keyring"])
-    assert rig.bootloader_boots() == "A"  # A has a try less until the boot check
-    port = free_port()
+def write_config(rig: Rig, port: int) -> Path:
+    """The rig's configuration as the ``update-server.toml`` a command reads."""
     lines = []
     for k, v in rig.config.__dict__.items():
         if k in ("slots", "health_urls"):
@@ -114,8 +111,17 @@ def test_serve_subprocess_and_boot_check(tmp_path, keys, made, monkeypatch):
     lines.append(f"health_urls = [\"http://127.0.0.1:{port}/health\"]")
     for slot, dev in rig.config.slots.items():
         lines.append(f"[slots.{slot}]\ndevice = {json.dumps(dev)}")
-    conf = tmp_path / "update-server.toml"
+    conf = rig.root / "update-server.toml"
     conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def test_serve_subprocess_and_boot_check(tmp_path, keys, made, monkeypatch):
+    monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    rig = Rig(tmp_path, keys["keyring"])
+    assert rig.bootloader_boots() == "A"  # A has a try less until the boot check
+    port = free_port()
+    conf = write_config(rig, port)
 
     # cwd elsewhere: in the repository root, the project directory (also named
     # update_server) would shadow the editable install for "python -m"
@@ -160,28 +166,47 @@ def test_more_tries_than_the_bootloader_counts_is_a_config_error(tmp_path):
     assert r.returncode == 2 and "max_tries: expected 1..3" in r.stderr, r.stderr
 
 
-def test_install_a_local_bundle_through_the_running_server(tmp_path, keys, monkeypatch):
-    """``update-server install FILE`` (a USB drive's file) goes through the running server:
-    a signed bundle lands in slot B and is selected; an unsigned one is refused (exit 1)
-    with slot A booted and the boot order unchanged; no server is exit 2."""
+def test_install_a_local_bundle_beside_the_running_server(tmp_path, keys, monkeypatch):
+    """``update-server install FILE`` (a USB drive's file) runs the update session itself:
+    an unsigned bundle is refused (exit 1) with slot A booted and the boot order unchanged;
+    while the server has a session open the install is refused, and once it is cancelled a
+    signed bundle lands in slot B and is selected, the server then seeing it in ``/health``;
+    a server session left idle expires by itself and lets an install with ``--no-commit``
+    write the slot and not select it; a missing file is exit 2."""
     monkeypatch.setattr("update_server.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
-    rig = Rig(tmp_path, keys["keyring"])
-    rig.start()
+    rig = Rig(tmp_path, keys["keyring"], session_idle_timeout=1)
+    c = rig.start()
+    conf = write_config(rig, rig.server.port)
     try:
         image = make_image(300_000, seed=8)
         unsigned = tmp_path / "unsigned.bundle"
         unsigned.write_bytes(raw_bundle([("manifest.json", manifest_for(image)), ("rootfs.img", image)]))
-        r = cli("install", "--port", rig.server.port, unsigned, check=False)
+        r = cli("--config", conf, "install", unsigned, check=False)
         assert r.returncode == 1 and "refused: unsigned" in r.stderr, r.stderr
         assert rig.env().order == ("A", "B") and rig.slot_a_intact()
 
         signed = tmp_path / "update.bundle"
         signed.write_bytes(make_bundle(keys["trusted"], image, version="2.0.0"))
-        r = cli("install", "--port", rig.server.port, signed)
+        token = c.begin()
+        r = cli("--config", conf, "install", signed, check=False)
+        assert r.returncode == 1 and "refused: session-already-active" in r.stderr, r.stderr
+        assert c.post("/server/update/cancel", json_body={"token": token}).body["cancelled"]
+
+        r = cli("--config", conf, "install", signed)
         assert r.stdout.startswith("installed 2.0.0 in slot B, selected for the next boot"), r.stdout
         assert rig.env().order == ("B", "A")
         assert rig.slot_bytes("B", len(image)) == image and rig.slot_a_intact()
+        health = c.get("/health").body
+        assert health["boot_order"] == ["B", "A"] and health["slots"]["B"]["pending"]
+
+        token = c.begin()  # left idle, never polled: the server's timer ends it
+        time.sleep(2.5)
+        r = cli("--config", conf, "install", "--no-commit", signed)
+        assert r.stdout.startswith("installed 2.0.0 in slot B, not selected (--no-commit)"), r.stdout
+        assert rig.env().order == ("A",) and rig.slot_bytes("B", len(image)) == image
+        assert c.get(f"/server/update/{token}/status").body["error"] == "session-expired"
+        assert c.post("/server/update/begin").status == 201  # the install's session has ended
     finally:
         rig.stop()
-    r = cli("install", "--port", free_port(), signed, check=False)
-    assert r.returncode == 2 and "is the update server running" in r.stderr, r.stderr
+    r = cli("--config", conf, "install", tmp_path / "missing.bundle", check=False)
+    assert r.returncode == 2 and "missing.bundle" in r.stderr, r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import json
@@ -103,6 +104,18 @@ def test_rollback_recorded_and_reported(any_rig, keys):
     assert len(state["rollbacks"]) == 1 and state["pending"] is None
     assert rig.client.post("/server/update/mark-good").body["booted_slot"] == "A"
     assert rig.env() == BootEnv(("A", "B"), {"A": 3, "B": 0})
+
+
+def test_a_session_of_another_process_holds_off_begin(rig):
+    """A session in another process (``update-server install``) holds an flock on
+    ``session.lock``: ``begin`` is refused while it does, accepted once it is released."""
+    rig.config.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(rig.config.state_dir / "session.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = rig.client.post("/server/update/begin")
+        assert r.status == 409 and r.body["error"] == "session-already-active", r.body
+    token = rig.client.begin()
+    assert rig.client.get(f"/server/update/{token}/status").body["stage"] == "awaiting-file"
 
 
 def test_ecdsa_signed_bundle_and_multipart_upload(rig, keys):

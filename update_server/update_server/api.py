@@ -10,11 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import signal
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -23,17 +19,9 @@ from . import state as state_mod
 from .bundle import ChunkSource
 from .connlimit import ConnectionGuard, GuardedSite
 from .errors import UpdateError
-from .install import (
-    AWAITING_FILE,
-    DONE,
-    ERROR,
-    READY_FOR_RESTART,
-    VALIDATING,
-    Installer,
-    Progress,
-    slot_capacity,
-)
+from .install import slot_capacity
 from .name import Advertiser, NameStore, apply_hostname, hostname_for
+from .session import Sessions
 from .sshkeys import KeyStore
 from .tokens import TokenError, TokenStore
 
@@ -41,7 +29,6 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 64 * 1024  # bytes
 BUNDLE_OVERHEAD = 2 << 20  # bytes a bundle may have beyond its image (headers, manifest, padding)
-RECENT_SESSIONS = 8
 UPLOAD_READ_SIZE = 256 * 1024  # bytes per multipart read
 # s an upload's unread body is drained after an early answer (no signature, wrong
 # compatible, a downgrade), so the client still sending a slot-sized bundle over a slow link
@@ -56,21 +43,6 @@ OPEN = "open"          # anyone (read-only status)
 CHANGE = "change"      # trusted interface, token, or open_access
 LOGIN = "login"        # trusted interface or token (changes who may log in; never open_access)
 PRESENT = "present"    # trusted interface only (loopback, the USB link)
-
-
-@dataclass
-class Session:
-    """One update session (``token``) and its install progress."""
-
-    token: str
-    progress: Progress = field(default_factory=Progress)
-    task: asyncio.Future | None = None
-    touched: float = field(default_factory=time.monotonic)  # begin, or the end of the upload
-    allow_downgrade: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.progress.stage != ERROR
 
 
 def _error(code: str, message: str) -> web.Response:
@@ -134,7 +106,7 @@ class UpdateServer:
         self.config = config
         self.boot = bootctl.from_config(config)
         self.store = state_mod.StateStore(config.state_dir)
-        self.installer = Installer(config, self.boot, self.store)
+        self.sessions = Sessions(config, self.boot, self.store, self.boot_id)
         self.keys = KeyStore(config.ssh_dir)
         self.tokens = TokenStore(config.tokens_file)
         self.names = NameStore(config.state_dir, config.machine_id_file)
@@ -145,8 +117,6 @@ class UpdateServer:
             Advertiser(config.mdns_port, config.robot_model, config.mdns_interfaces or None)
             if config.mdns else None
         )
-        self.session: Session | None = None
-        self.sessions: OrderedDict = OrderedDict()
         self._background: set = set()
 
     # ---- application ------------------------------------------------------------------
@@ -211,7 +181,7 @@ class UpdateServer:
             await self.advertiser.close()
         for task in list(self._background):
             task.cancel()
-        self.installer.close()
+        self.sessions.close()
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -236,7 +206,7 @@ class UpdateServer:
         try:
             self._check(request)
             if request.match_info.route.handler == self.upload:
-                self._awaiting_file(request.match_info["token"])
+                self.sessions.awaiting_file(request.match_info["token"])
         except UpdateError as e:
             return _error_response(e)
         if request.headers.get("Expect", "").lower() != "100-continue":
@@ -328,45 +298,13 @@ class UpdateServer:
         """``GET /openapi.json``: the OpenAPI 3 description of this API."""
         return web.json_response(openapi.document(__version__))
 
-    # ---- update sessions --------------------------------------------------------------
-
-    def _lookup(self, token: str) -> Session:
-        session = self.sessions.get(token)
-        if session is None:
-            raise UpdateError("bad-token", "no such update session")
-        return session
-
-    def _expire_idle(self) -> None:
-        """End the active session if it waited for its file, or for its commit, for more
-        than ``session_idle_timeout`` seconds (stage ``error``, ``session-expired``)."""
-        current = self.session
-        if current is None or current.task is not None \
-                or current.progress.stage not in (AWAITING_FILE, DONE):
-            return
-        if time.monotonic() - current.touched > self.config.session_idle_timeout:
-            log.warning("update session expired in stage %s", current.progress.stage)
-            current.progress.fail("session-expired", "the session was idle for too long")
-            self.session = None
+    # ---- update sessions (session.py) -------------------------------------------------
 
     async def begin(self, request) -> web.Response:
-        """``POST /server/update/begin[?allow_downgrade=true]`` -> 201 ``{token, stage, ...}``.
-
-        409 ``session-already-active`` while another session is running and not idle
-        for ``session_idle_timeout`` seconds.  ``allow_downgrade`` lets this session
-        install a bundle older than the running system.
-        """
-        self._expire_idle()
-        current = self.session
-        if current is not None and current.active:
-            raise UpdateError("session-already-active",
-                              f"an update session is already {current.progress.stage}")
-        self.boot.inactive_slot()  # unknown-boot-slot before anything starts
-        session = Session(secrets.token_hex(16), allow_downgrade=_flag(request, "allow_downgrade"))
-        self.session = session
-        self.sessions[session.token] = session
-        while len(self.sessions) > RECENT_SESSIONS:
-            self.sessions.popitem(last=False)
-        return web.json_response({"token": session.token, **session.progress.as_dict()}, status=201)
+        """``POST /server/update/begin[?allow_downgrade=true]`` -> 201 ``{token, stage, ...}``;
+        409 ``session-already-active`` (:meth:`Sessions.begin`)."""
+        session = self.sessions.begin(_flag(request, "allow_downgrade"))
+        return web.json_response(session.as_dict(), status=201)
 
     async def _upload_source(self, request) -> ChunkSource:
         if request.content_type.startswith("multipart/"):
@@ -380,12 +318,6 @@ class UpdateServer:
             return ChunkSource(lambda: part.read_chunk(UPLOAD_READ_SIZE))
         return ChunkSource(request.content.readany)
 
-    def _awaiting_file(self, token: str) -> Session:
-        session = self._lookup(token)
-        if session.progress.stage != AWAITING_FILE:
-            raise UpdateError("file-already-sent", f"session is {session.progress.stage}")
-        return session
-
     async def upload(self, request) -> web.Response:
         """``POST /server/update/{token}/file[?allow_downgrade=true]``: the body is the
         bundle (``application/octet-stream``, or ``multipart/form-data`` with one file
@@ -394,81 +326,32 @@ class UpdateServer:
         Answers when the install has finished (200, status body) or failed (4xx error;
         409 ``downgrade`` for an older bundle unless allowed here or at ``begin``).
         """
-        self._expire_idle()
-        session = self._awaiting_file(request.match_info["token"])
-        allow_downgrade = session.allow_downgrade or _flag(request, "allow_downgrade")
-        session.progress.stage = VALIDATING
-        session.progress.message = "receiving the bundle"
-        try:
-            source = await self._upload_source(request)
-        except UpdateError as e:
-            session.progress.fail(e.code, e.message)
-            raise
-        if session.progress.cancel_requested:
-            return _error("cancelled", "install cancelled")
-        task = asyncio.ensure_future(self.installer.install(source, session.progress, allow_downgrade))
-        session.task = task
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the connection went away; the install task was cancelled too
-            return _error("cancelled", "install cancelled")
-        finally:
-            session.task = None
-            session.touched = time.monotonic()
-        return web.json_response({"token": session.token, **session.progress.as_dict()})
+        session = await self.sessions.upload(request.match_info["token"],
+                                             lambda: self._upload_source(request),
+                                             _flag(request, "allow_downgrade"))
+        return web.json_response(session.as_dict())
 
     async def status(self, request) -> web.Response:
         """``GET /server/update/{token}/status`` -> ``{stage, progress, ...}`` (an error
         adds ``error`` and ``failed_stage``)."""
-        self._expire_idle()
-        session = self._lookup(request.match_info["token"])
-        return web.json_response({"token": session.token, **session.progress.as_dict()})
+        return web.json_response(self.sessions.get(request.match_info["token"]).as_dict())
 
     async def commit(self, request) -> web.Response:
-        """``POST /server/update/{token}/commit``: select the written slot for next boot."""
-        session = self._lookup(request.match_info["token"])
-        progress = session.progress
-        if progress.stage == DONE:
-            env = await self._blocking(
-                state_mod.commit, self.store, self.boot, progress.target_slot,
-                progress.version, self.boot_id(),
-            )
-            progress.stage = READY_FOR_RESTART
-            progress.message = f"slot {progress.target_slot} selected for the next boot; restart to use it"
-            log.info("committed slot %s (%s): %s", progress.target_slot, progress.version, env)
-        elif progress.stage != READY_FOR_RESTART:
-            raise UpdateError("not-ready", f"nothing to commit: session is {progress.stage}")
+        """``POST /server/update/{token}/commit``: select the written slot for next boot
+        -> ``{token, stage: "ready-for-restart", ..., boot_order}``; 409 ``not-ready``."""
+        session = await self.sessions.commit(request.match_info["token"])
         env = await self._blocking(self.boot.read)
-        return web.json_response(
-            {"token": session.token, **progress.as_dict(), "boot_order": list(env.order)}
-        )
+        return web.json_response({**session.as_dict(), "boot_order": list(env.order)})
 
     async def cancel(self, request) -> web.Response:
         """``POST /server/update/cancel`` [``{"token": session token}``]: stop the active
         session (even mid-write).  Without a trusted interface the body must name the
         session's token (404 ``bad-token``): nobody else's update is cancelled."""
         body = await _json_body(request) if request.content_length else {}
-        session = self.session
-        if session is None or not session.active:
+        session = await self.sessions.cancel(body.get("token"), _on_trusted_interface(request))
+        if session is None:
             return web.json_response({"cancelled": False, "message": "no active update session"})
-        named = body.get("token")
-        if not _on_trusted_interface(request) and not (
-                isinstance(named, str) and secrets.compare_digest(named, session.token)):
-            raise UpdateError("bad-token", "name the session's token to cancel it")
-        progress = session.progress
-        progress.cancel_requested = True
-        if session.task is not None and not session.task.done():
-            session.task.cancel()
-            await asyncio.wait({session.task}, timeout=30)
-        elif progress.stage == READY_FOR_RESTART:
-            await self._blocking(state_mod.cancel_commit, self.store, self.boot, progress.target_slot)
-        if progress.stage != ERROR:
-            progress.fail("cancelled", "install cancelled")
-        self.session = None
-        return web.json_response({"cancelled": True, "token": session.token, **progress.as_dict()})
+        return web.json_response({"cancelled": True, **session.as_dict()})
 
     async def mark_good(self, request) -> web.Response:
         """``POST /server/update/mark-good``: the booted slot is good; confirms a trial.

@@ -148,35 +148,22 @@ def _keygen(args) -> int:
     return EXIT_OK
 
 
-class _ProgressBar:
-    """A rich progress bar on a terminal; nothing otherwise (or without rich)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        if not enabled:
-            return
+@contextlib.contextmanager
+def _rich_progress(enabled: bool):
+    """rich's progress bar on stderr (the ``progress`` extra), or ``None`` when not
+    ``enabled`` or rich is not installed."""
+    if enabled:
         try:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
         except ImportError:
+            pass
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn(), console=Console(stderr=True)) as bar:
+                yield bar
             return
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), console=Console(stderr=True))
-        self.tasks = {"hash": self.bar.add_task("hashing", total=total),
-                      "write": self.bar.add_task("writing", total=total)}
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.stop()
-
-    def __call__(self, phase: str, n: int) -> None:
-        if self.bar:
-            self.bar.advance(self.tasks[phase], n)
+    yield None
 
 
 def _create(args) -> int:
@@ -198,9 +185,12 @@ def _create(args) -> int:
     to_stdout = args.output == "-"
     try:
         out = sys.stdout.buffer if to_stdout else open(args.output + ".part", "wb")
-        with _ProgressBar(total, sys.stderr.isatty()) as bar:
-            manifest = bundle.write_bundle(out, key, args.compatible, args.bundle_version, images,
-                                           build_time=args.build_time, progress=bar)
+        with _rich_progress(sys.stderr.isatty()) as bar:
+            tasks = {phase: bar.add_task(label, total=total)
+                     for phase, label in (("hash", "hashing"), ("write", "writing"))} if bar else {}
+            manifest = bundle.write_bundle(
+                out, key, args.compatible, args.bundle_version, images, build_time=args.build_time,
+                progress=(lambda phase, n: bar.advance(tasks[phase], n)) if bar else None)
         out.flush()
         if not to_stdout:
             os.fsync(out.fileno())
@@ -290,21 +280,21 @@ def _info(args) -> int:
 
 def _install(args, config) -> int:
     """``update-server install BUNDLE``: exit 0 installed (and selected unless
-    ``--no-commit``), 1 refused or failed by the server, 2 unreadable file or no server."""
+    ``--no-commit``), 1 refused or failed (the booted slot and the boot order unchanged),
+    2 unreadable file."""
     from . import local_install
 
-    with _progress_bar(Path(args.bundle).name) as progress:
-        try:
-            status = local_install.install(config.port, args.bundle, args.allow_downgrade,
-                                           args.commit, progress)
-        except local_install.InstallFailed as e:
-            print(f"update-server install: refused: {e.code}: {e.message}", file=sys.stderr)
-            return EXIT_REJECTED
-        except OSError as e:
-            print(f"update-server install: {e} (is the update server running on port "
-                  f"{config.port}?)", file=sys.stderr)
-            return EXIT_USAGE
-    slot, version = status.get("target_slot"), status.get("version")
+    try:
+        with _install_progress(Path(args.bundle).name) as show:
+            session = asyncio.run(local_install.install(config, args.bundle, args.allow_downgrade,
+                                                        args.commit, show))
+    except UpdateError as e:
+        print(f"update-server install: refused: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    except OSError as e:
+        print(f"update-server install: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    slot, version = session.progress.target_slot, session.progress.version
     if args.commit:
         print(f"installed {version} in slot {slot}, selected for the next boot: restart to use it")
     else:
@@ -313,26 +303,24 @@ def _install(args, config) -> int:
 
 
 @contextlib.contextmanager
-def _progress_bar(name: str):
-    """A progress callback ``(sent, total)`` in bytes: rich's bar where rich is installed
-    (the ``progress`` extra), else a line on stderr every 10 %."""
-    try:
-        from rich.console import Console
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-    except ImportError:
-        shown = [-1]
+def _install_progress(name: str):
+    """A callback showing an install's :class:`~update_server.install.Progress`: rich's
+    bar where rich is installed, else a line on stderr per stage and every 10 % written."""
+    with _rich_progress(True) as bar:
+        if bar:
+            task = bar.add_task(name, total=None)
+            yield lambda p: bar.update(task, description=f"{name}: {p.stage}",
+                                       completed=p.bytes_written, total=p.total_bytes or None)
+            return
+        shown = [None]
 
-        def plain(sent: int, total: int) -> None:
-            tenth = sent * 10 // max(total, 1)
-            if tenth != shown[0]:
-                shown[0] = tenth
-                print(f"{name}: {sent * 100 // max(total, 1)} % sent", file=sys.stderr)
+        def plain(p) -> None:
+            step = (p.stage, p.bytes_written * 10 // max(p.total_bytes, 1))
+            if step != shown[0]:
+                shown[0] = step
+                print(f"{name}: {p.stage} {p.bytes_written * 100 // max(p.total_bytes, 1)} %",
+                      file=sys.stderr)
         yield plain
-        return
-    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(name, total=None)
-        yield lambda sent, total: bar.update(task, completed=sent, total=total)
 
 
 # ---------------------------------------------------------------------------------------

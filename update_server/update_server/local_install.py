@@ -1,94 +1,62 @@
 """``update-server install BUNDLE``: install a bundle from a local file (a USB drive, a file
-on ``/data``) on a robot without a network, through the running update server, as
-``rauc install`` goes through the RAUC service: the same session, verification, slot
-writing and boot selection as an upload over the network (the ``/server/update``
-endpoints of ``update_server/README.md``), so two installs can never write the inactive slot at once.
+on ``/data``) on a robot without a network, as ``rauc install`` or ``mender-update install``
+do: the update session of :mod:`update_server.session` run in this process, so the checks,
+the slot writing and the boot selection are those of an upload over the network.  The
+session lock keeps it and the running server from writing the inactive slot at once: while
+one has a session, the other's is refused (``session-already-active``).
 
-The caller is on loopback; the server trusts it as root (``docs/security.md``).
+Needs what the server needs: root, and the configuration (slots, keyring, boot env).
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import os
-from typing import BinaryIO, Callable
+import asyncio
+from typing import Callable
 
-HOST = "127.0.0.1"
-SEND_BLOCK = 1 << 20          # bytes written to the socket at a time
-ANSWER_TIMEOUT = 900.0        # s: the server answers the upload once the slot is written
+from . import bootctl, bundle
+from . import state as state_mod
+from .install import Progress
+from .session import Session, Sessions
 
-Progress = Callable[[int, int], None]   # (bytes sent, bundle size in bytes)
-
-
-class InstallFailed(Exception):
-    """The server refused or failed the install: ``code`` is its stable error code
-    (``unsigned``, ``downgrade``, ``session-already-active``, ...), ``message`` says why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+READ_SIZE = 1 << 20      # bytes read from the file at a time
+REPORT_EVERY = 0.2       # s between two calls of the progress callback
 
 
-class _Counting:
-    """A file read by http.client while the bytes read are reported to ``progress``."""
+async def install(config, path: str, allow_downgrade: bool = False, commit: bool = True,
+                  on_progress: Callable[[Progress], None] | None = None) -> Session:
+    """Install the bundle file ``path``: begin a session, stream the file into the inactive
+    slot, and unless ``commit`` is false select that slot for the next boot.
+    ``on_progress(progress)`` is called every ``REPORT_EVERY`` seconds while it runs and
+    once at the end.
 
-    def __init__(self, f: BinaryIO, size: int, progress: Progress | None) -> None:
-        self.f, self.size, self.progress, self.sent = f, size, progress, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sent += len(data)
-        if self.progress:
-            self.progress(self.sent, self.size)
-        return data
-
-
-def _call(port: int, method: str, path: str, body=None, headers: dict | None = None) -> dict:
-    conn = http.client.HTTPConnection(HOST, port, timeout=ANSWER_TIMEOUT, blocksize=SEND_BLOCK)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    try:
-        answer = json.loads(raw) if raw else {}
-    except ValueError:
-        answer = {}
-    if response.status >= 400:
-        raise InstallFailed(answer.get("error", f"http-{response.status}"),
-                            answer.get("message", raw.decode(errors="replace")[:200]))
-    return answer
-
-
-def install(port: int, path: str, allow_downgrade: bool = False, commit: bool = True,
-            progress: Progress | None = None) -> dict:
-    """Install the bundle file ``path`` through the update server on 127.0.0.1:``port``:
-    begin a session, stream the file (``progress`` is called as bytes go), and unless
-    ``commit`` is false select the written slot for the next boot.
-
-    Returns the session's last status (``{stage, target_slot, version, ...}``; with
-    ``commit``, ``stage`` is ``ready-for-restart``). Raises :class:`InstallFailed` when the
-    server refuses or fails (the booted slot and the boot selection are then unchanged),
-    ``OSError`` when the file cannot be read or the server cannot be reached.
+    Returns the session (stage ``ready-for-restart``, or ``done`` without ``commit``).
+    Raises UpdateError when the bundle is refused or the install fails (the booted slot
+    and the boot selection are then unchanged; ``session-already-active`` while the
+    server has a session), ``OSError`` when the file cannot be opened.
     """
-    size = os.path.getsize(path)
+    report = on_progress or (lambda progress: None)
     with open(path, "rb") as f:
-        token = _call(port, "POST", "/server/update/begin")["token"]
-        query = "?allow_downgrade=true" if allow_downgrade else ""
+        async def open_source() -> bundle.ChunkSource:
+            return bundle.file_source(f, READ_SIZE)
+
+        sessions = Sessions(config, bootctl.from_config(config), state_mod.StateStore(config.state_dir),
+                            lambda: state_mod.read_boot_id(config.boot_id_file))
         try:
-            status = _call(port, "POST", f"/server/update/{token}/file{query}",
-                           body=_Counting(f, size, progress),
-                           headers={"Content-Type": "application/octet-stream",
-                                    "Content-Length": str(size)})
-        except OSError:          # the session must not wait for a file that will not come
-            with contextlib.suppress(OSError, InstallFailed):
-                _call(port, "POST", "/server/update/cancel", json.dumps({"token": token}).encode(),
-                      {"Content-Type": "application/json"})
-            raise
-    if commit:
-        status = _call(port, "POST", f"/server/update/{token}/commit")
-    return status
+            session = sessions.begin(allow_downgrade)
+            reporter = asyncio.ensure_future(_report(session.progress, report))
+            try:
+                await sessions.upload(session.token, open_source)
+                if commit:
+                    await sessions.commit(session.token)
+            finally:
+                reporter.cancel()
+                report(session.progress)
+        finally:
+            sessions.close()
+    return session
+
+
+async def _report(progress: Progress, report: Callable[[Progress], None]) -> None:
+    while True:
+        report(progress)
+        await asyncio.sleep(REPORT_EVERY)
