@@ -94,7 +94,7 @@ root_key=$( (
 	echo "$base_key $wheels_key"
 	cd "$tree" && tar c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
 		--exclude=__pycache__ --exclude='*.egg-info' --exclude=tests --exclude=bench \
-		ci/build-qemu-image.sh ci/image-requirements.txt board/common board/qemu overlay \
+		ci/build-qemu-image.sh ci/make-grub-efi.sh ci/image-requirements.txt board/common board/qemu overlay \
 		update_server/pyproject.toml update_server/update_server \
 		robot_server/pyproject.toml robot_server/robot_server
 ) | hash_of)
@@ -191,9 +191,7 @@ log "making the squashfs"
 mksquashfs "$root" "$binaries/rootfs.squashfs" -comp gzip -noappend -no-progress -quiet
 
 log "making the GRUB EFI binary"
-grub-mkimage -O x86_64-efi -p /EFI/BOOT -o "$binaries/efi-part/EFI/BOOT/bootx64.efi" \
-	part_msdos fat squash4 ext2 normal linux loadenv test echo configfile search \
-	regexp reboot sleep smbios gzio xzio efi_gop all_video
+"$tree/ci/make-grub-efi.sh" "$binaries/efi-part/EFI/BOOT/bootx64.efi"
 
 log "assembling the disk image"
 "$tree/board/common/post-image.sh" "$binaries" qemu

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages that the offline image build, QEMU and the tests need.
 set -eu
-packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub-common mmdebstrap genimage
-squashfs-tools dosfstools mtools e2fsprogs fdisk u-boot-tools libubootenv-tool bmap-tools
+packages="qemu-system-x86 qemu-system-arm ovmf grub-efi-amd64-bin grub-common mmdebstrap genimage
+squashfs-tools dosfstools mtools e2fsprogs fdisk u-boot-tools u-boot-qemu libubootenv-tool bmap-tools
 openssh-client python3-venv shellcheck"
 missing=""
 for p in $packages; do
