@@ -28,8 +28,8 @@ from update_server.errors import UpdateError
 
 from .config import Config
 from .protocols import MAX_UPLOAD_BYTES
-from .errors import ApiError
-from .versioning import error_body, ot2_status
+from .errors import ApiError, error_response
+from .versioning import ot2_response
 
 OPEN, PAIR, CHANGE = "open", "pair", "change"
 READ_METHODS = ("GET", "HEAD")
@@ -56,13 +56,13 @@ def _api_error(exc: UpdateError) -> ApiError:
 
 def refusal(request: web.Request, exc: ApiError) -> web.Response:
     """The answer to a refused request: the OT-2's error shape on its endpoints
-    (``versioning.error_body``), ours elsewhere; a 401 names the scheme to use
+    (``versioning.ot2_response``), ours elsewhere; a 401 names the scheme to use
     (``WWW-Authenticate: Bearer``, RFC 6750 section 3)."""
     kind = getattr(getattr(request.match_info.handler, "op", None), "ot2", None)
-    headers = {"WWW-Authenticate": 'Bearer realm="ot2"'} if exc.status == 401 else None
-    if kind:
-        return web.json_response(error_body(kind, exc), status=ot2_status(exc), headers=headers)
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    response = ot2_response(kind, exc) if kind else error_response(exc)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ot2"'
+    return response
 
 
 class Access:

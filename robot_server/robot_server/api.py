@@ -22,7 +22,7 @@ from aiohttp import web
 from . import __version__, runs_api, usb_drives
 from .access import Access
 from .engine_host import EngineHost
-from .errors import API_ERRORS, ApiError, as_api_error
+from .errors import API_ERRORS, ApiError, as_api_error, error_response
 from .operation import Op
 from .ot2_api import HEALTH_FIELDS, MOTOR_AXES, ot2_operations
 from .service import RobotService
@@ -115,11 +115,6 @@ def pairing_operations(svc: RobotService) -> list[Op]:
            "Withdraw a waiting pairing request (the light stops); 404 bad-pairing",
            query={"pairing_id": {"type": "string", "in": "path"}}),
     ]
-
-
-def error_response(exc: ApiError) -> web.Response:
-    """Our endpoints' answer to ``exc``: ``{"error", "message"}`` with its status."""
-    return web.json_response(exc.body(), status=exc.status)
 
 
 @web.middleware

@@ -3,11 +3,11 @@ an error carries a stable ``code``; a table maps codes to HTTP statuses; the HTT
 turns an error into the body of the endpoint's API, in one place per API shape.
 
 * :class:`ApiError` ``(code, message)``: our endpoints answer ``{"error": code,
-  "message": message}`` (``api.error_middleware``, the bridge's error reply) with the
-  status of :data:`HTTP_STATUS`.
+  "message": message}`` (``api.error_middleware``, ``access.refusal``; the bridge's error
+  reply) with the status of :data:`HTTP_STATUS`.
 * :class:`Ot2Error` ``(error_id, title, detail, error_code, pointer)``: an error of the
   OT-2 robot server, status from :data:`OT2_STATUS`; the OT-2's endpoints answer every
-  error in the OT-2's shapes (``versioning.error_body``, ``runs_api``).
+  error in the OT-2's shapes (``versioning.version_middleware``, ``access.refusal``).
 * The motor driver's errors (:class:`~robot_server.driver.DriverError`) are answered
   like an :class:`ApiError` of their class's ``code`` (:func:`as_api_error`): handlers
   let them through.
@@ -20,6 +20,8 @@ robot_server/runs/router/base_router.py), opentrons_shared_data/errors/codes.py
 from __future__ import annotations
 
 from http import HTTPStatus
+
+from aiohttp import web
 
 from .driver import DriverError
 
@@ -153,6 +155,11 @@ API_ERRORS = (ApiError, DriverError)
 def as_api_error(exc: ApiError | DriverError) -> ApiError:
     """``exc`` as an :class:`ApiError`: a driver error becomes one of its class's ``code``."""
     return ApiError(exc.code, str(exc)) if isinstance(exc, DriverError) else exc
+
+
+def error_response(exc: ApiError) -> web.Response:
+    """Our endpoints' answer to ``exc``: ``{"error", "message"}`` with its status."""
+    return web.json_response(exc.body(), status=exc.status)
 
 
 def not_found(kind: str, what: str) -> Ot2Error:

@@ -99,11 +99,6 @@ def _camel(code: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in code.replace("_", "-").split("-")) or "Error"
 
 
-def ot2_status(exc: ApiError) -> int:
-    """The status the OT-2's endpoints answer ``exc`` with (:data:`~robot_server.errors.OT2_STATUS`)."""
-    return OT2_STATUS.get(exc.code, exc.status)
-
-
 def error_body(kind: str, exc: ApiError) -> dict:
     """The OT-2's error body of ``kind`` (:data:`LEGACY` / :data:`JSONAPI`) for ``exc``;
     our codes become ids in CamelCase, with the title of their status."""
@@ -119,8 +114,9 @@ def error_body(kind: str, exc: ApiError) -> dict:
 
 
 def ot2_response(kind: str, exc: ApiError) -> web.Response:
-    """The OT-2's endpoints' answer to ``exc``: :func:`error_body` with :func:`ot2_status`."""
-    return web.json_response(error_body(kind, exc), status=ot2_status(exc))
+    """The OT-2's endpoints' answer to ``exc``: :func:`error_body`, with the status of
+    :data:`~robot_server.errors.OT2_STATUS` (else of ``exc``)."""
+    return web.json_response(error_body(kind, exc), status=OT2_STATUS.get(exc.code, exc.status))
 
 
 def requested_version(value: str | None) -> int:
