@@ -28,8 +28,8 @@ from update_server.errors import UpdateError
 
 from .config import Config
 from .protocols import MAX_UPLOAD_BYTES
-from .service import ApiError
-from .versioning import error_body
+from .errors import ApiError, error_response
+from .versioning import ot2_response
 
 OPEN, PAIR, CHANGE = "open", "pair", "change"
 READ_METHODS = ("GET", "HEAD")
@@ -51,17 +51,18 @@ _CODES = {"payload-too-large": "request-too-large"}
 
 
 def _api_error(exc: UpdateError) -> ApiError:
-    return ApiError(exc.status, _CODES.get(exc.code, exc.code), exc.message)
+    return ApiError(_CODES.get(exc.code, exc.code), exc.message)
 
 
 def refusal(request: web.Request, exc: ApiError) -> web.Response:
     """The answer to a refused request: the OT-2's error shape on its endpoints
-    (``versioning.error_body``), ours elsewhere; a 401 names the scheme to use
+    (``versioning.ot2_response``), ours elsewhere; a 401 names the scheme to use
     (``WWW-Authenticate: Bearer``, RFC 6750 section 3)."""
     kind = getattr(getattr(request.match_info.handler, "op", None), "ot2", None)
-    body = error_body(kind, exc) if kind else exc.body()
-    headers = {"WWW-Authenticate": 'Bearer realm="ot2"'} if exc.status == 401 else None
-    return web.json_response(body, status=exc.status, headers=headers)
+    response = ot2_response(kind, exc) if kind else error_response(exc)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ot2"'
+    return response
 
 
 class Access:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
@@ -23,7 +22,10 @@ from aiohttp import web
 from . import __version__, runs_api, usb_drives
 from .access import Access
 from .engine_host import EngineHost
-from .service import ApiError, RobotService
+from .errors import API_ERRORS, ApiError, as_api_error, error_response
+from .operation import Op
+from .ot2_api import HEALTH_FIELDS, MOTOR_AXES, ot2_operations
+from .service import RobotService
 from .versioning import LEGACY, from_http_exception, openapi_parts, route_path, version_middleware
 
 log = logging.getLogger("robot_server.api")
@@ -38,29 +40,8 @@ _ERROR = {"type": "object", "required": ["error", "message"],
           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
 
 
-@dataclass
-class Op:
-    """One operation: HTTP method + path, and the service coroutine behind it. ``body`` /
-    ``query`` are JSON schemas (OpenAPI 3.0 subset) of its parameters."""
-
-    op_id: str
-    method: str
-    path: str
-    func: Callable[[Any], Any]
-    summary: str
-    body: dict | None = None
-    query: dict = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
-    ot2: str | None = None     # an OT-2 endpoint: its error shape, LEGACY or JSONAPI (versioning.py)
-    version_header: bool = True   # OT-2 endpoints: Opentrons-Version required
-    ot2_fields: tuple[str, ...] = ()   # with Opentrons-Version, answer only these fields
-    status: int = 200          # HTTP status of a success
-    errors: tuple[tuple[int, str], ...] = ()   # OT-2 endpoints: further error statuses answered, why
-
-
 def operations(svc: RobotService) -> list[Op]:
     """The operation table shared by HTTP routes, ``/openapi.json`` and the TCP bridge."""
-    from .ot2_api import HEALTH_FIELDS, MOTOR_AXES, ot2_operations   # late: it builds on Op
     ot2 = svc.ot2
     return [
         Op("health", "GET", "/health", ot2.health,
@@ -136,27 +117,23 @@ def pairing_operations(svc: RobotService) -> list[Op]:
     ]
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """Turn every failure into a JSON error body; client-caused ones are always 4xx."""
+    """Turn every failure into a JSON error body (:mod:`.errors`); client-caused ones are
+    always 4xx."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+    except API_ERRORS as exc:
+        return error_response(as_api_error(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        err = from_http_exception(exc)
-        return error_response(err.status, err.code, err.message)
+        return error_response(from_http_exception(exc))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:       # a bug; still answer in JSON, and log it
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal-error", "internal server error (see the server log)")
+        return error_response(ApiError("internal-error", "internal server error (see the server log)"))
 
 
 async def _params(request: web.Request, op: Op) -> Any:
@@ -173,10 +150,10 @@ async def _params(request: web.Request, op: Op) -> Any:
     try:
         body = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid-json", f"request body is not valid JSON: {exc}") from None
+        raise ApiError("invalid-json", f"request body is not valid JSON: {exc}") from None
     if params:
         if not isinstance(body, dict):
-            raise ApiError(422, "invalid-request", "the request must be a JSON object")
+            raise ApiError("invalid-request", "the request must be a JSON object")
         body = {**body, **params} if request.match_info else {**params, **body}
     return body
 

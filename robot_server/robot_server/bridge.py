@@ -45,7 +45,8 @@ from typing import Any
 
 from . import __version__
 from .access import Access
-from .service import ApiError, RobotService
+from .errors import API_ERRORS, ApiError, as_api_error
+from .service import RobotService
 
 log = logging.getLogger("robot_server.bridge")
 
@@ -224,7 +225,7 @@ class Bridge:
         """An ``auth`` message: authorise ``client`` with its token; ApiError 401 if invalid."""
         token_id = self.access.token_id(req.get("token"))
         if token_id is None:
-            raise ApiError(401, "unauthorized", "the token is not valid (revoked, or from another robot)")
+            raise ApiError("unauthorized", "the token is not valid (revoked, or from another robot)")
         client.authorised = True
         return {"authorised": True, "token_id": token_id}
 
@@ -234,9 +235,9 @@ class Bridge:
             try:
                 req = json.loads(raw.decode("utf-8"))
             except (ValueError, RecursionError) as exc:
-                raise ApiError(400, "invalid-json", f"message is not valid JSON: {exc}") from None
+                raise ApiError("invalid-json", f"message is not valid JSON: {exc}") from None
             if not isinstance(req, dict):
-                raise ApiError(422, "invalid-request", "a message must be a JSON object")
+                raise ApiError("invalid-request", "a message must be a JSON object")
             req_id = req.get("id")
             if req.get("type") == "auth":
                 client.send({"type": "reply", "id": req_id, "ok": True, "result": self._auth(client, req)})
@@ -244,20 +245,19 @@ class Bridge:
             name = req.get("command", req.get("name"))
             params = req.get("params", req.get("param", {}))
             if not isinstance(name, str):
-                raise ApiError(422, "invalid-request", "field 'command' (string) is required")
+                raise ApiError("invalid-request", "field 'command' (string) is required")
             op = self.ops.get(name)
             if op is None:
-                raise ApiError(404, "unknown-command",
+                raise ApiError("unknown-command",
                                f"unknown command {name!r}; commands: {', '.join(sorted(self.ops))}")
             if name not in self.read_only and not client.authorised:
-                raise ApiError(401, "unauthorized", f"{name!r} changes the robot: send "
+                raise ApiError("unauthorized", f"{name!r} changes the robot: send "
                                '{"type": "auth", "token": "<token>"} first (pair with \'ot2 pair\')')
             result = await op(params)
             client.send({"type": "reply", "id": req_id, "ok": True, "result": result})
-        except ApiError as exc:
-            client.send({"type": "reply", "id": req_id, "ok": False, "error": exc.code,
-                         "message": exc.message})
+        except API_ERRORS as exc:
+            client.send({"type": "reply", "id": req_id, "ok": False, **as_api_error(exc).body()})
         except Exception:   # a bug must not kill the connection
             log.exception("bridge command failed")
-            client.send({"type": "reply", "id": req_id, "ok": False, "error": "internal-error",
-                         "message": "internal server error (see the server log)"})
+            client.send({"type": "reply", "id": req_id, "ok": False,
+                         **ApiError("internal-error", "internal server error (see the server log)").body()})

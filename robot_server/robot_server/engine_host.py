@@ -15,7 +15,7 @@ import asyncio
 import logging
 
 from .config import Config
-from .engine_errors import EngineError
+from .errors import Ot2Error
 from .protocols import Analyzer, ProtocolStore
 from .runs import RunManager
 from .sandbox import Sandbox
@@ -70,8 +70,8 @@ class EngineHost:
         nothing deleted (the OT-2 erases at the next boot instead; we erase at once)."""
         active = self.runs.active()
         if active is not None and active.data["status"] != "idle":
-            raise EngineError(409, "RunNotIdle", "Run is not Idle",
-                              f"Run {active.id} is {active.data['status']}; stop it before erasing runs.")
+            raise Ot2Error("RunNotIdle", "Run is not Idle",
+                           f"Run {active.id} is {active.data['status']}; stop it before erasing runs.")
         for run in self.runs.list():
             await self.runs.delete(run["id"])
         for protocol in self.protocols.list():

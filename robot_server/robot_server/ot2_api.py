@@ -8,7 +8,7 @@ Shapes follow the OT-2's robot server (Opentrons/opentrons, robot-server/robot_s
 networking,logs,deck_calibration}.py`` and their models, ``robot/control/router.py``,
 ``modules/router.py``, ``instruments/router.py``, ``commands/router.py``,
 ``system/router.py``. Operations here run on :class:`~robot_server.service.RobotService`
-and keep its errors (4xx ``ApiError``); the HTTP layer gives them the OT-2's error shape.
+and keep its errors (:mod:`.errors`); the HTTP layer gives them the OT-2's error shape.
 """
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, ot2_facts
 from .module_monitor import ModuleMonitor
-from .service import ApiError, _bool, _number, _obj, invalid
-from .versioning import GENERAL_ERROR_CODE, Ot2Error
+from .driver import DriverError
+from .errors import (API_ERRORS, COMMUNICATION_ERROR_CODE, GENERAL_ERROR_CODE, ROBOT_IN_USE_CODE, ApiError,
+                     Ot2Error, as_api_error)
+from .operation import Op
+from .params import boolean, invalid, number, obj
+from .versioning import JSONAPI, LEGACY
 
 if TYPE_CHECKING:
     from .engine_host import EngineHost
@@ -69,9 +73,6 @@ ROBOT_POSITIONS = {"change_pipette": {"target": "mount", "left": [300, 40, 30], 
 IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 #: Reset options of the OT-2 we do not offer: clearing SSH keys changes who may log in.
 REFUSED_RESETS = {"authorizedKeys"}
-#: ``errorCode``s (opentrons_shared_data/errors/codes.py): ROBOT_IN_USE, COMMUNICATION_ERROR.
-ROBOT_IN_USE_CODE = "4001"
-COMMUNICATION_ERROR_CODE = "1000"
 #: ``securityType`` of ``POST /wifi/configure`` (the OT-2's NetworkingSecurityType).
 WIFI_SECURITY_TYPES = ("none", "wpa-psk", "wpa-eap", "unsupported")
 MAX_COMMANDS = 100          # stateless commands kept for GET /commands
@@ -215,14 +216,14 @@ class Ot2Resources:
 
     async def engaged(self, params: Any = None) -> dict:
         """``GET /motors/engaged``: ``{x, y, z_l, z_r, p_l, p_r: {enabled}}`` (OT-2 motor names)."""
-        _obj(params, set())
+        obj(params, set())
         engaged = self.svc.driver.engaged
         return {name: {"enabled": engaged[ax]} for name, ax in list(MOTOR_AXES.items())[:6]}
 
     async def disengage(self, params: Any) -> dict:
         """``POST /motors/disengage`` ``{axes: ["x", "z_l", "a", ...]}`` (OT-2 motor names or
         our letters): ``{message}`` plus the engaged motors."""
-        p = _obj(params, {"axes"})
+        p = obj(params, {"axes"})
         names = p.get("axes")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise invalid("field 'axes' must be a list of motor names")
@@ -232,13 +233,13 @@ class Ot2Resources:
     async def door_status(self, params: Any = None) -> dict:
         """``GET /robot/door/status``: ``{data: {status: "open"|"closed",
         doorRequiredClosedForProtocol}}`` (the ``enableDoorSafetySwitch`` flag)."""
-        _obj(params, set())
+        obj(params, set())
         return {"data": {"status": "open" if self.svc.gpio.door_open() else "closed",
                          "doorRequiredClosedForProtocol": await self.flag("enableDoorSafetySwitch")}}
 
     async def estop_status(self, params: Any = None) -> dict:
         """``GET /robot/control/estopStatus``: an OT-2 has no E-stop: 403 ``NotSupportedOnOT2``."""
-        raise Ot2Error(403, "NotSupportedOnOT2", "Not Supported On OT-2", "An OT-2 has no E-stop.")
+        raise Ot2Error("NotSupportedOnOT2", "Not Supported On OT-2", "An OT-2 has no E-stop.")
 
     # ------------------------------------------------------------ instruments, modules
     async def _read_eeprom(self, gcode: str, mount: str) -> str | None:
@@ -250,7 +251,7 @@ class Ot2Resources:
         try:
             async with self.svc._motion:
                 lines = await self.svc._driver_call(self.svc.driver.send, f"{gcode} {letter}")
-        except ApiError:
+        except DriverError:
             return None
         for line in lines:
             prefix, _, data = line.strip().partition(":")
@@ -278,8 +279,8 @@ class Ot2Resources:
         """``GET /pipettes[?refresh=true]``: per mount ``{model, name, id, mount_axis,
         plunger_axis, tip_length}`` (all but the axes ``null`` when empty), read from the
         pipettes' EEPROM on the first call and with ``refresh``."""
-        p = _obj(params, {"refresh"})
-        attached = await self._attached(bool(_bool(p, "refresh", default=False)))
+        p = obj(params, {"refresh"})
+        attached = await self._attached(bool(boolean(p, "refresh", default=False)))
         axes = {"left": ("z", "b"), "right": ("a", "c")}
         return {mount: {"model": attached[mount]["model"],
                         "name": pipette_name(attached[mount]["model"]) if attached[mount]["model"] else None,
@@ -290,7 +291,7 @@ class Ot2Resources:
     async def instruments(self, params: Any = None) -> dict:
         """``GET /instruments``: ``{data: [{mount, instrumentType: "pipette",
         instrumentModel, instrumentName, serialNumber, ok, data: {}}], meta}``."""
-        _obj(params, set())
+        obj(params, set())
         attached = await self._attached(False)
         data = [{"mount": mount, "instrumentType": "pipette", "instrumentModel": a["model"],
                  "instrumentName": pipette_name(a["model"]), "serialNumber": a["id"] or "",
@@ -313,7 +314,7 @@ class Ot2Resources:
         °C, speeds rpm, magnet ``height`` mm), read from the module now, or while a run or
         lease holder uses the modules the last data read (see
         :mod:`~robot_server.module_monitor`)."""
-        _obj(params, set())
+        obj(params, set())
         data = await self.module_monitor.modules()
         return {"data": data, "meta": {"cursor": 0, "totalLength": len(data)}}
 
@@ -328,13 +329,13 @@ class Ot2Resources:
         """``GET /settings``: the OT-2's advanced settings (feature flags) ``{settings:
         [{id, old_id, title, description, restart_required, value}], links}``; ``value``
         null means the default."""
-        _obj(params, set())
+        obj(params, set())
         return await self._settings_body()
 
     async def set_setting(self, params: Any) -> dict:
         """``POST /settings`` ``{id, value: true|false|null}``; stored in the data
         directory (``feature_flags.json``). Unknown ``id``: 400."""
-        p = _obj(params, {"id", "value"})
+        p = obj(params, {"id", "value"})
         setting_id, value = p.get("id"), p.get("value")
         if not isinstance(setting_id, str):
             raise invalid("field 'id' (a setting id) is required")
@@ -342,7 +343,7 @@ class Ot2Resources:
             raise invalid("field 'value' must be true, false or null")
         known = {s["id"] for s in (await self.facts())["settings"]}
         if setting_id not in known:
-            raise ApiError(400, "unknown-setting", f"{setting_id} is not recognized")
+            raise ApiError("unknown-setting", f"{setting_id} is not recognized")
         flags = self._stored_flags()
         flags[setting_id] = value
         path = self._flags_path()
@@ -355,7 +356,7 @@ class Ot2Resources:
     async def robot_settings(self, params: Any = None) -> dict:
         """``GET /settings/robot``: the OT-2 robot config (the ``opentrons`` package's
         defaults; ``left_mount_offset`` from our config, mm)."""
-        _obj(params, set())
+        obj(params, set())
         config = dict((await self.facts())["robot_config"])
         config["left_mount_offset"] = list(self.svc.config.left_mount_offset)
         return config
@@ -364,7 +365,7 @@ class Ot2Resources:
         """``GET /settings/reset/options``: ``{options: [{id, name, description}]}``, the
         OT-2's (opentrons/config/reset.py, ``reset_options(OT2)``) but ``authorizedKeys``,
         which we refuse (see :meth:`reset`)."""
-        _obj(params, set())
+        obj(params, set())
         return {"options": [o for o in (await self.facts())["reset_options"] if o["id"] not in REFUSED_RESETS]}
 
     async def reset(self, params: Any) -> dict:
@@ -394,7 +395,7 @@ class Ot2Resources:
         not_allowed = [k for k in params if k not in offered]
         if not_allowed:
             why = " (clearing SSH keys over the network is refused here)" if set(not_allowed) & REFUSED_RESETS else ""
-            raise ApiError(403, "reset-not-allowed", f"{' '.join(not_allowed)} is not a valid reset option.{why}")
+            raise ApiError("reset-not-allowed", f"{' '.join(not_allowed)} is not a valid reset option.{why}")
         chosen = [k for k, v in params.items() if v]
         if "runsHistory" in chosen and self.engine is not None:
             await self.engine.erase()
@@ -405,7 +406,7 @@ class Ot2Resources:
     async def calibration_status(self, params: Any = None) -> dict:
         """``GET /calibration/status``: deck calibration (identity: never calibrated on this
         robot) and the deprecated instrument offsets (zero)."""
-        _obj(params, set())
+        obj(params, set())
         offset = {"single": [0.0, 0.0, 0.0], "multi": [0.0, 0.0, 0.0]}
         return {"deckCalibration": {"status": "IDENTITY", "data": {
                     "type": "attitude", "matrix": IDENTITY, "lastModified": None,
@@ -418,7 +419,7 @@ class Ot2Resources:
         """``GET /networking/status``: ``{status: "full"|"limited"|"none", interfaces:
         {name: {ipAddress (CIDR), macAddress, gatewayAddress, state, type}}}`` from the
         kernel (``/sys/class/net``, ``/proc/net/route``); ``full`` = a default route."""
-        _obj(params, set())
+        obj(params, set())
         gateways = _default_gateways()
         interfaces = {}
         for dev in sorted(self.net_class.iterdir()) if self.net_class.is_dir() else []:
@@ -441,7 +442,7 @@ class Ot2Resources:
     async def wifi_list(self, params: Any = None) -> dict:
         """``GET /wifi/list``: ``{list: []}``: networks seen by the Wi-Fi interface (none
         is scanned here)."""
-        _obj(params, {"rescan"})
+        obj(params, {"rescan"})
         return {"list": []}
 
     def wireless_interfaces(self) -> list[str]:
@@ -461,11 +462,11 @@ class Ot2Resources:
         the OT-2 answers a failed ``nmcli`` configure (service/legacy/routers/
         networking.py): 401 ``{message, errorCode: "4000"}``, the message saying why
         (no Wi-Fi interface, or one this image cannot drive). The PSK is never echoed."""
-        p = _obj(params, {"ssid", "hidden", "securityType", "psk", "eapConfig"})
+        p = obj(params, {"ssid", "hidden", "securityType", "psk", "eapConfig"})
         ssid = p.get("ssid")
         if not isinstance(ssid, str):
             raise invalid("body.ssid: field required (a string)")
-        _bool(p, "hidden", default=False)
+        boolean(p, "hidden", default=False)
         security, psk, eap = p.get("securityType"), p.get("psk"), p.get("eapConfig")
         if security is not None and security not in WIFI_SECURITY_TYPES:
             raise invalid(f"body.securityType must be one of {', '.join(WIFI_SECURITY_TYPES)}")
@@ -486,8 +487,8 @@ class Ot2Resources:
         why = (f"Wi-Fi interface {', '.join(wireless)} is present, but this robot's network stack "
                f"(systemd-networkd, no Wi-Fi supplicant) cannot join Wi-Fi networks" if wireless
                else "this robot has no Wi-Fi interface")
-        raise ApiError(401, "wifi-unavailable", f"Could not join Wi-Fi network {ssid[:64]!r}: {why}; "
-                                                f"connect the robot by Ethernet or its USB link instead.")
+        raise ApiError("wifi-unavailable", f"Could not join Wi-Fi network {ssid[:64]!r}: {why}; "
+                       f"connect the robot by Ethernet or its USB link instead.")
 
     async def camera_picture(self, params: Any = None) -> dict:
         """``POST /camera/picture``: on an OT-2, a JPEG from its camera (``ffmpeg`` from
@@ -495,8 +496,8 @@ class Ot2Resources:
         has no camera support, so it answers as an OT-2 whose capture fails
         (``CameraException``, a communication error): 500 ``{message: "Failed to
         communicate with camera ...", errorCode: "1000"}``."""
-        _obj(params, set())
-        raise Ot2Error(500, "CameraException", "Camera Error",
+        obj(params, set())
+        raise Ot2Error("CameraException", "Camera Error",
                        "Failed to communicate with camera (this robot has no camera support)",
                        error_code=COMMUNICATION_ERROR_CODE)
 
@@ -506,14 +507,14 @@ class Ot2Resources:
         combined_api_server.log, update_server.log, touchscreen.log) as text, or as
         journal JSON records. Empty where there is no journal (``journalctl`` missing).
         Unknown name: 404."""
-        p = _obj(params, {"log", "format", "records"})
+        p = obj(params, {"log", "format", "records"})
         name = p.get("log")
         if name not in LOGS:
-            raise ApiError(404, "not-found", f"no log {str(name)[:40]!r}; logs: {', '.join(LOGS)}")
+            raise ApiError("not-found", f"no log {str(name)[:40]!r}; logs: {', '.join(LOGS)}")
         fmt = p.get("format", "text")
         if fmt not in ("text", "json"):
             raise invalid("query 'format' must be 'text' or 'json'")
-        records = int(_number(p, "records", 1, MAX_LOG_RECORDS, default=DEFAULT_LOG_RECORDS))
+        records = int(number(p, "records", 1, MAX_LOG_RECORDS, default=DEFAULT_LOG_RECORDS))
         unit, grep = LOGS[name]
         journalctl = shutil.which("journalctl")
         out = b""
@@ -532,7 +533,7 @@ class Ot2Resources:
 
     async def system_time(self, params: Any = None) -> dict:
         """``GET /system/time``: ``{data: {id: "time", systemTime: ISO 8601 UTC}, links: {}}``."""
-        _obj(params, set())
+        obj(params, set())
         return {"data": {"id": "time", "systemTime": _now()}, "links": {}}
 
     # ------------------------------------------------------------ stateless commands
@@ -551,14 +552,14 @@ class Ot2Resources:
         (protocol_engine/errors/exceptions.py). ``waitUntilComplete`` waits up to
         ``timeout`` ms (> 0; default: no limit). The intent is always ``setup``. Errors: 422 ``InvalidRequest`` (unknown
         command type, missing or mistyped parameters), 409 ``RunActive`` while a run is open."""
-        p = _obj(params, {"data", "waitUntilComplete", "timeout"})
+        p = obj(params, {"data", "waitUntilComplete", "timeout"})
         if self.engine is not None and self.engine.runs.active() is not None:
-            raise Ot2Error(409, "RunActive", "Run Active", "There is an active run. Close the current run "
+            raise Ot2Error("RunActive", "Run Active", "There is an active run. Close the current run "
                            "to issue commands via POST /commands.", error_code=ROBOT_IN_USE_CODE)
         data = p.get("data")
         if not isinstance(data, dict):
             raise invalid("body.data: field required (the command request)")
-        body = _obj(data, {"commandType", "params", "intent", "key"})
+        body = obj(data, {"commandType", "params", "intent", "key"})
         schemas = (await self.facts())["stateless_commands"]
         command_type = body.get("commandType")
         if not isinstance(command_type, str) or command_type not in schemas:
@@ -572,8 +573,8 @@ class Ot2Resources:
             errors = [f"axes: an OT-2 has only {', '.join(ENGINE_AXES)}"]
         if errors:
             raise invalid("; ".join(f"body.data.params.{e}" for e in errors))
-        wait = _bool(p, "waitUntilComplete", default=False)
-        timeout_ms = _number(p, "timeout", 1, 3_600_000, default=None)
+        wait = boolean(p, "waitUntilComplete", default=False)
+        timeout_ms = number(p, "timeout", 1, 3_600_000, default=None)
         command = {"id": str(uuid.uuid4()), "key": body.get("key") or str(uuid.uuid4()),
                    "commandType": command_type, "createdAt": _now(), "startedAt": None, "completedAt": None,
                    "status": "queued", "params": cparams, "result": None, "error": None,
@@ -601,10 +602,11 @@ class Ot2Resources:
                 await self.svc.set_lights({"on": cparams["on"]})
             else:
                 result = await self._module_command(command_type, cparams)
-        except ApiError as exc:
+        except API_ERRORS as exc:
+            error = as_api_error(exc)
             command.update(status="failed", error={
                 "id": str(uuid.uuid4()), "createdAt": _now(), "errorCode": GENERAL_ERROR_CODE,
-                "errorType": exc.code, "detail": exc.message, "errorInfo": {}, "wrappedErrors": [],
+                "errorType": error.code, "detail": error.message, "errorInfo": {}, "wrappedErrors": [],
                 "isDefined": False})
         else:
             command.update(status="succeeded", result=result)
@@ -614,36 +616,37 @@ class Ot2Resources:
         """A module command on the attached module ``moduleId`` (see
         :meth:`create_command`); its result. Raises ``ApiError`` with the engine's error
         type: ``ModuleNotLoadedError`` (no such module attached), ``RobotInUse`` (a lease
-        holder has the modules), or what the module reader reports."""
+        holder has the modules), or what the module reader reports: a failed command's
+        error, never an HTTP answer (so none of them is in :data:`~robot_server.errors.HTTP_STATUS`)."""
         if self._modules_busy():
-            raise ApiError(409, "RobotInUse", "A client of the G-code channel is using the robot and its modules.")
+            raise ApiError("RobotInUse", "A client of the G-code channel is using the robot and its modules.")
         module = next((m for m in await self.module_monitor.modules() if m["id"] == cparams["moduleId"]), None)
         if module is None:
-            raise ApiError(404, "ModuleNotLoadedError", f"Module {cparams['moduleId']} not found.")
+            raise ApiError("ModuleNotLoadedError", f"Module {cparams['moduleId']} not found.")
         if command_type in RETRACT_BEFORE:
             await self.svc.home({"axes": RETRACT_BEFORE[command_type]})
         reply = await self.module_monitor.execute(module["usbPort"]["path"], command_type, cparams)
         if "error" in reply:
-            raise ApiError(422, str(reply["error"]["errorType"]), str(reply["error"]["detail"]))
+            raise ApiError(str(reply["error"]["errorType"]), str(reply["error"]["detail"]))
         return reply["result"]
 
     async def list_commands(self, params: Any = None) -> dict:
         """``GET /commands?cursor=&pageLength=``: the stateless commands, oldest first,
         ``{data, meta: {cursor, totalLength}}``; a page of ``pageLength`` (default 20)
         from ``cursor`` (default: the page ending with the newest)."""
-        p = _obj(params, {"cursor", "pageLength"})
+        p = obj(params, {"cursor", "pageLength"})
         commands = list(self.commands.values())
-        length = int(_number(p, "pageLength", 1, MAX_COMMANDS, default=DEFAULT_PAGE_LENGTH))
-        cursor = int(_number(p, "cursor", 0, MAX_COMMANDS, default=max(0, len(commands) - length)))
+        length = int(number(p, "pageLength", 1, MAX_COMMANDS, default=DEFAULT_PAGE_LENGTH))
+        cursor = int(number(p, "cursor", 0, MAX_COMMANDS, default=max(0, len(commands) - length)))
         data = [dict(c) for c in commands[cursor:cursor + length]]
         return {"data": data, "meta": {"cursor": cursor, "totalLength": len(commands)}}
 
     async def get_command(self, params: Any) -> dict:
         """``GET /commands/{id}``: ``{data: command}``; unknown id: 404 ``CommandNotFound``."""
-        p = _obj(params, {"id"})
+        p = obj(params, {"id"})
         command = self.commands.get(p.get("id"))
         if command is None:
-            raise Ot2Error(404, "StatelessCommandNotFound", "Stateless Command Not Found",
+            raise Ot2Error("StatelessCommandNotFound", "Stateless Command Not Found",
                            f"Command {str(p.get('id'))[:60]} not found.")
         return {"data": dict(command)}
 
@@ -724,9 +727,6 @@ def _ipv4_cidr(ifname: str) -> str | None:
 # ---------------------------------------------------------------- operations
 def ot2_operations(svc: RobotService) -> list:
     """The OT-2 resources not in :func:`robot_server.api.operations`' own table."""
-    from .api import Op
-    from .versioning import JSONAPI, LEGACY
-
     r = svc.ot2
     return [
         Op("doorStatus", "GET", "/robot/door/status", r.door_status, "Door open/closed (OT-2 shape)",

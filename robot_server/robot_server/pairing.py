@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from update_server.tokens import MAX_CLIENT_LABEL, TokenError, TokenStore
 
 from .gpio import GPIOBackend
-from .service import ApiError
+from .errors import ApiError
 
 log = logging.getLogger("robot_server.pairing")
 
@@ -72,17 +72,17 @@ class Pairing:
         client = params.get("client") if isinstance(params, dict) else None
         if not isinstance(client, str) or not client.strip() or len(client) > MAX_CLIENT_LABEL \
                 or not client.isprintable():
-            raise ApiError(422, "invalid-request",
+            raise ApiError("invalid-request",
                            f"'client' must be a printable label of 1..{MAX_CLIENT_LABEL} characters")
         now = time.monotonic()
         self._forget_old(now)
         while self._asked and now - self._asked[0] > RATE_WINDOW:
             self._asked.popleft()
         if len(self._asked) >= RATE_LIMIT:
-            raise ApiError(429, "too-many-requests", f"at most {RATE_LIMIT} pairing requests a minute")
+            raise ApiError("too-many-requests", f"at most {RATE_LIMIT} pairing requests a minute")
         self._asked.append(now)
         if self.waiting is not None:
-            raise ApiError(409, "pairing-in-progress", "another pairing request is waiting for the button")
+            raise ApiError("pairing-in-progress", "another pairing request is waiting for the button")
         request = _Request(secrets.token_hex(16), client.strip(), now + self.timeout)
         self.requests[request.pairing_id] = request
         self.waiting = request
@@ -115,7 +115,7 @@ class Pairing:
         self._forget_old(time.monotonic())
         request = self.requests.get(params.get("pairing_id", "") if isinstance(params, dict) else "")
         if request is None:
-            raise ApiError(404, "bad-pairing", "no such pairing request")
+            raise ApiError("bad-pairing", "no such pairing request")
         return request
 
     # ---- the front button ---------------------------------------------------------------

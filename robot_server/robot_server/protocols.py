@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import worker_io
-from .engine_errors import EngineError, invalid_request, not_found
+from .errors import Ot2Error, invalid_request, not_found
 from .sandbox import Sandbox
 
 log = logging.getLogger("robot_server.protocols")
@@ -350,8 +350,8 @@ class ProtocolStore:
         if len(set(names)) != len(names):
             raise invalid_request("Two files have the same name.", "/files")
         if sum(len(content) for _, content in files) > MAX_UPLOAD_BYTES:
-            raise EngineError(413, "FileTooLarge", "File Too Large",
-                              f"The files are larger than {MAX_UPLOAD_BYTES} bytes together.")
+            raise Ot2Error("FileTooLarge", "File Too Large",
+                           f"The files are larger than {MAX_UPLOAD_BYTES} bytes together.")
         protocol_id, analysis_id = new_id(), new_id()
         directory = self.root / protocol_id
         (directory / "files").mkdir(parents=True)
@@ -363,10 +363,10 @@ class ProtocolStore:
             source = await job.source
         except FilesInvalid as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            raise EngineError(422, "ProtocolFilesInvalid", "Protocol File(s) Invalid", str(exc)) from None
+            raise Ot2Error("ProtocolFilesInvalid", "Protocol File(s) Invalid", str(exc)) from None
         except AnalysisUnavailable as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            raise EngineError(503, "AnalysisUnavailable", "Analysis Unavailable", str(exc)) from None
+            raise Ot2Error("AnalysisUnavailable", "Analysis Unavailable", str(exc)) from None
         meta = {"id": protocol_id, "createdAt": now(), "files": source["files"],
                 "protocolType": source["protocolType"], "robotType": source["robotType"],
                 "metadata": source["metadata"], "analyses": [],

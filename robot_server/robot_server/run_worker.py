@@ -23,7 +23,8 @@ Frames back (see :mod:`.worker_io`):
 
 * ``{"reply": {"ref": n, "command": {...}}`` (the queued command),
   ``{"reply": {"ref": n, "definitionUri": uri}}`` or
-  ``{"reply": {"ref": n, "error": {status, id, title, detail}}}``: the answer to request ``n``;
+  ``{"reply": {"ref": n, "error": {id, title, detail}}}`` (the server knows the
+  status of each ``id``, :data:`robot_server.errors.OT2_STATUS`): the answer to request ``n``;
 * ``{"status": s}``: the engine's run status (``idle``, ``running``, ``paused``,
   ``blocked-by-open-door``, ``stop-requested``, ``stopped``, ``finishing``, ``failed``,
   ``succeeded``), whenever it changes;
@@ -139,15 +140,15 @@ class Worker:
             return {"definitionUri": self.orchestrator.add_labware_definition(definition)}
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-            return {"error": {"status": 422, "id": "InvalidRequest", "title": "Invalid Request",
+            return {"error": {"id": "InvalidRequest", "title": "Invalid Request",
                               "detail": problems[:1000]}}
         except (ValueError, TypeError, KeyError) as exc:     # a request the engine cannot take apart
-            return {"error": {"status": 422, "id": "InvalidRequest", "title": "Invalid Request",
+            return {"error": {"id": "InvalidRequest", "title": "Invalid Request",
                               "detail": f"{type(exc).__name__}: {str(exc)[:1000]}"}}
         except errors.RunStoppedError as exc:
-            return {"error": {"status": 409, "id": "RunStopped", "title": "Run Stopped", "detail": str(exc)[:1000]}}
+            return {"error": {"id": "RunStopped", "title": "Run Stopped", "detail": str(exc)[:1000]}}
         except errors.ProtocolEngineError as exc:     # SetupCommandNotAllowedError, CommandNotAllowedError
-            return {"error": {"status": 409, "id": "CommandNotAllowed", "title": "Setup Command Not Allowed",
+            return {"error": {"id": "CommandNotAllowed", "title": "Setup Command Not Allowed",
                               "detail": str(exc)[:1000]}}
 
     def report(self) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 from . import worker_io
-from .engine_errors import ROBOT_IN_USE, EngineError, invalid_request, not_found
+from .errors import ROBOT_IN_USE_CODE, Ot2Error, invalid_request, not_found
 from .protocols import ProtocolStore, new_id, now, write_json
 from .sandbox import Sandbox, copy_in
 
@@ -169,9 +169,9 @@ class RunManager:
         files = self.protocols.files_dir(protocol_id) if protocol_id is not None else None
         current = self.current()
         if current is not None and current.data["status"] in STARTED:
-            raise EngineError(409, "RunAlreadyActive", "Run Already Active",
-                              f"Run {current.id} is {current.data['status']}; stop it before creating "
-                              "another run.", ROBOT_IN_USE)
+            raise Ot2Error("RunAlreadyActive", "Run Already Active",
+                           f"Run {current.id} is {current.data['status']}; stop it before creating "
+                           "another run.", ROBOT_IN_USE_CODE)
         if current is not None:
             if not current.finished.is_set():
                 await self.stop(current)
@@ -215,8 +215,8 @@ class RunManager:
         run = self.get(run_id)
         if not run.finished.is_set():
             if run.data["status"] != "idle":
-                raise EngineError(409, "RunNotIdle", "Run is not Idle",
-                                  f"Run {run_id} is {run.data['status']}; stop it before deleting it.")
+                raise Ot2Error("RunNotIdle", "Run is not Idle",
+                               f"Run {run_id} is {run.data['status']}; stop it before deleting it.")
             await self.stop(run)
             await run.finished.wait()       # at most STOP_GRACE_S: then the sandbox is killed
         if run_id not in self.runs:         # deleted meanwhile
@@ -230,7 +230,7 @@ class RunManager:
         if current is not False:
             raise invalid_request("Only 'current': false is accepted.", "/data/current")
         if not run.finished.is_set():
-            raise EngineError(409, "RunNotIdle", "Run is not Idle", f"Run {run_id} is {run.data['status']}.")
+            raise Ot2Error("RunNotIdle", "Run is not Idle", f"Run {run_id} is {run.data['status']}.")
         run.data["current"] = False
         run.save()
         return run.data
@@ -249,15 +249,15 @@ class RunManager:
         run = self.get(run_id)
         status = run.data["status"]
         if not run.data["current"] or status in TERMINAL or run.finished.is_set():
-            raise EngineError(409, "RunStopped", "Run Stopped", f"Run {run_id} is not the current run "
-                              f"or has finished ({status}).")
+            raise Ot2Error("RunStopped", "Run Stopped", f"Run {run_id} is not the current run "
+                           f"or has finished ({status}).")
         allowed = {"play": ("idle", "paused", "blocked-by-open-door"), "pause": ("running",),
                    "stop": ("idle", "running", "paused", "blocked-by-open-door", "finishing")}
         if action_type not in allowed:
             raise invalid_request("actionType must be 'play', 'pause' or 'stop'.", "/data/actionType")
         if status not in allowed[action_type] or (action_type == "play" and run.stop_requested):
-            raise EngineError(409, "RunActionNotAllowed", "Run Action Not Allowed",
-                              f"Cannot {action_type} run {run_id} while it is {status}.")
+            raise Ot2Error("RunActionNotAllowed", "Run Action Not Allowed",
+                           f"Cannot {action_type} run {run_id} while it is {status}.")
         action = {"id": new_id(), "createdAt": now(), "actionType": action_type}
         run.data["actions"].append(action)
         if action_type == "play" and "startedAt" not in run.data:
@@ -390,7 +390,7 @@ class RunManager:
         code = await run.proc.wait()
         for future in run.replies.values():     # asked, never answered: the run is over
             if not future.done():
-                future.set_result({"error": {"status": 409, "id": "RunStopped", "title": "Run Stopped",
+                future.set_result({"error": {"id": "RunStopped", "title": "Run Stopped",
                                              "detail": f"Run {run.id} has ended."}})
         run.replies.clear()
         await self.sandbox.kill_all(run.unit, None)     # whatever it started, whatever its session
@@ -493,7 +493,7 @@ class RunManager:
                 pass
         try:
             return self.command(run_id, command_id)
-        except EngineError:             # finished between the reply and its log line
+        except Ot2Error:             # finished between the reply and its log line
             return added
 
     async def add_labware_definition(self, run_id: str, definition: dict) -> dict:
@@ -505,10 +505,10 @@ class RunManager:
 
     async def _ask(self, run: Run, request: dict) -> dict:
         """Send ``request`` to the run's process and wait for its reply (raised as an
-        :class:`EngineError` when it is an error)."""
+        :class:`Ot2Error` when it is an error)."""
         if not run.data["current"] or run.finished.is_set() or run.stop_requested or run.data["status"] in TERMINAL:
-            raise EngineError(409, "RunStopped", "Run Stopped",
-                              f"Run {run.id} is not the current run or has finished ({run.data['status']}).")
+            raise Ot2Error("RunStopped", "Run Stopped",
+                           f"Run {run.id} is not the current run or has finished ({run.data['status']}).")
         ref = next(run.refs)
         future = run.replies[ref] = asyncio.get_running_loop().create_future()
         self._send(run, {"ref": ref, **request})
@@ -516,20 +516,20 @@ class RunManager:
             reply = await asyncio.wait_for(future, REPLY_TIMEOUT_S)
         except asyncio.TimeoutError:
             run.replies.pop(ref, None)
-            raise EngineError(503, "RunNotReady", "Run Not Ready",
-                              f"Run {run.id} did not answer within {REPLY_TIMEOUT_S:g} s.") from None
+            raise Ot2Error("RunNotReady", "Run Not Ready",
+                           f"Run {run.id} did not answer within {REPLY_TIMEOUT_S:g} s.") from None
         if "error" in reply:
             error = reply["error"]
-            raise EngineError(int(error["status"]), error["id"], error["title"], error["detail"],
-                              pointer="/data" if error["status"] == 422 else None)
+            raise Ot2Error(error["id"], error["title"], error["detail"],
+                           pointer="/data" if error["id"] == "InvalidRequest" else None)
         return reply
 
     def add_labware_offset(self, run_id: str, offset: dict) -> dict:
         """Add a labware offset to a run that has not started; the engine validates it."""
         run = self.get(run_id)
         if run.finished.is_set() or run.data["status"] != "idle" or "startedAt" in run.data:
-            raise EngineError(409, "RunAlreadyStarted", "Run Already Started",
-                              f"Run {run_id} has started; labware offsets can only be added before.")
+            raise Ot2Error("RunAlreadyStarted", "Run Already Started",
+                           f"Run {run_id} has started; labware offsets can only be added before.")
         self._send(run, {"labwareOffsets": [offset]})
         entry = {"id": new_id(), "createdAt": now(), **offset}
         run.data["labwareOffsets"].append(entry)

@@ -1,7 +1,8 @@
 """HTTP routes of the engine resources, in the OT-2 robot server's shapes (Opentrons/opentrons,
 robot-server/robot_server/protocols/router.py, runs/router/*.py, and the HTTP API's
 ``openapi.json``): bodies are ``{"data": ..., "links"?, "meta"?}``, errors
-``{"errors": [{"id", "title", "detail", "errorCode", "source"?}]}`` (:mod:`.engine_errors`).
+``{"errors": [{"id", "title", "detail", "errorCode", "source"?}]}`` (:mod:`.errors`, answered by
+``versioning.version_middleware``).
 
 =======  ====================================================  ======================
 method   path                                                  success
@@ -35,7 +36,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .engine_errors import EngineError, invalid_request
+from .errors import Ot2Error, invalid_request
 from .engine_host import EngineHost
 from .protocols import MAX_UPLOAD_BYTES
 from .versioning import JSONAPI, Ot2Endpoint, openapi_parts, route_path
@@ -49,12 +50,11 @@ def reply(data: Any, status: int = 200, **extra: Any) -> web.Response:
     return web.json_response({"data": data, **extra}, status=status)
 
 
-def _ot2_errors(handler: Handler) -> Handler:
+def _ot2_endpoint(handler: Handler) -> Handler:
+    """``handler`` as an OT-2 endpoint (``handle.op``): ``version_middleware`` checks its
+    version header and answers its errors in the OT-2's shape."""
     async def handle(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except EngineError as exc:
-            return web.json_response(exc.ot2_body(), status=exc.status)
+        return await handler(request)
 
     handle.__doc__ = handler.__doc__
     handle.op = Ot2Endpoint(JSONAPI)
@@ -112,8 +112,8 @@ async def _files(request: web.Request) -> tuple[list[tuple[str, bytes]], str | N
             while chunk := await part.read_chunk(65536):
                 size += len(chunk)
                 if size > MAX_UPLOAD_BYTES:
-                    raise EngineError(413, "FileTooLarge", "File Too Large",
-                                      f"The upload is larger than {MAX_UPLOAD_BYTES} bytes.")
+                    raise Ot2Error("FileTooLarge", "File Too Large",
+                                   f"The upload is larger than {MAX_UPLOAD_BYTES} bytes.")
                 chunks.append(chunk)
             if part.name == "files":
                 files.append(((part.filename or "").rsplit("/", 1)[-1], b"".join(chunks)))
@@ -172,8 +172,8 @@ class EngineRoutes:
         """409 ``ProtocolUsedByRun`` while a run of it is active."""
         protocol = self.protocols.get(request.match_info["protocolId"])
         if self.runs.protocol_in_use(protocol["id"]):
-            raise EngineError(409, "ProtocolUsedByRun", "Protocol Used by Run",
-                              f"Protocol {protocol['id']} is used by the active run.")
+            raise Ot2Error("ProtocolUsedByRun", "Protocol Used by Run",
+                           f"Protocol {protocol['id']} is used by the active run.")
         self.protocols.delete(protocol["id"])
         return web.json_response({})
 
@@ -342,7 +342,7 @@ def register(app: web.Application, host: EngineHost, expect_handler: Callable | 
     see ``access.Access.expect``); returns their ``/openapi.json`` ``paths``."""
     paths: dict[str, dict] = {}
     for method, path, handler in EngineRoutes(host).routes():
-        app.router.add_route(method, route_path(path), _ot2_errors(handler), expect_handler=expect_handler)
+        app.router.add_route(method, route_path(path), _ot2_endpoint(handler), expect_handler=expect_handler)
         header, errors, headers = openapi_parts(JSONAPI, header_required=True)
         entry = {"operationId": handler.__name__, "summary": (handler.__doc__ or handler.__name__).strip(),
                  "tags": ["OT-2 HTTP API"],

@@ -2,7 +2,8 @@
 
 Every operation takes a ``params`` dict (HTTP: JSON body or query; bridge: ``params``),
 validates it strictly (unknown fields are refused), and returns a JSON-able dict, or
-raises :class:`ApiError` (``status`` 4xx, ``code``, ``message``).
+raises :class:`~robot_server.errors.ApiError` or a driver error (:mod:`.errors` gives
+their HTTP status).
 
 Units: positions in mm, speeds in mm/s, durations in s. Deck coordinates of a mount are
 machine coordinates (identity deck calibration) plus the mount offset: the right mount
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable
@@ -24,86 +24,20 @@ from update_server.tokens import TokenStore, tokens_path
 from . import __version__
 from .channel import Channel
 from .config import Config
-from .driver import (AXES, MAX_SPEED, SOFT_LIMITS, BoardError, BoardNotConnected, DriverError, MotionError,
-                     MotorDriver, NotHomedError, check_axes, check_speed)
+from .driver import (AXES, MAX_SPEED, SOFT_LIMITS, BoardError, BoardNotConnected, DriverError, MotorDriver,
+                     check_axes, check_speed)
+from .errors import ApiError
 from .gpio import GPIOBackend, SimulatedGPIO
+from .ot2_api import Ot2Resources
+from .pairing import Pairing
+from .params import boolean, invalid, number, obj
 
 log = logging.getLogger("robot_server.service")
 
 MOUNT_AXES = {"left": ("Z", "B"), "right": ("A", "C")}   # (mount axis, plunger axis)
 
 
-class ApiError(Exception):
-    """An error reply: HTTP ``status`` (always 4xx for anything a client can cause),
-    machine-readable ``code`` and a human ``message``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def body(self) -> dict:
-        return {"error": self.code, "message": self.message}
-
-
-def from_driver_error(exc: DriverError) -> ApiError:
-    """Map driver exceptions: bad motion requests -> 422; not homed, board missing,
-    timeouts, alarms, halts, board errors -> 409 (the request conflicts with the
-    robot's state; retrying after homing/reconnecting can succeed)."""
-    if isinstance(exc, NotHomedError):
-        return ApiError(409, exc.code, str(exc))
-    if isinstance(exc, MotionError):
-        return ApiError(422, exc.code, str(exc))
-    return ApiError(409, exc.code, str(exc))
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid-request", message)
-
-
 # ---------------------------------------------------------------- param helpers
-def _obj(params: Any, allowed: set[str]) -> dict:
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise invalid("the request must be a JSON object")
-    extra = sorted(set(params) - allowed)
-    if extra:
-        raise invalid(f"unknown field(s): {', '.join(map(str, extra))}; allowed: {', '.join(sorted(allowed)) or 'none'}")
-    return params
-
-
-def _bool(params: dict, key: str, required: bool = False, default: bool | None = None) -> bool | None:
-    if key not in params:
-        if required:
-            raise invalid(f"field {key!r} is required")
-        return default
-    val = params[key]
-    if isinstance(val, str) and val.lower() in ("true", "false", "1", "0"):   # query strings
-        return val.lower() in ("true", "1")
-    if not isinstance(val, bool):
-        raise invalid(f"field {key!r} must be true or false")
-    return val
-
-
-def _number(params: dict, key: str, lo: float, hi: float, default: float | None = None,
-            code: str = "invalid-request") -> float | None:
-    if key not in params or params[key] is None:
-        return default
-    val = params[key]
-    if isinstance(val, str):
-        try:
-            val = float(val)
-        except ValueError:
-            raise ApiError(422, code, f"field {key!r} must be a number") from None
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-        raise ApiError(422, code, f"field {key!r} must be a finite number")
-    if not lo <= val <= hi:
-        raise ApiError(422, code, f"field {key!r} must be in [{lo:g}, {hi:g}], got {val:g}")
-    return float(val)
-
-
 def _mount(params: dict, required: bool = True) -> str | None:
     mount = params.get("mount")
     if mount is None:
@@ -118,10 +52,7 @@ def _mount(params: dict, required: bool = True) -> str | None:
 def _speed(params: dict, axes: str) -> float | None:
     if "speed" not in params or params["speed"] is None:
         return None
-    try:
-        return check_speed(params["speed"], axes)
-    except DriverError as exc:
-        raise from_driver_error(exc) from None
+    return check_speed(params["speed"], axes)
 
 
 # ---------------------------------------------------------------- events
@@ -184,8 +115,6 @@ class RobotService:
         self.started = time.time()
         self.system_version = _system_version()
         self.channel = Channel(self)
-        from .ot2_api import Ot2Resources                # late: it imports this module
-        from .pairing import Pairing
         self.ot2 = Ot2Resources(self)
         self.tokens = TokenStore(tokens_path(config.data_dir))
         self.pairing = Pairing(self.tokens, gpio, config.pairing_timeout)
@@ -281,12 +210,12 @@ class RobotService:
 
     # ------------------------------------------------------------ motion helpers
     async def _driver_call(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` in the driver's thread; a lost board is noted for ``/health``."""
         try:
             return await self._run(fn, *args)
-        except DriverError as exc:
-            if isinstance(exc, BoardNotConnected):
-                self.board_error = str(exc)
-            raise from_driver_error(exc) from None
+        except BoardNotConnected as exc:
+            self.board_error = str(exc)
+            raise
 
     async def _wait_door(self) -> float:
         """Wait (while a motion is in progress) until the door is closed. Returns the
@@ -299,7 +228,7 @@ class RobotService:
         try:
             await asyncio.wait_for(self._door_closed.wait(), self.door_wait_timeout)
         except asyncio.TimeoutError:
-            raise ApiError(409, "door-open", f"motion paused: door open for more than "
+            raise ApiError("door-open", f"motion paused: door open for more than "
                            f"{self.door_wait_timeout:g} s; the remaining motion was cancelled") from None
         finally:
             self.paused = False
@@ -307,12 +236,12 @@ class RobotService:
 
     def _refuse_if_door_open(self) -> None:
         if self.gpio.door_open():
-            raise ApiError(409, "door-open", "the door is open; close it before moving the robot")
+            raise ApiError("door-open", "the door is open; close it before moving the robot")
 
     def _refuse_if_leased(self) -> None:
         """409 ``robot-leased`` naming the holder while the G-code channel lends the board."""
         if self.channel.lease is not None:
-            raise ApiError(409, "robot-leased", self.channel.busy_message())
+            raise ApiError("robot-leased", self.channel.busy_message())
 
     @contextlib.asynccontextmanager
     async def _board(self) -> AsyncIterator[None]:
@@ -356,7 +285,7 @@ class RobotService:
     # ------------------------------------------------------------ operations
     async def health(self, params: Any = None) -> dict:
         """Server and motor-board state; answers even with no board connected."""
-        _obj(params, set())
+        obj(params, set())
         d = self.driver
         return {"name": "robot-server", "version": __version__, "system_version": self.system_version,
                 "api_version": 1, "uptime": round(time.time() - self.started, 3),
@@ -368,20 +297,20 @@ class RobotService:
 
     async def get_lights(self, params: Any = None) -> dict:
         """``{on}``: frame lights; ``button``: button LED colours."""
-        _obj(params, set())
+        obj(params, set())
         return {"on": self.gpio.lights_on(), "button": self.gpio.button_light()}
 
     async def set_lights(self, params: Any) -> dict:
         """Body ``{on: bool}`` switches the frame lights; optional ``button: {red, green,
         blue}`` sets the button LED."""
-        p = _obj(params, {"on", "button"})
-        on = _bool(p, "on", required="button" not in p)
+        p = obj(params, {"on", "button"})
+        on = boolean(p, "on", required="button" not in p)
         if on is not None:
             self.gpio.set_lights(on)
         if "button" in p:
-            b = _obj(p["button"], {"red", "green", "blue"})
+            b = obj(p["button"], {"red", "green", "blue"})
             cur = self.gpio.button_light()
-            self.gpio.set_button_light(*(_bool(b, c, default=cur[c]) for c in ("red", "green", "blue")))
+            self.gpio.set_button_light(*(boolean(b, c, default=cur[c]) for c in ("red", "green", "blue")))
         result = await self.get_lights()
         self.events.publish("lights", result)
         return result
@@ -390,7 +319,7 @@ class RobotService:
         """Home all axes (default, or ``target: "robot"``), one mount's axes
         (``target: "pipette"``/``"mount"`` + ``mount``: the mount axis and its plunger),
         or named axes (``axis: "X"`` / ``axes: ["X", "Y"]``). Order: Z A B C, X, Y."""
-        p = _obj(params, {"target", "mount", "axis", "axes"})
+        p = obj(params, {"target", "mount", "axis", "axes"})
         target = p.get("target", "robot")
         if target not in ("robot", "pipette", "mount"):
             raise invalid("field 'target' must be 'robot', 'pipette' or 'mount'")
@@ -400,10 +329,7 @@ class RobotService:
             names = [p["axis"]] if "axis" in p else p["axes"]
             if not isinstance(names, list) or not names:
                 raise invalid("field 'axes' must be a non-empty list of axis names")
-            try:
-                axes = check_axes(names)
-            except DriverError as exc:
-                raise from_driver_error(exc) from None
+            axes = check_axes(names)
         elif target == "robot":
             if "mount" in p:
                 raise invalid("'mount' is only valid with target 'pipette' or 'mount'")
@@ -429,7 +355,7 @@ class RobotService:
         soft limits, homing, speed) before anything moves. Errors: 422 ``unknown-axis``,
         ``soft-limit``, ``invalid-speed``, ``invalid-request``; 409 ``not-homed``,
         ``door-open``, ``board-*``."""
-        p = _obj(params, {"target", "mount", "point", "axes", "speed", "strategy"})
+        p = obj(params, {"target", "mount", "point", "axes", "speed", "strategy"})
         strategy = p.get("strategy", "direct")
         if strategy not in ("direct", "arc"):
             raise invalid("field 'strategy' must be 'direct' or 'arc'")
@@ -439,10 +365,7 @@ class RobotService:
             axes = p["axes"]
             if not isinstance(axes, dict) or not axes:
                 raise invalid("field 'axes' must be an object of axis name -> mm")
-            try:
-                targets = {check_axes([k]): v for k, v in axes.items()}
-            except DriverError as exc:
-                raise from_driver_error(exc) from None
+            targets = {check_axes([k]): v for k, v in axes.items()}
             segments = [targets]
         else:
             target = p.get("target", "mount")
@@ -468,10 +391,7 @@ class RobotService:
         self._refuse_if_leased()
         # validate every segment against limits and homing before anything moves
         for seg, seg_speed in plan:
-            try:
-                self.driver.validate_move(seg, seg_speed)
-            except DriverError as exc:
-                raise from_driver_error(exc) from None
+            self.driver.validate_move(seg, seg_speed)
         self._refuse_if_door_open()
         paused = await self._motion_sequence([(self.driver.move, (seg, spd)) for seg, spd in plan])
         return {"paused_s": round(paused, 3), **self._positions()}
@@ -494,8 +414,8 @@ class RobotService:
                 try:
                     await self._driver_call(self.driver.read_homing_status)
                     await self._driver_call(self.driver.read_position)
-                except ApiError as exc:
-                    log.warning("after stop: %s", exc.message)
+                except DriverError as exc:
+                    log.warning("after stop: %s", exc)
         self._publish_position()
         return {"halted": halted, "homed_all": all(self.driver.homed.values())}
 
@@ -503,34 +423,31 @@ class RobotService:
         """Current position: ``position`` per axis (mm, machine; ``null`` if unknown),
         ``mounts`` (deck coordinates of each mount, mm), ``homed``, ``engaged``. With
         ``refresh=true`` the position is re-read from the board (``M114.2``) first."""
-        p = _obj(params, {"refresh"})
-        if _bool(p, "refresh", default=False) and self.channel.lease is None:
+        p = obj(params, {"refresh"})
+        if boolean(p, "refresh", default=False) and self.channel.lease is None:
             async with self._board():
                 await self._driver_call(self.driver.read_position)
         return self._positions()
 
     async def endstops(self, params: Any = None) -> dict:
         """Endstop switches from ``M119`` (True = closed), plus ``Probe``."""
-        _obj(params, set())
+        obj(params, set())
         async with self._board():
             return {"endstops": await self._driver_call(self.driver.read_endstops)}
 
     async def engaged(self, params: Any = None) -> dict:
         """Which motors are energised: ``{"X": {"enabled": bool}, ...}`` (OT-2 shape)."""
-        _obj(params, set())
+        obj(params, set())
         return {ax: {"enabled": on} for ax, on in self.driver.engaged.items()}
 
     async def disengage(self, params: Any) -> dict:
         """Body ``{axes: ["x", "y", ...]}`` (case-insensitive; default all): de-energise
         those motors (``M18``)."""
-        p = _obj(params, {"axes"})
+        p = obj(params, {"axes"})
         names = p.get("axes", list(AXES))
         if not isinstance(names, list):
             raise invalid("field 'axes' must be a list of axis names")
-        try:
-            axes = check_axes(names)
-        except DriverError as exc:
-            raise from_driver_error(exc) from None
+        axes = check_axes(names)
         async with self._board():
             await self._driver_call(self.driver.disengage, axes)
         result = await self.engaged()
@@ -542,7 +459,7 @@ class RobotService:
         anything is moving or the G-code channel lends the board; a lease ends (its client
         is disconnected) and the axes are left un-homed. Returns ``{stopped: bool,
         lease: <former holder> | null, homed: {axis: bool}}``."""
-        _obj(params, set())
+        obj(params, set())
         holder = self.channel.holder()
         result = await self.halt_motion()
         return {"stopped": result["halted"], "lease": holder, "homed": dict(self.driver.homed)}
@@ -551,24 +468,24 @@ class RobotService:
         """Resume a G-code channel lease paused by the door: its held lines are forwarded.
         Returns ``{lease: <holder>}``. 409 ``door-open`` while the door is open,
         409 ``not-paused`` if no lease is paused."""
-        _obj(params, set())
+        obj(params, set())
         if self.gpio.door_open():
-            raise ApiError(409, "door-open", "the door is open; close it before resuming")
+            raise ApiError("door-open", "the door is open; close it before resuming")
         holder = self.channel.resume()
         if holder is None:
-            raise ApiError(409, "not-paused", "no G-code channel lease is paused")
+            raise ApiError("not-paused", "no G-code channel lease is paused")
         return {"lease": holder}
 
     async def door(self, params: Any = None) -> dict:
         """``{open, status: "open"|"closed", paused}``; ``paused`` is true while a motion
         waits for the door to close."""
-        _obj(params, set())
+        obj(params, set())
         return self._door_state()
 
     async def identify(self, params: Any) -> dict:
         """Blink the frame lights for ``seconds`` (1..60, default 10) in the background."""
-        p = _obj(params, {"seconds"})
-        seconds = _number(p, "seconds", 1, 60, default=10.0)
+        p = obj(params, {"seconds"})
+        seconds = number(p, "seconds", 1, 60, default=10.0)
         was_on = self.gpio.lights_on()
 
         async def blink() -> None:
@@ -587,11 +504,11 @@ class RobotService:
     async def sim_gpio(self, params: Any) -> dict:
         """Simulated backend only: set inputs ``{door_open?: bool, button?: bool}``
         (for tests and the QEMU image). 409 ``not-simulated`` on real GPIO."""
-        p = _obj(params, {"door_open", "button"})
+        p = obj(params, {"door_open", "button"})
         if not isinstance(self.gpio, SimulatedGPIO):
-            raise ApiError(409, "not-simulated", "GPIO inputs can only be set on the simulated backend")
-        door = _bool(p, "door_open")
-        button = _bool(p, "button")
+            raise ApiError("not-simulated", "GPIO inputs can only be set on the simulated backend")
+        door = boolean(p, "door_open")
+        button = boolean(p, "button")
         if door is not None:
             self.gpio.set_door(door)
         if button is not None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .errors import ApiError
+
 STATE_DIR = "/run/ot2/usbdrive"
 SYS_BLOCK = "/sys/class/block"
 FIELDS = ("device", "fstype", "label", "uuid", "size", "mountpoint", "error")
@@ -44,7 +46,8 @@ def list_drives(state_dir: str | Path = STATE_DIR, sys_block: str | Path = SYS_B
 def add_routes(app: web.Application, state_dir: str | Path = STATE_DIR,
                sys_block: str | Path = SYS_BLOCK) -> None:
     """Adds ``GET /usb/drives`` -> ``{"drives": [...]}`` (see :func:`list_drives`) and
-    ``GET /usb/drives/{device}`` -> one drive, or 404 ``{"error": "drive-not-found", "message"}``."""
+    ``GET /usb/drives/{device}`` -> one drive, or 404 ``drive-not-found`` (:mod:`.errors`;
+    ``api.error_middleware`` answers it)."""
 
     async def drives(request: web.Request) -> web.Response:
         return web.json_response({"drives": list_drives(state_dir, sys_block)})
@@ -54,8 +57,7 @@ def add_routes(app: web.Application, state_dir: str | Path = STATE_DIR,
         for found in list_drives(state_dir, sys_block):
             if found["device"] == name:
                 return web.json_response(found)
-        return web.json_response({"error": "drive-not-found",
-                                  "message": f"no USB drive {name!r} is plugged in"}, status=404)
+        raise ApiError("drive-not-found", f"no USB drive {name!r} is plugged in")
 
     app.router.add_get("/usb/drives", drives)
     app.router.add_get("/usb/drives/{device}", drive)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from .service import ApiError
+from .errors import API_ERRORS, GENERAL_ERROR_CODE, OT2_STATUS, ApiError, Ot2Error, as_api_error, kebab
 
 #: The OT-2 HTTP API version our OT-2 resources match: what the robot server of opentrons
 #: 8.x (8.8.2 included) reports; unchanged since software 6.3.
@@ -40,21 +40,9 @@ MIN_API_VERSION = 2
 HEADER = "Opentrons-Version"
 MIN_HEADER = "Opentrons-Min-Version"
 LATEST = "*"
-GENERAL_ERROR_CODE = "4000"
 
 LEGACY = "legacy"      # Op.ot2: {"message", "errorCode"} errors (plus our "error")
 JSONAPI = "jsonapi"    # Op.ot2: {"errors": [...]} errors
-
-
-class Ot2Error(ApiError):
-    """An error with the OT-2's error ``id`` and ``title`` (e.g. ``RunNotFound``,
-    ``Run Not Found``); on our own endpoints it still answers ``{"error", "message"}``."""
-
-    def __init__(self, status: int, error_id: str, title: str, detail: str,
-                 error_code: str = GENERAL_ERROR_CODE) -> None:
-        super().__init__(status, error_id, detail)
-        self.title = title
-        self.error_code = error_code
 
 
 _LEGACY_SCHEMA = {"type": "object", "required": ["message", "errorCode"], "properties": {
@@ -69,7 +57,7 @@ _JSONAPI_SCHEMA = {"type": "object", "required": ["errors"], "properties": {"err
 @dataclass(frozen=True)
 class Ot2Endpoint:
     """Marks a route handler (``handler.op``) added outside :mod:`.api`'s operations as one
-    of the OT-2's endpoints, for :func:`version_middleware` (same fields as ``api.Op``)."""
+    of the OT-2's endpoints, for :func:`version_middleware` (same fields as ``operation.Op``)."""
     ot2: str
     version_header: bool = True
     ot2_fields: tuple[str, ...] = ()
@@ -101,10 +89,10 @@ def route_path(path: str) -> str:
 
 
 def from_http_exception(exc: web.HTTPException) -> ApiError:
-    """The :class:`ApiError` for an aiohttp 4xx (unknown path, method, body too large)."""
-    code = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
-        exc.status, re.sub(r"[^a-z0-9]+", "-", exc.reason.lower()).strip("-") or "error")
-    return ApiError(exc.status, code, exc.text if exc.status == 413 and exc.text else exc.reason)
+    """The :class:`ApiError` for an aiohttp 4xx (unknown path, method, body too large):
+    the kebab-case name of its status (``request-too-large`` for 413)."""
+    code = "request-too-large" if exc.status == 413 else kebab(HTTPStatus(exc.status).phrase)
+    return ApiError(code, exc.text if exc.status == 413 and exc.text else exc.reason)
 
 
 def _camel(code: str) -> str:
@@ -112,20 +100,30 @@ def _camel(code: str) -> str:
 
 
 def error_body(kind: str, exc: ApiError) -> dict:
-    """The OT-2's error body of ``kind`` (:data:`LEGACY` / :data:`JSONAPI`) for ``exc``."""
+    """The OT-2's error body of ``kind`` (:data:`LEGACY` / :data:`JSONAPI`) for ``exc``;
+    our codes become ids in CamelCase, with the title of their status."""
+    error_code = getattr(exc, "error_code", GENERAL_ERROR_CODE)
     if kind == LEGACY:
-        return {"message": exc.message, "errorCode": getattr(exc, "error_code", GENERAL_ERROR_CODE), "error": exc.code}
-    title = getattr(exc, "title", None) or HTTPStatus(exc.status).phrase
-    error_id = exc.code if isinstance(exc, Ot2Error) else _camel(exc.code)
-    return {"errors": [{"id": error_id, "title": title, "detail": exc.message,
-                        "errorCode": getattr(exc, "error_code", GENERAL_ERROR_CODE)}]}
+        return {"message": exc.message, "errorCode": error_code, "error": exc.code}
+    if not isinstance(exc, Ot2Error):
+        exc = Ot2Error(_camel(exc.code), HTTPStatus(exc.status).phrase, exc.message)
+    error = {"id": exc.code, "title": exc.title, "detail": exc.message, "errorCode": error_code}
+    if exc.pointer is not None:
+        error["source"] = {"pointer": exc.pointer}
+    return {"errors": [error]}
+
+
+def ot2_response(kind: str, exc: ApiError) -> web.Response:
+    """The OT-2's endpoints' answer to ``exc``: :func:`error_body`, with the status of
+    :data:`~robot_server.errors.OT2_STATUS` (else of ``exc``)."""
+    return web.json_response(error_body(kind, exc), status=OT2_STATUS.get(exc.code, exc.status))
 
 
 def requested_version(value: str | None) -> int:
     """The version to serve for a request header value. Raises :class:`ApiError` 422
     (missing or malformed) or 400 ``OutdatedAPIVersion`` (below :data:`MIN_API_VERSION`)."""
     if value is None:
-        raise ApiError(422, "missing-version-header",
+        raise ApiError("missing-version-header",
                        f"header.{HEADER.lower()}: field required ('{HEADER}: {API_VERSION}' or '*')")
     value = value.strip()
     if value == LATEST:
@@ -133,10 +131,10 @@ def requested_version(value: str | None) -> int:
     try:
         version = int(value)
     except ValueError:
-        raise ApiError(422, "invalid-version-header",
+        raise ApiError("invalid-version-header",
                        f"header.{HEADER.lower()}: must be an integer or '*', not {value[:40]!r}") from None
     if version < MIN_API_VERSION:
-        raise Ot2Error(400, "OutdatedAPIVersion", "Requested HTTP API version no longer supported",
+        raise Ot2Error("OutdatedAPIVersion", "Requested HTTP API version no longer supported",
                        f"The requested API version '{version}' is not supported. '{HEADER}' must be at "
                        f"least '{MIN_API_VERSION}'. Please upgrade your Opentrons App or other HTTP API client.")
     return min(version, API_VERSION)
@@ -166,13 +164,12 @@ async def version_middleware(request: web.Request, handler: Callable) -> web.Str
         resp = await handler(request)
         if raw is not None and op.ot2_fields:
             resp = _strip_to(resp, op.ot2_fields)
-    except ApiError as exc:
-        status = 422 if exc.code == "invalid-json" else exc.status   # the OT-2 validates JSON as a body field
-        resp = web.json_response(error_body(kind, exc), status=status)
+    except API_ERRORS as exc:
+        resp = ot2_response(kind, as_api_error(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = web.json_response(error_body(kind, from_http_exception(exc)), status=exc.status)
+        resp = ot2_response(kind, from_http_exception(exc))
     resp.headers[HEADER] = str(version)
     resp.headers[MIN_HEADER] = str(MIN_API_VERSION)
     return resp

@@ -327,7 +327,8 @@ def test_sim_gpio_refused_on_real_backend(tmp_path, pty):
     import asyncio
 
     from robot_server.gpio import SimulatedGPIO
-    from robot_server.service import ApiError, RobotService
+    from robot_server.errors import ApiError
+    from robot_server.service import RobotService
 
     class HardwareLike(SimulatedGPIO.__bases__[0]):
         name = "hw"

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from robot_server import usb_drives
+from robot_server.api import error_middleware
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def server(tmp_path):
     state, sys_block = tmp_path / "state", tmp_path / "sys-block"
     state.mkdir()
     sys_block.mkdir()
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware])
     usb_drives.add_routes(app, state, sys_block)
     loop = asyncio.new_event_loop()
     sock = socket.create_server(("127.0.0.1", 0))
