@@ -11,6 +11,9 @@
 set -euo pipefail
 
 tree=$(cd "$(dirname "$0")/.." && pwd)
+# The board's facts (BOARD_COMPATIBLE, IMAGE_NAME, ...).
+# shellcheck source=/dev/null
+. "$tree/board/qemu/meta"
 cache=${OT2_CACHE:-$HOME/.cache/ot2}
 venv=${OT2_VENV:-$tree/.venv}
 version=$(git -C "$tree" describe --always --dirty 2>/dev/null || echo dev)
@@ -101,7 +104,7 @@ root_key=$( (
 rootfs=$cache/root-$root_key.tar
 image_key=$( (echo "$root_key $version $fault"; cat "$keys/dev.pem") | hash_of)
 result=$cache/image-$image_key
-if [ -s "$result/disk.img" ]; then
+if [ -s "$result/$IMAGE_NAME" ]; then
 	log "cached: $result"
 	deliver
 	exit 0
@@ -197,14 +200,14 @@ log "assembling the disk image"
 "$tree/board/common/post-image.sh" "$binaries" qemu
 
 log "signing the bundle"
-"$venv/bin/update-server" bundle create --key "$keys/dev.key" --compatible ot2-qemu-x86_64 \
+"$venv/bin/update-server" bundle create --key "$keys/dev.key" --compatible "$BOARD_COMPATIBLE" \
 	--version "$version" --image "rootfs=$binaries/rootfs.squashfs" -o "$binaries/rootfs.bundle"
 
 rm -rf "$result.tmp"
 mkdir -p "$result.tmp"
-cp --sparse=always "$binaries/disk.img" "$binaries/disk.img.bmap" "$binaries/disk.img.sha256" "$binaries/rootfs.squashfs" "$binaries/rootfs.bundle" "$result.tmp/"
+cp --sparse=always "$binaries/$IMAGE_NAME" "$binaries/$IMAGE_NAME.bmap" "$binaries/$IMAGE_NAME.sha256" "$binaries/rootfs.squashfs" "$binaries/rootfs.bundle" "$result.tmp/"
 rm -rf "$result"
 mv "$result.tmp" "$result"
-sizes="disk.img $(du -h --apparent-size "$result/disk.img" | cut -f1), rootfs.squashfs $(du -m "$result/rootfs.squashfs" | cut -f1) MiB"
+sizes="$IMAGE_NAME $(du -h --apparent-size "$result/$IMAGE_NAME" | cut -f1), rootfs.squashfs $(du -m "$result/rootfs.squashfs" | cut -f1) MiB"
 timed "image $version${fault:+ (fault $fault)}: $sizes" "$start"
 deliver

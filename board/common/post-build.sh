@@ -1,7 +1,7 @@
 #!/bin/sh
 # Post-build step shared by every board and by both ways of producing the base
 # (Buildroot, or the Debian packages of ci/build-qemu-image.sh).
-# Usage: post-build.sh TARGET_DIR BOARD   (BOARD: ot2 | qemu)
+# Usage: post-build.sh TARGET_DIR BOARD   (BOARD: a folder of board/ with a meta file)
 # Environment:
 #   OT2_VERSION       version string of this image (default: git describe of the tree)
 #   OT2_KEYRING_DIR   directory of trusted bundle-signing public keys (*.pem); required
@@ -9,21 +9,43 @@
 set -eu
 
 target=$1
-board=$2
 tree=$(cd "$(dirname "$0")/../.." && pwd)
-
-case "$board" in
-ot2) compatible=ot2-rpi3 ;;
-qemu) compatible=ot2-qemu-x86_64 ;;
-*) echo "post-build.sh: unknown board '$board'" >&2; exit 1 ;;
-esac
+# shellcheck source=board/common/meta.sh
+. "$(dirname "$0")/meta.sh"
+board=$2
+load_meta "$board"
 
 version=${OT2_VERSION:-$(git -C "$tree" describe --always --dirty 2>/dev/null || echo dev)}
 build_time=$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
 
 mkdir -p "$target/etc/ot2/keyring"
+
+# The board facts the update server needs (update_server/config.py reads this file beside
+# its update-server.toml): the board's meta, its slot devices and environment files.
+# U-Boot's files are reached through libubootenv configs, one per file (listing both in one
+# config would make libubootenv expect the two-copy format, which boot.cmd does not use).
+boot_mount=/boot/firmware
+{
+	echo "# The board facts of this image: board/$board/meta, completed by board/common/post-build.sh."
+	grep -v '^#' "$BOARD_DIR/meta"
+	echo "SLOT_A_DEVICE=$SLOT_A_DEVICE"
+	echo "SLOT_B_DEVICE=$SLOT_B_DEVICE"
+	case "$BOOTLOADER" in
+	grub)
+		echo "GRUBENV_FILES=\"$boot_mount/$BOOT_ENV $boot_mount/$BOOT_ENV_BACKUP\""
+		;;
+	uboot)
+		printf '# libubootenv: %s, primary boot environment file (board/common/post-build.sh)\n%s\t0x0000\t%s\n' \
+			"$BOOT_ENV" "$boot_mount/$BOOT_ENV" "$BOOT_ENV_SIZE" > "$target/etc/fw_env.config"
+		printf '# libubootenv: %s, backup boot environment file (board/common/post-build.sh)\n%s\t0x0000\t%s\n' \
+			"$BOOT_ENV_BACKUP" "$boot_mount/$BOOT_ENV_BACKUP" "$BOOT_ENV_SIZE" > "$target/etc/fw_env.bak.config"
+		echo 'FW_ENV_CONFIGS="/etc/fw_env.config /etc/fw_env.bak.config"'
+		;;
+	esac
+} > "$target/etc/ot2/board.conf"
+
 printf '{"version": "%s", "compatible": "%s", "board": "%s", "build_time": "%s"}\n' \
-	"$version" "$compatible" "$board" "$build_time" > "$target/etc/ot2/version.json"
+	"$version" "$BOARD_COMPATIBLE" "$board" "$build_time" > "$target/etc/ot2/version.json"
 
 # The file by which the Opentrons engine knows it runs on an OT-2's system (with
 # RUNNING_ON_PI, /etc/ot2/environment): it then asks the robot server for the deck

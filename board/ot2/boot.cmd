@@ -1,50 +1,55 @@
 # A/B slot selection with a boot counter, Raspberry Pi 3 (U-Boot script).
 #
-# board/common/post-image.sh turns this file into boot.scr with
+# A template: board/common/render-boot-script.sh fills its placeholders (a
+# NAME between two @) from board/ot2/meta, the countdown chains and legal
+# counts from its BOOT_TRIES; board/common/post-image.sh turns the result into
+# boot.scr with
 #   mkimage -A arm -T script -C none -d boot.cmd boot.scr
 # and U-Boot's bootcmd (board/ot2/uboot.fragment) runs it from the FAT
 # partition.
 #
 # It implements the boot algorithm of docs/architecture.md with the same
 # variables as the emulated board's GRUB script: BOOT_ORDER ("A B", "B A",
-# "A" or "B") and BOOT_A_LEFT/BOOT_B_LEFT (tries left, 0..3). They live in
-# uboot.env (primary) and uboot.env.bak (backup) on the FAT partition, both
-# in U-Boot's single-copy format (CRC32 + variables, 0x4000 bytes, as made by
-# "mkenvimage -s 0x4000" and read by libubootenv). No setexpr: tries are
+# "A" or "B") and BOOT_A_LEFT/BOOT_B_LEFT (tries left, 0..@BOOT_TRIES@). They live in
+# @BOOT_ENV@ (primary) and @BOOT_ENV_BACKUP@ (backup) on the FAT partition, both
+# in U-Boot's single-copy format (CRC32 + variables, @BOOT_ENV_SIZE@ bytes, as made by
+# "mkenvimage -s @BOOT_ENV_SIZE@" and read by libubootenv). No setexpr: tries are
 # counted down with test chains.
 #
-# Slot A is /dev/mmcblk0p2, slot B /dev/mmcblk0p3; each carries its kernel
+# Slot A is @SLOT_A_DEVICE@, slot B @SLOT_B_DEVICE@; each carries its kernel
 # as /boot/vmlinuz (a link to zImage). The device tree is the one the
 # firmware loaded and patched (config.txt overlays): ${fdt_addr}.
 
 setenv ot2_env_addr ${pxefile_addr_r}
-setenv ot2_env_size 0x4000
+setenv ot2_env_size @BOOT_ENV_SIZE@
 
-setenv ot2_defaults 'setenv BOOT_ORDER "A B"; setenv BOOT_A_LEFT 3; setenv BOOT_B_LEFT 3'
+setenv ot2_defaults 'setenv BOOT_ORDER "A B"; setenv BOOT_A_LEFT @BOOT_TRIES@; setenv BOOT_B_LEFT @BOOT_TRIES@'
 
 # ot2_valid=1 when the three variables hold legal values.
-setenv ot2_check 'setenv ot2_valid 0; if test "${BOOT_ORDER}" = "A B" -o "${BOOT_ORDER}" = "B A" -o "${BOOT_ORDER}" = A -o "${BOOT_ORDER}" = B; then if test "${BOOT_A_LEFT}" = 0 -o "${BOOT_A_LEFT}" = 1 -o "${BOOT_A_LEFT}" = 2 -o "${BOOT_A_LEFT}" = 3; then if test "${BOOT_B_LEFT}" = 0 -o "${BOOT_B_LEFT}" = 1 -o "${BOOT_B_LEFT}" = 2 -o "${BOOT_B_LEFT}" = 3; then setenv ot2_valid 1; fi; fi; fi'
+setenv ot2_check 'setenv ot2_valid 0; if test "${BOOT_ORDER}" = "A B" -o "${BOOT_ORDER}" = "B A" -o "${BOOT_ORDER}" = A -o "${BOOT_ORDER}" = B; then if test @LEFT_LEGAL_A@; then if test @LEFT_LEGAL_B@; then setenv ot2_valid 1; fi; fi; fi'
 
-# Loads ${ot2_file} into the defaults; ot2_valid=1 if its CRC and values are good.
-setenv ot2_load 'run ot2_defaults; setenv ot2_valid 0; mw.b ${ot2_env_addr} 0 ${ot2_env_size}; if fatload mmc 0:1 ${ot2_env_addr} ${ot2_file} && env import -c ${ot2_env_addr} ${ot2_env_size} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT; then run ot2_check; fi'
+# Loads ${ot2_file}; ot2_valid=1 if its CRC and values are good. The variables are cleared
+# first: one the file lacks stays empty and fails the check (env import keeps what it
+# does not find).
+setenv ot2_load 'setenv BOOT_ORDER; setenv BOOT_A_LEFT; setenv BOOT_B_LEFT; setenv ot2_valid 0; mw.b ${ot2_env_addr} 0 ${ot2_env_size}; if fatload @UBOOT_DEVICE@:@BOOT_PART@ ${ot2_env_addr} ${ot2_file} && env import -c ${ot2_env_addr} ${ot2_env_size} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT; then run ot2_check; fi'
 
 # First slot of BOOT_ORDER with tries left -> ot2_slot, one try counted down.
-setenv ot2_pick_A 'if test -z "${ot2_slot}"; then if test "${BOOT_A_LEFT}" = 3; then setenv BOOT_A_LEFT 2; setenv ot2_slot A; elif test "${BOOT_A_LEFT}" = 2; then setenv BOOT_A_LEFT 1; setenv ot2_slot A; elif test "${BOOT_A_LEFT}" = 1; then setenv BOOT_A_LEFT 0; setenv ot2_slot A; fi; fi'
-setenv ot2_pick_B 'if test -z "${ot2_slot}"; then if test "${BOOT_B_LEFT}" = 3; then setenv BOOT_B_LEFT 2; setenv ot2_slot B; elif test "${BOOT_B_LEFT}" = 2; then setenv BOOT_B_LEFT 1; setenv ot2_slot B; elif test "${BOOT_B_LEFT}" = 1; then setenv BOOT_B_LEFT 0; setenv ot2_slot B; fi; fi'
+setenv ot2_pick_A 'if test -z "${ot2_slot}"; then @COUNTDOWN_A@; fi'
+setenv ot2_pick_B 'if test -z "${ot2_slot}"; then @COUNTDOWN_B@; fi'
 setenv ot2_pick 'setenv ot2_slot; run ot2_pick_${ot2_first}; if test -n "${ot2_second}"; then run ot2_pick_${ot2_second}; fi'
 
 # Primary first, then the backup: one of them is whole at any time.
-setenv ot2_save 'if env export -c -s ${ot2_env_size} ${ot2_env_addr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT; then fatwrite mmc 0:1 ${ot2_env_addr} uboot.env ${ot2_env_size}; fatwrite mmc 0:1 ${ot2_env_addr} uboot.env.bak ${ot2_env_size}; fi'
+setenv ot2_save 'if env export -c -s ${ot2_env_size} ${ot2_env_addr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT; then fatwrite @UBOOT_DEVICE@:@BOOT_PART@ ${ot2_env_addr} @BOOT_ENV@ ${ot2_env_size}; fatwrite @UBOOT_DEVICE@:@BOOT_PART@ ${ot2_env_addr} @BOOT_ENV_BACKUP@ ${ot2_env_size}; fi'
 
 # Loads the slot's kernel and boots it; returns only if that failed.
-setenv ot2_boot 'if test "${ot2_slot}" = A; then setenv ot2_part 2; else setenv ot2_part 3; fi; echo "ot2: booting slot ${ot2_slot} (order ${BOOT_ORDER}, tries left A=${BOOT_A_LEFT} B=${BOOT_B_LEFT})"; setenv bootargs "root=/dev/mmcblk0p${ot2_part} rootfstype=squashfs ro rootwait ot2.slot=${ot2_slot} ot2.serial=${serial#} console=tty1 panic=5"; if sqfsload mmc 0:${ot2_part} ${kernel_addr_r} /boot/vmlinuz || sqfsload mmc 0:${ot2_part} ${kernel_addr_r} /boot/zImage; then bootz ${kernel_addr_r} - ${fdt_addr}; fi; echo "ot2: slot ${ot2_slot} failed to load"'
+setenv ot2_boot 'if test "${ot2_slot}" = A; then setenv ot2_part @SLOT_A_PART@; else setenv ot2_part @SLOT_B_PART@; fi; echo "ot2: booting slot ${ot2_slot} (order ${BOOT_ORDER}, tries left A=${BOOT_A_LEFT} B=${BOOT_B_LEFT})"; setenv bootargs "root=@PART_DEVICE@${ot2_part} rootfstype=squashfs ro rootwait ot2.slot=${ot2_slot} ot2.serial=${serial#} console=tty1 panic=5"; if sqfsload @UBOOT_DEVICE@:${ot2_part} ${kernel_addr_r} /boot/vmlinuz || sqfsload @UBOOT_DEVICE@:${ot2_part} ${kernel_addr_r} /boot/zImage; then bootz ${kernel_addr_r} - ${fdt_addr}; fi; echo "ot2: slot ${ot2_slot} failed to load"'
 
 # 1. The environment: primary file, else the backup, else the defaults.
-setenv ot2_file uboot.env
+setenv ot2_file @BOOT_ENV@
 run ot2_load
 if test "${ot2_valid}" != 1; then
-	echo "ot2: uboot.env missing or invalid, trying uboot.env.bak"
-	setenv ot2_file uboot.env.bak
+	echo "ot2: @BOOT_ENV@ missing or invalid, trying @BOOT_ENV_BACKUP@"
+	setenv ot2_file @BOOT_ENV_BACKUP@
 	run ot2_load
 fi
 if test "${ot2_valid}" != 1; then
@@ -69,14 +74,14 @@ fi
 # 2. The first listed slot with tries left.
 run ot2_pick
 
-# 3. None: every listed slot gets 3 tries again, the first is chosen.
+# 3. None: every listed slot gets @BOOT_TRIES@ tries again, the first is chosen.
 if test -z "${ot2_slot}"; then
-	echo "ot2: no slot has tries left, giving every listed slot 3 again"
+	echo "ot2: no slot has tries left, giving every listed slot @BOOT_TRIES@ again"
 	if test "${ot2_first}" = A -o "${ot2_second}" = A; then
-		setenv BOOT_A_LEFT 3
+		setenv BOOT_A_LEFT @BOOT_TRIES@
 	fi
 	if test "${ot2_first}" = B -o "${ot2_second}" = B; then
-		setenv BOOT_B_LEFT 3
+		setenv BOOT_B_LEFT @BOOT_TRIES@
 	fi
 	run ot2_pick
 fi

@@ -166,6 +166,17 @@ def test_more_tries_than_the_bootloader_counts_is_a_config_error(tmp_path):
     assert r.returncode == 2 and "max_tries: expected 1..3" in r.stderr, r.stderr
 
 
+def test_more_tries_than_the_board_counts_is_a_config_error(tmp_path):
+    """The board file beside the config (board/<board>/meta on the image) says how many
+    tries its bootloader script counts: ``max_tries = 4`` on a board of 3 is refused, naming both."""
+    conf = tmp_path / "update-server.toml"
+    conf.write_text("max_tries = 4\n")
+    (tmp_path / "board.conf").write_text("BOARD_COMPATIBLE=ot2-rpi3\nBOOTLOADER=uboot\nBOOT_TRIES=3\n")
+    r = cli("--config", conf, "boot-check", check=False)
+    assert r.returncode == 2, r.stderr
+    assert "max_tries = 4 is more than BOOT_TRIES = 3 of {}".format(tmp_path / "board.conf") in r.stderr, r.stderr
+
+
 def test_install_a_local_bundle_beside_the_running_server(tmp_path, keys, monkeypatch):
     """``update-server install FILE`` (a USB drive's file) runs the update session itself:
     an unsigned bundle is refused (exit 1) with slot A booted and the boot order unchanged;

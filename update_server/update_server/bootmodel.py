@@ -118,10 +118,9 @@ def simulate_boot(primary: dict[str, str] | None, backup: dict[str, str] | None,
     left is chosen (no refill this time), the env saved again and that slot booted, and
     if that fails too (or there is none) the board resets.
 
-    The model takes a copy that lacks one of the three variables as failing its check.
-    The scripts differ there and nowhere else: U-Boot's ``env import`` leaves a missing
-    variable at the default the script set before, GRUB's ``load_env`` at the value the
-    copy read before (none for the primary).  Userspace always writes all three.
+    A copy that lacks one of the three variables fails its check (both scripts clear the
+    variables before loading a copy).  ``tests/test_bootloaders.py`` runs both scripts in
+    their bootloaders on one table of environments and checks this model against it.
     """
     env = env_from_copies([primary, backup])
     slot, env = pick(env)

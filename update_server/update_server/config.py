@@ -47,12 +47,19 @@ Example (every key is optional; the values shown are the defaults unless noted):
     device = "/dev/mmcblk0p2"
     [slots.B]
     device = "/dev/mmcblk0p3"
+
+The board's facts come from ``board.conf`` beside the TOML file when it exists (on the image
+``/etc/ot2/board.conf``, written by ``board/common/post-build.sh`` from ``board/<board>/meta``):
+``compatible``, ``boot_backend``, ``slots``, and ``fw_env_config`` or ``grubenv`` are taken from
+it unless the TOML file or an override sets them, and ``max_tries`` may not exceed its
+``BOOT_TRIES`` (the tries its bootloader script counts).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +70,7 @@ from .errors import UpdateError
 from .tokens import tokens_path
 
 DEFAULT_CONFIG_PATH = "/etc/ot2/update-server.toml"
+BOARD_FILE_NAME = "board.conf"
 SLOT_NAMES = ("A", "B")
 
 
@@ -190,11 +198,58 @@ def _normalise_slots(raw) -> dict:
     return slots
 
 
+def read_board_file(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` lines of a board file (shell syntax: ``#`` comments, quoting) as a
+    dict of strings. Raises :class:`ConfigError` when unreadable or not such lines."""
+    try:
+        words = shlex.split(path.read_text(), comments=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    if bad := [word for word in words if "=" not in word]:
+        raise ConfigError(f"{path}: expected KEY=value, got {bad[0]!r}")
+    return dict(word.split("=", 1) for word in words)
+
+
+def _board_settings(board: dict[str, str]) -> dict:
+    """Config values (key -> raw value, as from the TOML file) of a board file's facts."""
+    settings: dict = {}
+    if "BOARD_COMPATIBLE" in board:
+        settings["compatible"] = board["BOARD_COMPATIBLE"]
+    if "BOOTLOADER" in board:
+        settings["boot_backend"] = board["BOOTLOADER"]
+    slots = {name: board[f"SLOT_{name}_DEVICE"] for name in SLOT_NAMES if f"SLOT_{name}_DEVICE" in board}
+    if slots:
+        settings["slots"] = slots
+    if "FW_ENV_CONFIGS" in board:
+        settings["fw_env_config"] = board["FW_ENV_CONFIGS"].split()
+    if "GRUBENV_FILES" in board:
+        settings["grubenv"] = board["GRUBENV_FILES"].split()
+    if board.get("BOOT_TRIES", "").isdigit():  # other values: _check_board_tries says why
+        settings["max_tries"] = int(board["BOOT_TRIES"])
+    return settings
+
+
+def _check_board_tries(config: Config, board: dict[str, str], path: Path) -> None:
+    """``max_tries`` must fit the board's ``BOOT_TRIES``: its bootloader script takes a larger
+    count for a corrupt environment and falls back to the default boot order (a slot switch)."""
+    if "BOOT_TRIES" not in board:
+        return
+    try:
+        boot_tries = int(board["BOOT_TRIES"])
+    except ValueError:
+        raise ConfigError(f"{path}: BOOT_TRIES: expected an integer, got {board['BOOT_TRIES']!r}") from None
+    if config.max_tries > boot_tries:
+        raise ConfigError(f"max_tries = {config.max_tries} is more than BOOT_TRIES = {boot_tries} of {path}, "
+                          "the tries the board's bootloader script counts (a larger value would make it "
+                          "reset the boot order)")
+
+
 def load_config(path: str | None = None, overrides: dict | None = None) -> Config:
     """Read the TOML file at ``path`` and apply ``overrides`` (key -> value).
 
-    ``path=None`` reads :data:`DEFAULT_CONFIG_PATH` if it exists, else uses defaults.
-    An explicit path that does not exist is an error.  Raises :class:`ConfigError` on
+    ``path=None`` reads :data:`DEFAULT_CONFIG_PATH` if it exists, else uses defaults. The
+    board file beside it (:data:`BOARD_FILE_NAME`) fills the board's keys the file and the
+    overrides leave unset (module docstring). An explicit path that does not exist is an error.  Raises :class:`ConfigError` on
     unknown keys, wrong types and bad values.
     """
     data: dict = {}
@@ -210,6 +265,11 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from e
     data.update(overrides or {})
+    board: dict[str, str] = {}
+    board_path = Path(path).parent / BOARD_FILE_NAME if path is not None else None
+    if board_path is not None and board_path.exists():
+        board = read_board_file(board_path)
+        data = {**_board_settings(board), **data}
 
     values = {}
     for key, value in data.items():
@@ -222,6 +282,8 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
         else:
             values[key] = _check_type(key, value)
     config = Config(**values)
+    if board_path is not None:
+        _check_board_tries(config, board, board_path)
     validate(config)
     return config
 
