@@ -20,8 +20,8 @@ build_time=$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ
 
 mkdir -p "$target/etc/ot2/keyring"
 
-# The board facts the update server needs (update_server/config.py reads this file beside
-# its update-server.toml): the board's meta, its slot devices and environment files.
+# The board facts the update server needs (update_server/config.py reads this file, its
+# board_file): the board's meta, its slot devices and environment files.
 # U-Boot's files are reached through libubootenv configs, one per file (listing both in one
 # config would make libubootenv expect the two-copy format, which boot.cmd does not use).
 boot_mount=/boot/firmware

@@ -1,5 +1,5 @@
-"""The board's facts in board.conf beside the config file (/etc/ot2/board.conf on the image,
-written by board/common/post-build.sh from board/<board>/meta)."""
+"""The board's facts in the config's board_file (/etc/ot2/board.conf on the image, written by
+board/common/post-build.sh from board/<board>/meta)."""
 
 import pytest
 
@@ -19,7 +19,7 @@ GRUBENV_FILES="/boot/firmware/grubenv /boot/firmware/grubenv.bak"
 def write(tmp_path, toml, board=QEMU_BOARD):
     (tmp_path / "board.conf").write_text(board)
     path = tmp_path / "update-server.toml"
-    path.write_text(toml)
+    path.write_text(f'board_file = "{tmp_path / "board.conf"}"\n' + toml)
     return str(path)
 
 
@@ -71,3 +71,10 @@ def test_max_tries_above_the_boards_count_names_both(tmp_path):
 def test_a_broken_board_file_is_a_config_error(tmp_path, board, problem):
     with pytest.raises(ConfigError, match=problem):
         load_config(write(tmp_path, "", board))
+
+
+def test_an_empty_board_file_setting_reads_no_board(tmp_path):
+    path = tmp_path / "update-server.toml"
+    path.write_text('board_file = ""\n')
+    config = load_config(str(path))
+    assert config.compatible == "" and config.max_tries == 3 and config.slots == {}

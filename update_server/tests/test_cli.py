@@ -167,10 +167,10 @@ def test_more_tries_than_the_bootloader_counts_is_a_config_error(tmp_path):
 
 
 def test_more_tries_than_the_board_counts_is_a_config_error(tmp_path):
-    """The board file beside the config (board/<board>/meta on the image) says how many
-    tries its bootloader script counts: ``max_tries = 4`` on a board of 3 is refused, naming both."""
+    """The board file (board/<board>/meta on the image) says how many tries its
+    bootloader script counts: ``max_tries = 4`` on a board of 3 is refused, naming both."""
     conf = tmp_path / "update-server.toml"
-    conf.write_text("max_tries = 4\n")
+    conf.write_text(f'max_tries = 4\nboard_file = "{tmp_path / "board.conf"}"\n')
     (tmp_path / "board.conf").write_text("BOARD_COMPATIBLE=ot2-rpi3\nBOOTLOADER=uboot\nBOOT_TRIES=3\n")
     r = cli("--config", conf, "boot-check", check=False)
     assert r.returncode == 2, r.stderr

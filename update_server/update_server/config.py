@@ -18,6 +18,7 @@ Example (every key is optional; the values shown are the defaults unless noted):
     boot_id_file = "/proc/sys/kernel/random/boot_id"
     machine_id_file = "/etc/machine-id"
     version_file = "/etc/ot2/version.json"
+    board_file = "/etc/ot2/board.conf"    # the board's facts ("" = none); see below
     # who may change the robot (docs/security.md): callers on these interfaces (shell
     # patterns: loopback, the USB-Ethernet link) without a token, everyone else with one
     trusted_interfaces = ["lo", "usb*"]
@@ -48,7 +49,7 @@ Example (every key is optional; the values shown are the defaults unless noted):
     [slots.B]
     device = "/dev/mmcblk0p3"
 
-The board's facts come from ``board.conf`` beside the TOML file when it exists (on the image
+The board's facts come from ``board_file`` when it exists (on the image
 ``/etc/ot2/board.conf``, written by ``board/common/post-build.sh`` from ``board/<board>/meta``):
 ``compatible``, ``boot_backend``, ``slots``, and ``fw_env_config`` or ``grubenv`` are taken from
 it unless the TOML file or an override sets them, and ``max_tries`` may not exceed its
@@ -70,7 +71,7 @@ from .errors import UpdateError
 from .tokens import tokens_path
 
 DEFAULT_CONFIG_PATH = "/etc/ot2/update-server.toml"
-BOARD_FILE_NAME = "board.conf"
+DEFAULT_BOARD_FILE = "/etc/ot2/board.conf"
 SLOT_NAMES = ("A", "B")
 
 
@@ -99,6 +100,7 @@ class Config(AccessSettings):
     boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     machine_id_file: str = "/etc/machine-id"
     version_file: str = "/etc/ot2/version.json"
+    board_file: str = DEFAULT_BOARD_FILE
     session_idle_timeout: float = 300.0
     apply_hostname: bool = False
     mdns: bool = False
@@ -248,9 +250,10 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
     """Read the TOML file at ``path`` and apply ``overrides`` (key -> value).
 
     ``path=None`` reads :data:`DEFAULT_CONFIG_PATH` if it exists, else uses defaults. The
-    board file beside it (:data:`BOARD_FILE_NAME`) fills the board's keys the file and the
-    overrides leave unset (module docstring). An explicit path that does not exist is an error.  Raises :class:`ConfigError` on
-    unknown keys, wrong types and bad values.
+    board file (``board_file``, :data:`DEFAULT_BOARD_FILE` unless set), when it exists, fills
+    the board's keys the file and the overrides leave unset (module docstring). An explicit
+    path that does not exist is an error.  Raises :class:`ConfigError` on unknown keys,
+    wrong types and bad values.
     """
     data: dict = {}
     if path is None:
@@ -266,10 +269,13 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
             raise ConfigError(f"{path}: {e}") from e
     data.update(overrides or {})
     board: dict[str, str] = {}
-    board_path = Path(path).parent / BOARD_FILE_NAME if path is not None else None
+    board_file = data.get("board_file", DEFAULT_BOARD_FILE)
+    board_path = Path(board_file) if isinstance(board_file, str) and board_file else None
     if board_path is not None and board_path.exists():
         board = read_board_file(board_path)
         data = {**_board_settings(board), **data}
+    else:
+        board_path = None
 
     values = {}
     for key, value in data.items():
