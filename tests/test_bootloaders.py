@@ -141,6 +141,14 @@ def fat_read(disk: Path, name: str) -> bytes | None:
     return out.read_bytes() if done.returncode == 0 else None
 
 
+def listed_vars(command: list[str]) -> dict[str, str] | None:
+    """The NAME=value lines an env tool lists; None when it refuses the file (bad CRC or block)."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return dict(line.split("=", 1) for line in done.stdout.splitlines())
+
+
 class FirmwareHung(Exception):
     """QEMU timed out before the script under test ran (seen once: OVMF under a loaded TCG)."""
 
@@ -202,10 +210,7 @@ class UBoot:
     def read_env(tmp: Path, data: bytes) -> dict[str, str] | None:
         (tmp / "check.env").write_bytes(data)
         (tmp / "fw_env.config").write_text(f"{tmp / 'check.env'} 0x0 0x4000\n")
-        done = subprocess.run(["fw_printenv", "-c", str(tmp / "fw_env.config")], capture_output=True, text=True)
-        if done.returncode != 0:
-            return None
-        return dict(line.split("=", 1) for line in done.stdout.splitlines())
+        return listed_vars(["fw_printenv", "-c", str(tmp / "fw_env.config")])
 
     @staticmethod
     def disk(tmp: Path, script: Path) -> Path:
@@ -269,10 +274,7 @@ class Grub:
     @staticmethod
     def read_env(tmp: Path, data: bytes) -> dict[str, str] | None:
         (tmp / "check.env").write_bytes(data)
-        done = subprocess.run(["grub-editenv", str(tmp / "check.env"), "list"], capture_output=True, text=True)
-        if done.returncode != 0:
-            return None
-        return dict(line.split("=", 1) for line in done.stdout.splitlines())
+        return listed_vars(["grub-editenv", str(tmp / "check.env"), "list"])
 
     @staticmethod
     def disk(tmp: Path, script: Path) -> Path:
