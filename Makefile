@@ -11,17 +11,20 @@ PYTEST := $(VENV)/bin/pytest
 OT2_CACHE ?= $(HOME)/.cache/ot2
 export OT2_CACHE
 
-.PHONY: help deps venv lint qemu-image run test test-unit test-compat test-e2e bench bench-e2e bench-boot clean
+.PHONY: help deps venv lint qemu-image pi-image run run-pi test test-unit test-compat test-e2e test-e2e-pi bench bench-e2e bench-boot clean
 
 help:
 	@echo "make deps        install the Debian packages the build and tests need (root)"
 	@echo "make run         build the QEMU image and boot it (servers forwarded to localhost)"
+	@echo "make run-pi      build the Raspberry Pi 3 image and boot it in QEMU raspi3b through U-Boot"
 	@echo "make test        unit tests, Buildroot tree checks, image boot and OTA end-to-end tests"
 	@echo "make test-unit   the linters, then the tests that need no QEMU"
 	@echo "make lint        ruff (rules in ruff.toml) and shellcheck on the shell scripts"
 	@echo "make test-compat the OT-2's own driver and simulator against ours"
 	@echo "make test-e2e    only the image boot and OTA end-to-end tests"
+	@echo "make test-e2e-pi the same on the Raspberry Pi 3 image (QEMU raspi3b), and its GPIO"
 	@echo "make qemu-image  build the QEMU board's image and signed bundle from Debian packages"
+	@echo "make pi-image    build the Raspberry Pi 3 image (arm64), U-Boot and signed bundle from Debian packages"
 	@echo "make bench       update-server install and robot-server API benchmarks"
 	@echo "make bench-e2e   boot, OTA throughput and reboot figures from a QEMU run"
 	@echo "make ot2         Buildroot build for the Raspberry Pi 3 (needs internet)"
@@ -54,6 +57,9 @@ venv: $(VENV)/.done $(LABMCP_VENV)/.done
 qemu-image: venv
 	ci/build-qemu-image.sh --out build/qemu
 
+pi-image: venv
+	ci/build-pi-image.sh --out build/pi-image
+
 # Host ports the guest's servers are forwarded to (make run UPDATE_PORT=... ...).
 UPDATE_PORT ?= 34000
 ROBOT_PORT ?= 31950
@@ -65,7 +71,11 @@ run: venv
 	$(PY) ci/run-qemu.py --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
 		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT) --jupyter-port $(JUPYTER_PORT)
 
-test: test-unit test-compat test-e2e
+run-pi: venv
+	$(PY) ci/run-qemu.py --board ot2 --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
+		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
+
+test: test-unit test-compat test-e2e test-e2e-pi
 
 # The comparisons with the OT-2's own software (opentrons, in .venv) run in test-compat.
 COMPAT_TESTS := robot_server/tests/test_ot2_compat.py robot_server/tests/test_protocol_corpus.py \
@@ -91,9 +101,18 @@ test-unit: venv lint
 test-compat: venv
 	$(PYTEST) -q $(COMPAT_TESTS)
 
+# Runs a test suite and prints its wall time (CI's log shows each suite's).
+timed = start=$$(date +%s); $(1); status=$$?; echo "== $@: $$(( $$(date +%s) - start )) s"; exit $$status
+
 # test_boot_size (a second image, without Jupyter, and its boot) is a figure: bench-boot.
 test-e2e: venv
-	$(PYTEST) -q tests/e2e --ignore=tests/e2e/test_boot_size.py
+	@$(call timed,$(PYTEST) -q tests/e2e --ignore=tests/e2e/test_boot_size.py --ignore=tests/e2e/test_gpio_pi.py)
+
+# The Pi's scenarios, then its GPIO. Left to test-e2e, as they do not depend on the board:
+# the rejected bundles, and the engine's runs (a protocol over HTTP, a script over SSH).
+test-e2e-pi: venv
+	@$(call timed,OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py tests/e2e/test_gpio_pi.py \
+		-k "not rejected and not protocol_uploaded and not ssh_script")
 
 bench: venv
 	$(PY) update_server/bench/bench_install.py
@@ -110,8 +129,10 @@ bench: venv
 bench-e2e: venv
 	$(PYTEST) -q tests/e2e -k "not rejected and not power_cut and not after_power_cuts and not corrupted and not rolls_back"
 
+# Cold boot to both servers healthy, on each board (no bare direct-kernel boot beside them yet).
 bench-boot: venv
-	$(PYTEST) -q tests/e2e -k cold_boot
+	$(PYTEST) -q tests/e2e/test_system.py -k cold_boot
+	OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py -k cold_boot
 
 clean:
 	rm -rf build $(VENV) $(LABMCP_VENV)

@@ -1,10 +1,12 @@
-"""Boot the QEMU board's image and talk to it.
+"""Boot either board's image and talk to it.
 
-The harness behind `make run` (ci/run-qemu.py) and the end-to-end tests (tests/e2e):
-builds images with ci/build-qemu-image.sh, boots a copy of one under QEMU (software
-emulation) with the guest's ports forwarded to free ports on 127.0.0.1 and its
-motor-board UART wired to the Smoothieware emulator on the host, and speaks HTTP and
-SSH to it. Only loopback addresses are ever contacted.
+The harness behind `make run`/`make run-pi` (ci/run-qemu.py) and the end-to-end tests
+(tests/e2e): builds images with ci/build-qemu-image.sh (board "qemu", x86_64 PC) or
+ci/build-pi-image.sh (board "ot2", the Raspberry Pi 3 under QEMU's raspi3b), boots a copy
+of one under QEMU (software emulation) with the guest's ports forwarded to free ports on
+127.0.0.1 and its motor-board UART wired to the Smoothieware emulator on the host, and
+speaks HTTP and SSH to it; on the Pi it also sets and reads GPIO levels (qtest). Only
+loopback addresses are ever contacted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+from robot_server import gpio
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("OT2_VENV", ROOT / ".venv")) / "bin"
@@ -98,13 +102,19 @@ def check_ports_free(ports: dict[str, int]) -> None:
                                 f"{f' by {holder}' if holder else ''} ({exc.strerror})") from None
 
 
-def build_image(version: str | None = None, fault: str | None = None, jupyter: bool = True) -> Path:
-    """Builds (or takes from the cache) a QEMU board image; returns its directory.
+BUILDERS = {"qemu": "build-qemu-image.sh", "ot2": "build-pi-image.sh"}
+DISK = {"qemu": "disk.img", "ot2": "sdcard.img"}
 
-    The directory holds `disk.img`, `rootfs.squashfs` and the signed `rootfs.bundle`.
-    `jupyter=False` leaves Jupyter out (`--no-jupyter`).
+
+def build_image(version: str | None = None, fault: str | None = None, board: str = "qemu",
+                jupyter: bool = True) -> Path:
+    """Builds (or takes from the cache) an image of `board` ("qemu" or "ot2"); returns its directory.
+
+    The directory holds the disk image (`DISK[board]`), `rootfs.squashfs` and the signed
+    `rootfs.bundle`; the Pi's also `u-boot.bin` and `bcm2837-rpi-3-b.dtb`. `jupyter=False`
+    leaves Jupyter out (`--no-jupyter`; the Pi's build leaves it out by default).
     """
-    cmd = [str(ROOT / "ci" / "build-qemu-image.sh")]
+    cmd = [str(ROOT / "ci" / BUILDERS[board])]
     if version:
         cmd += ["--version", version]
     if fault:
@@ -127,20 +137,114 @@ class HTTPError(Exception):
         self.body = body
 
 
+class QTest:
+    """QEMU's qtest protocol on a unix socket the harness listens on; each QEMU start connects.
+
+    Used on the Pi to drive the BCM2835 GPIO inputs: QEMU 7.2's model has no GPIO inputs,
+    but a line's level can be set through the GPSET0/GPCLR0 registers and read in GPLEV0
+    (BCM2835 ARM Peripherals, section 6.1, registers at 0x7E20001C, 0x7E200028, 0x7E200034;
+    0x3F2000xx on the Pi 3's ARM side). Levels only: the model has no edge detection.
+    """
+
+    GPIO_BASE = 0x3F200000
+    GPSET0, GPCLR0, GPLEV0 = 0x1C, 0x28, 0x34
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.unlink(missing_ok=True)
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(1)
+        self._conn: socket.socket | None = None
+        self._buffer = b""
+        self._lock = threading.Lock()
+
+    def accept(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds for QEMU to connect; True once connected."""
+        with self._lock:
+            if self._conn is None:
+                self._server.settimeout(timeout)
+                try:
+                    self._conn, _ = self._server.accept()
+                except TimeoutError:
+                    return False
+                self._conn.settimeout(30)
+                self._buffer = b""
+            return True
+
+    def _command(self, line: str) -> str:
+        if not self.accept(30):
+            raise TimeoutError("QEMU did not connect to the qtest socket")
+        with self._lock:
+            self._conn.sendall(line.encode() + b"\n")
+            while True:
+                reply, sep, rest = self._buffer.partition(b"\n")
+                if sep:
+                    self._buffer = rest
+                    if reply.startswith(b"OK") or reply.startswith(b"FAIL"):
+                        return reply.decode()
+                    continue   # asynchronous IRQ lines
+                data = self._conn.recv(4096)
+                if not data:
+                    raise ConnectionError("QEMU closed the qtest socket")
+                self._buffer += data
+
+    def reconnect(self) -> None:
+        """Forgets the connection of a QEMU that is gone; the next one is accepted on use."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def set_gpio(self, line: int, level: bool) -> None:
+        """Sets GPIO `line` (BCM number, 0..31) to `level`."""
+        register = self.GPSET0 if level else self.GPCLR0
+        self._command(f"writel {self.GPIO_BASE + register:#x} {1 << line:#x}")
+
+    def gpio(self, line: int) -> bool:
+        """The level of GPIO `line` (BCM number, 0..31), as the guest's outputs or set_gpio left it."""
+        reply = self._command(f"readl {self.GPIO_BASE + self.GPLEV0:#x}")
+        return bool(int(reply.split()[1], 16) >> line & 1)
+
+    def close(self) -> None:
+        self.reconnect()
+        self._server.close()
+        self.path.unlink(missing_ok=True)
+
+
+def pi_device_tree(dtb: Path, out: Path, serial: str) -> Path:
+    """The device tree QEMU hands U-Boot on the Pi, made as the Pi's firmware would.
+
+    From the kernel's `bcm2837-rpi-3-b.dtb`: Bluetooth's node under the PL011 removed (what
+    config.txt's `dtoverlay=disable-bt` does, so the PL011 is a plain /dev/ttyAMA0) and
+    `/serial-number` set (the firmware's copy of the SoC serial, which board/ot2/boot.cmd
+    passes on as ot2.serial=). QEMU runs no firmware and applies no overlays.
+    """
+    subprocess.run(["cp", str(dtb), str(out)], check=True)
+    subprocess.run(["fdtput", "-r", str(out), "/soc/serial@7e201000/bluetooth"], check=True)
+    subprocess.run(["fdtput", "-t", "s", str(out), "/", "serial-number", serial], check=True)
+    return out
+
+
 class Guest:
     """One emulated robot: a disk image under QEMU plus the motor-board emulator.
 
     Each guest reboot ends QEMU and the harness powers it on again; `kill()` is a power cut.
-    The guest's serial number (`serial`, random per Guest, given to the firmware as the
-    SMBIOS system serial) comes back in the update server's `/health` as `serialNumber`:
-    that is how the harness knows that a `/health` it reads is this guest's and not another
-    program's on the same port.
+    The guest's serial number (`serial`, random per Guest) comes back in the update server's
+    `/health` as `serialNumber`: that is how the harness knows that a `/health` it reads is
+    this guest's and not another program's on the same port. The firmware hands it over:
+    the SMBIOS system serial on the QEMU board, the device tree's /serial-number on the Pi.
+
+    `board` is "qemu" or "ot2"; the Pi needs `firmware`, the image directory holding
+    `u-boot.bin` and `bcm2837-rpi-3-b.dtb`, and has `qtest` for its GPIO.
     """
 
     def __init__(self, disk: Path, workdir: Path, ports: dict[str, int] | None = None,
+                 board: str = "qemu", firmware: Path | None = None,
                  qemu_env: dict[str, str] | None = None):
         """`qemu_env`: more of ci/qemu-run.sh's variables (USB devices, OT2_QMP)."""
         self.disk = disk
+        self.board = board
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ports = ports or {name: free_port() for name in ("update", "robot", "bridge", "ssh", "jupyter", "uart")}
@@ -153,6 +257,13 @@ class Guest:
         self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
         self.serial = f"qemu-{secrets.token_hex(6)}"
+        self.qtest: QTest | None = None
+        self._board_env = {"OT2_BOARD": board}
+        if board == "ot2":
+            self.qtest = QTest(workdir / "qtest.sock")
+            self._board_env.update(
+                OT2_UBOOT=str(firmware / "u-boot.bin"), OT2_QTEST=str(self.qtest.path),
+                OT2_DTB=str(pi_device_tree(firmware / "bcm2837-rpi-3-b.dtb", workdir / "pi.dtb", self.serial)))
         # The robot server is also forwarded to port 31950 of this address.
         self.robot_alias = free_robot_alias()
         # The host reaches the guest through QEMU's user network, which the QEMU board's
@@ -196,13 +307,26 @@ class Guest:
                    OT2_PORT_UPDATE=str(self.ports["update"]), OT2_PORT_ROBOT=str(self.ports["robot"]),
                    OT2_PORT_BRIDGE=str(self.ports["bridge"]), OT2_PORT_SSH=str(self.ports["ssh"]),
                    OT2_UART_PORT=str(self.ports["uart"]), OT2_SERIAL=self.serial,
-                   OT2_ROBOT_ALIAS=self.robot_alias, **self.qemu_env)
+                   OT2_ROBOT_ALIAS=self.robot_alias, **self._board_env, **self.qemu_env)
         if "jupyter" in self.ports:
             env["OT2_PORT_JUPYTER"] = str(self.ports["jupyter"])
         self.power_ons += 1
+        if self.qtest:
+            self.qtest.reconnect()
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
                                      env=env, stdout=open(self.workdir / "qemu.log", "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        if self.qtest:
+            self._pull_up_inputs()
+
+    def _pull_up_inputs(self) -> None:
+        """The Pi's door switch and front button lines sit high through pull-ups (door
+        closed, button released); QEMU models no pull-ups, so the harness sets the levels."""
+        while not self.qtest.accept(1):
+            if self.qemu.poll() is not None:
+                return   # QEMU did not come up; the supervisor sees it exit
+        self.qtest.set_gpio(gpio.PIN_DOOR, True)
+        self.qtest.set_gpio(gpio.PIN_BUTTON_INPUT, True)
 
     def _supervise(self) -> None:
         # QEMU runs with -no-reboot: a clean exit is a guest reboot, so power on again.
@@ -237,6 +361,8 @@ class Guest:
 
     def stop(self) -> None:
         self.kill()
+        if self.qtest:
+            self.qtest.close()
         if self.emulator and self.emulator.poll() is None:
             self.emulator.terminate()
             self.emulator.wait(10)
@@ -397,9 +523,16 @@ class Guest:
             check=check, capture_output=True, text=True, timeout=timeout, input=input)
 
 
-def copy_disk(src: Path, dst: Path) -> Path:
-    """Sparse copy of a disk image (the cache's copy stays pristine)."""
+def copy_disk(src: Path, dst: Path, sd_card: bool = False) -> Path:
+    """Sparse copy of a disk image (the cache's copy stays pristine).
+
+    `sd_card`: grown to the next power of two in size, the only SD-card sizes QEMU's Pi
+    takes (the guest grows /data into the rest, as on a larger card).
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    if sd_card:
+        size = dst.stat().st_size
+        os.truncate(dst, 1 << (size - 1).bit_length())
     return dst
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Boots a disk image of the QEMU board under software emulation (TCG).
+# Boots a disk image of either board under software emulation (TCG).
 # Usage: ci/qemu-run.sh DISK.img [CONSOLE_LOG]
 # A guest reboot ends QEMU (-no-reboot): whoever started it powers it on again, a cold
 # start like the Pi's reset. (OVMF was seen to hang now and then on a warm reset under
@@ -7,14 +7,20 @@
 # Environment (host ports on 127.0.0.1 forwarded to the guest):
 #   OT2_PORT_UPDATE (34000)  OT2_PORT_ROBOT (31950)  OT2_PORT_BRIDGE (7887)  OT2_PORT_SSH (2222)
 #   OT2_PORT_JUPYTER (48888)
-#   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's /dev/ttyS1 is
-#                    wired to (QEMU connects to it and reconnects if it goes away); unset: none
+#   OT2_UART_PORT    host TCP port of the Smoothieware emulator the guest's motor-board UART
+#                    is wired to (QEMU connects to it and reconnects if it goes away); unset: none
 #   OT2_ROBOT_ALIAS  a loopback address whose port 31950 is also forwarded to the robot
 #                    server (for OT-2 API clients that always use 31950); unset: none
-#   OT2_QEMU_MEM     guest memory in MiB (1024)
-#   OT2_SERIAL       the board's serial number (SMBIOS system serial; GRUB passes it to
+#   OT2_BOARD        qemu (default): x86_64 PC, OVMF, GRUB; the UART is /dev/ttyS1.
+#                    ot2: Raspberry Pi 3 (raspi3b), U-Boot; the UART is the PL011, /dev/ttyAMA0.
+#   OT2_QEMU_MEM     guest memory in MiB (1024; the raspi3b has 1024 and nothing else)
+#   OT2_SERIAL       qemu: the board's serial number (SMBIOS system serial; GRUB passes it to
 #                    Linux as ot2.serial=); unset: none
-# Lab equipment on the guest's USB (an xHCI controller is added when any is given):
+#   OT2_UBOOT, OT2_DTB  ot2: U-Boot and the device tree QEMU hands it, as the Pi's firmware
+#                    would (the harness puts the serial number in the DTB: ci/ot2qemu.py)
+#   OT2_QTEST        ot2: a unix socket the harness listens on for QEMU's qtest protocol
+#                    (drives the GPIO inputs); unset: none
+# Lab equipment on the guest's USB (qemu board; an xHCI controller is added for them):
 #   OT2_USB_DRIVES   space-separated raw disk images, each a USB stick (usb-storage) with
 #                    QEMU id usbstick0, usbstick1, ... (device_del over QMP pulls it)
 #   OT2_USB_SERIAL   a host tty (e.g. a pty's /dev/pts/N) wired to a USB serial adapter
@@ -37,6 +43,25 @@ if [ -n "${OT2_UART_PORT:-}" ]; then
 else
 	uart=(-serial null)
 fi
+console_dev=(-chardev "file,id=console,path=$console,append=on")
+
+if [ "${OT2_BOARD:-qemu}" = ot2 ]; then
+	qtest=()
+	if [ -n "${OT2_QTEST:-}" ]; then
+		qtest=(-qtest "unix:$OT2_QTEST" -qtest-log /dev/null)
+	fi
+	# First -serial: the PL011 (ttyAMA0, the motor board); second: the mini UART (ttyS1,
+	# the console, named on the command line the "firmware" gives: -append). The network
+	# is a USB-Ethernet link with link-local addresses, as the OT-2's USB cable: the host
+	# (forwarded ports) is 169.254.94.1 to the guest.
+	exec qemu-system-aarch64 -M raspi3b -m "${OT2_QEMU_MEM:-1024}" -accel tcg -no-reboot \
+		-kernel "$OT2_UBOOT" -dtb "$OT2_DTB" -append "console=ttyS1,115200" \
+		-drive "file=$disk,if=sd,format=raw" \
+		-netdev "user,id=net0,net=169.254.0.0/16,host=169.254.94.1,dhcpstart=169.254.94.15,$fwd" \
+		-device usb-net,netdev=net0 \
+		-display none -monitor none "${uart[@]}" "${console_dev[@]}" -serial chardev:console "${qtest[@]}"
+fi
+
 smbios=()
 if [ -n "${OT2_SERIAL:-}" ]; then
 	smbios=(-smbios "type=1,serial=$OT2_SERIAL")
@@ -63,4 +88,4 @@ exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 -no-reboot \
 	-drive "file=$disk,if=virtio,format=raw" \
 	-netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0 \
 	-display none -monitor none \
-	-chardev "file,id=console,path=$console,append=on" -serial chardev:console "${uart[@]}" "${smbios[@]}" "${usb[@]}" "${qmp[@]}"
+	"${console_dev[@]}" -serial chardev:console "${uart[@]}" "${smbios[@]}" "${usb[@]}" "${qmp[@]}"

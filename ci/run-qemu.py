@@ -1,9 +1,11 @@
-"""`make run`: build the QEMU board's image (cached) and boot it with its servers on localhost.
+"""`make run`/`make run-pi`: build a board's image (cached) and boot it with its servers on localhost.
 
-The guest's update server, robot server, raw TCP bridge and SSH are forwarded to fixed
-ports on 127.0.0.1 (printed on start); its motor-board UART is wired to the Smoothieware
-emulator running on the host. The disk is a copy in build/qemu/ that persists between
-runs (delete it, or pass --fresh, to start from the built image). Ctrl-C powers off.
+`--board qemu` (default) is the x86_64 QEMU board; `--board ot2` the Raspberry Pi 3 under
+QEMU's raspi3b, booted through U-Boot and boot.scr. The guest's update server, robot
+server, raw TCP bridge and SSH are forwarded to fixed ports on 127.0.0.1 (printed on
+start); its motor-board UART is wired to the Smoothieware emulator running on the host.
+The disk is a copy in build/qemu/ (build/pi/) that persists between runs (delete it, or
+pass --fresh, to start from the built image). Ctrl-C powers off.
 
 Exits 1 without starting anything if a port is taken (naming it and, where /proc shows
 it, the process holding it), and 1 with the tail of QEMU's log if QEMU dies.
@@ -23,6 +25,7 @@ import ot2qemu
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--board", choices=("qemu", "ot2"), default="qemu")
     parser.add_argument("--fresh", action="store_true", help="start from the built image, discarding build/qemu/disk.img")
     parser.add_argument("--update-port", type=int, default=34000)
     parser.add_argument("--robot-port", type=int, default=31950)
@@ -40,12 +43,13 @@ def main() -> int:
         print(f"run-qemu: {exc}; choose another with make run UPDATE_PORT= ROBOT_PORT= "
               f"BRIDGE_PORT= SSH_PORT= JUPYTER_PORT=", file=sys.stderr)
         return 1
-    image_dir = ot2qemu.build_image()
-    workdir = ot2qemu.ROOT / "build" / "qemu"
-    disk = workdir / "disk.img"
+    pi = args.board == "ot2"
+    image_dir = ot2qemu.build_image(board=args.board)
+    workdir = ot2qemu.ROOT / "build" / ("pi" if pi else "qemu")
+    disk = workdir / ot2qemu.DISK[args.board]
     if args.fresh or not disk.exists():
-        ot2qemu.copy_disk(image_dir / "disk.img", disk)
-    guest = ot2qemu.Guest(disk, workdir, ports)
+        ot2qemu.copy_disk(image_dir / disk.name, disk, sd_card=pi)
+    guest = ot2qemu.Guest(disk, workdir, ports, board=args.board, firmware=image_dir)
     # SIGTERM (e.g. from `timeout`) powers off like Ctrl-C instead of leaving QEMU behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started = time.monotonic()
@@ -61,8 +65,9 @@ def main() -> int:
         print(f"  SSH             ssh -p {ports['ssh']} root@127.0.0.1 (add your key first: "
               f"curl -X POST -H 'Content-Type: application/json' -d '{{\"key\": \"...\"}}' "
               f"http://127.0.0.1:{ports['update']}/server/ssh_keys)")
-        print(f"  Jupyter         http://127.0.0.1:{ports['jupyter']}/ (token: ssh ... journalctl -u ot2-jupyter)")
-        print(f"  motor board     Smoothieware emulator on 127.0.0.1:{ports['uart']} (guest /dev/ttyS1)")
+        if not pi:
+            print(f"  Jupyter         http://127.0.0.1:{ports['jupyter']}/ (token: ssh ... journalctl -u ot2-jupyter)")
+        print(f"  motor board     Smoothieware emulator on 127.0.0.1:{ports['uart']} (guest {'/dev/ttyAMA0' if pi else '/dev/ttyS1'})")
         print("Ctrl-C powers the robot off.", flush=True)
         while guest.running:
             time.sleep(1)

@@ -7,6 +7,8 @@
 # and writes beside it the image's block map (<image>.bmap, `bmaptool create`: flash with
 # `bmaptool copy` or `ot2 flash`, which write only the mapped blocks) and its SHA-256
 # (<image>.sha256, `sha256sum -c` format).
+# OT2_GENIMAGE_CFG names another template in place of board/BOARD/genimage.cfg
+# (ci/build-pi-image.sh: the Pi's without the firmware files Debian does not ship).
 set -eu
 
 binaries=$1
@@ -34,7 +36,7 @@ uboot)
 	;;
 esac
 
-render "$BOARD_DIR/genimage.cfg" "$work/genimage.cfg"
+render "${OT2_GENIMAGE_CFG:-$BOARD_DIR/genimage.cfg}" "$work/genimage.cfg"
 render "$(dirname "$0")/genimage.cfg" "$work/genimage-common.cfg"
 cat "$work/genimage-common.cfg" >> "$work/genimage.cfg"
 mkdir -p "$work/root"

@@ -17,8 +17,9 @@
 # counted down with test chains.
 #
 # Slot A is @SLOT_A_DEVICE@, slot B @SLOT_B_DEVICE@; each carries its kernel
-# as /boot/vmlinuz (a link to zImage). The device tree is the one the
-# firmware loaded and patched (config.txt overlays): ${fdt_addr}.
+# as /boot/vmlinuz (a link to zImage, or to an arm64 Image with /boot/initrd.img
+# beside it: ci/build-pi-image.sh). The device tree is the one the firmware
+# loaded and patched (config.txt overlays): ${fdt_addr}.
 
 setenv ot2_env_addr ${pxefile_addr_r}
 setenv ot2_env_size @BOOT_ENV_SIZE@
@@ -41,8 +42,23 @@ setenv ot2_pick 'setenv ot2_slot; run ot2_pick_${ot2_first}; if test -n "${ot2_s
 # Primary first, then the backup: one of them is whole at any time.
 setenv ot2_save 'if env export -c -s ${ot2_env_size} ${ot2_env_addr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT; then fatwrite @UBOOT_DEVICE@:@BOOT_PART@ ${ot2_env_addr} @BOOT_ENV@ ${ot2_env_size}; fatwrite @UBOOT_DEVICE@:@BOOT_PART@ ${ot2_env_addr} @BOOT_ENV_BACKUP@ ${ot2_env_size}; fi'
 
-# Loads the slot's kernel and boots it; returns only if that failed.
-setenv ot2_boot 'if test "${ot2_slot}" = A; then setenv ot2_part @SLOT_A_PART@; else setenv ot2_part @SLOT_B_PART@; fi; echo "ot2: booting slot ${ot2_slot} (order ${BOOT_ORDER}, tries left A=${BOOT_A_LEFT} B=${BOOT_B_LEFT})"; setenv bootargs "root=@PART_DEVICE@${ot2_part} rootfstype=squashfs ro rootwait ot2.slot=${ot2_slot} ot2.serial=${serial#} console=tty1 panic=5"; if sqfsload @UBOOT_DEVICE@:${ot2_part} ${kernel_addr_r} /boot/vmlinuz || sqfsload @UBOOT_DEVICE@:${ot2_part} ${kernel_addr_r} /boot/zImage; then bootz ${kernel_addr_r} - ${fdt_addr}; fi; echo "ot2: slot ${ot2_slot} failed to load"'
+# What the firmware put in the device tree it hands over (${fdt_addr}): the board's serial
+# number (/serial-number, from the SoC's OTP; U-Boot's ${serial#} when absent) and its
+# command line (/chosen/bootargs: cmdline.txt and the firmware's own arguments).
+setenv ot2_serial ${serial#}
+setenv ot2_fw_bootargs
+if fdt addr ${fdt_addr}; then
+	fdt get value ot2_serial / serial-number
+	fdt get value ot2_fw_bootargs /chosen bootargs
+fi
+
+# Above the largest kernel (arm64 Image: 33 MiB unpacked) and below boot.scr (${scriptaddr}).
+setenv kernel_addr_r 0x00200000
+setenv ramdisk_addr_r 0x05100000
+
+# Loads the slot's kernel (and its initramfs, if it has one) and boots it: booti for an
+# arm64 Image, else bootz for an ARM zImage; returns only if that failed.
+setenv ot2_boot 'if test "${ot2_slot}" = A; then setenv ot2_part @SLOT_A_PART@; else setenv ot2_part @SLOT_B_PART@; fi; echo "ot2: booting slot ${ot2_slot} (order ${BOOT_ORDER}, tries left A=${BOOT_A_LEFT} B=${BOOT_B_LEFT})"; setenv bootargs "root=@PART_DEVICE@${ot2_part} rootfstype=squashfs ro rootwait ot2.slot=${ot2_slot} ot2.serial=${ot2_serial} panic=5 ${ot2_fw_bootargs}"; if sqfsload @UBOOT_DEVICE@:${ot2_part} ${kernel_addr_r} /boot/vmlinuz || sqfsload @UBOOT_DEVICE@:${ot2_part} ${kernel_addr_r} /boot/zImage; then setenv ot2_initrd -; if sqfsload @UBOOT_DEVICE@:${ot2_part} ${ramdisk_addr_r} /boot/initrd.img; then setenv ot2_initrd ${ramdisk_addr_r}:${filesize}; fi; booti ${kernel_addr_r} ${ot2_initrd} ${fdt_addr} || bootz ${kernel_addr_r} ${ot2_initrd} ${fdt_addr}; fi; echo "ot2: slot ${ot2_slot} failed to load"'
 
 # 1. The environment: primary file, else the backup, else the defaults.
 setenv ot2_file @BOOT_ENV@

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"robot-server: cannot listen: {exc}", file=sys.stderr)
             return 1
-        except RuntimeError as exc:     # e.g. RPi.GPIO missing off the Pi
+        except RuntimeError as exc:     # e.g. libgpiod missing off the Pi
             print(f"robot-server: {exc}", file=sys.stderr)
             return 1
     finally:

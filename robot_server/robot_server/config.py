@@ -14,7 +14,7 @@ key                    default               meaning
 ``serial_port``        ``"/dev/ttyAMA0"``    motor board device or pyserial URL
                                              (``socket://127.0.0.1:PORT``)
 ``baudrate``           ``115200``            UART speed
-``gpio_backend``       ``"rpi"``             ``"rpi"`` (RPi.GPIO) or ``"sim"`` (simulated)
+``gpio_backend``       ``"rpi"``             ``"rpi"`` (libgpiod) or ``"sim"`` (simulated)
 ``data_dir``           ``"/data"``           persistent data; the server uses ``<data_dir>/robot-server``
 ``lock_file``          ``"/run/robot-server/robot-server.lock"``  single-owner lock
 ``ack_timeout``        ``5.0``               seconds to wait for the board's acknowledgement

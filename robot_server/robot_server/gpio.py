@@ -26,7 +26,7 @@ Door level: the facts do not state the switch polarity; we read the door as **cl
 when the line is high** (``DOOR_CLOSED_LEVEL``, the one constant to flip after checking on
 hardware).
 
-Backends: :class:`RPiGPIO` (RPi.GPIO, imported lazily, only on the Pi) and
+Backends: :class:`RPiGPIO` (libgpiod, imported lazily, only on the Pi) and
 :class:`SimulatedGPIO` (in memory; inputs are set by :meth:`SimulatedGPIO.set_door` /
 :meth:`SimulatedGPIO.set_button`, used off the Pi, in tests and in the QEMU image).
 Input-change callbacks run in an arbitrary thread; the server hops them onto its loop.
@@ -192,87 +192,126 @@ class SimulatedGPIO(GPIOBackend):
 
 
 class RPiGPIO(GPIOBackend):
-    """RPi.GPIO backend (BCM numbering). ``RPi.GPIO`` is imported in :meth:`setup`, so this
-    module imports anywhere; on a machine without it :meth:`setup` raises ``RuntimeError``."""
+    """The Raspberry Pi's GPIO through the kernel's GPIO character device (libgpiod's
+    Python bindings, v1 API as in Debian's ``python3-libgpiod``; BCM numbers are the line
+    offsets of ``gpiochip0``, the BCM2835 pin controller). ``gpiod`` is imported in
+    :meth:`setup`, so this module imports anywhere; without it :meth:`setup` raises
+    ``RuntimeError``.
+
+    Input changes are found by edge events where the controller reports them, and by
+    reading the levels every ``POLL_S`` seconds in any case: QEMU's BCM2835 model (and any
+    controller without edge detection) only gives levels.
+    """
 
     name = "rpi"
+    CHIP = "gpiochip0"
+    CONSUMER = "ot2-robot-server"
+    POLL_S = 0.05
 
     def __init__(self) -> None:
         super().__init__()
-        self._gpio = None
+        self._chip = None
+        self._out: dict[int, object] = {}
+        self._in: dict[int, object] = {}
         self._led = {"red": False, "green": False, "blue": False}
         self._lights = False
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def setup(self) -> None:
         try:
-            import RPi.GPIO as GPIO  # type: ignore[import-not-found]  # only on the Pi
-        except (ImportError, RuntimeError) as exc:
-            raise RuntimeError(f"gpio_backend 'rpi' needs RPi.GPIO on a Raspberry Pi: {exc}") from None
-        self._gpio = GPIO
-        GPIO.setwarnings(False)
-        GPIO.setmode(GPIO.BCM)
-        for pin in (PIN_FRAME_LIGHTS, PIN_BUTTON_BLUE, PIN_BUTTON_GREEN, PIN_BUTTON_RED, PIN_AUDIO_ENABLE):
-            GPIO.setup(pin, GPIO.OUT, initial=GPIO.LOW)
+            import gpiod  # type: ignore[import-not-found]  # only on the Pi
+            self._chip = gpiod.Chip(self.CHIP)
+        except (ImportError, OSError) as exc:
+            raise RuntimeError(f"gpio_backend 'rpi' needs libgpiod's gpiod module and {self.CHIP}: {exc}") from None
         # motor-board control lines are active low: idle high (board running)
-        for pin in (PIN_HALT, PIN_ISP, PIN_RESET):
-            GPIO.setup(pin, GPIO.OUT, initial=GPIO.HIGH)
-        GPIO.setup(PIN_BUTTON_INPUT, GPIO.IN, pull_up_down=GPIO.PUD_UP)
-        GPIO.setup(PIN_DOOR, GPIO.IN, pull_up_down=GPIO.PUD_UP)
+        for pin, level in ((PIN_FRAME_LIGHTS, 0), (PIN_BUTTON_BLUE, 0), (PIN_BUTTON_GREEN, 0), (PIN_BUTTON_RED, 0),
+                           (PIN_AUDIO_ENABLE, 0), (PIN_HALT, 1), (PIN_ISP, 1), (PIN_RESET, 1)):
+            line = self._chip.get_line(pin)
+            line.request(consumer=self.CONSUMER, type=gpiod.LINE_REQ_DIR_OUT, default_vals=[level])
+            self._out[pin] = line
+        for pin in (PIN_BUTTON_INPUT, PIN_DOOR):
+            line = self._chip.get_line(pin)
+            line.request(consumer=self.CONSUMER, type=gpiod.LINE_REQ_EV_BOTH_EDGES,
+                         flags=gpiod.LINE_REQ_FLAG_BIAS_PULL_UP)
+            self._in[pin] = line
         for pin in PIN_REVISION:
-            GPIO.setup(pin, GPIO.IN, pull_up_down=GPIO.PUD_UP)
-        GPIO.add_event_detect(PIN_DOOR, GPIO.BOTH, callback=self._door_edge, bouncetime=20)
-        GPIO.add_event_detect(PIN_BUTTON_INPUT, GPIO.BOTH, callback=self._button_edge, bouncetime=20)
+            line = self._chip.get_line(pin)
+            line.request(consumer=self.CONSUMER, type=gpiod.LINE_REQ_DIR_IN, flags=gpiod.LINE_REQ_FLAG_BIAS_PULL_UP)
+            self._in[pin] = line
+        self._watcher = threading.Thread(target=self._watch, name="gpio-inputs", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """Fires the door and button callbacks on each change of their levels: woken by an
+        edge event, or after ``POLL_S`` seconds without one."""
+        import gpiod  # type: ignore[import-not-found]
+        edges = gpiod.LineBulk([self._in[PIN_DOOR], self._in[PIN_BUTTON_INPUT]])
+        door, button = self.door_open(), self.button_pressed()
+        while not self._stop.is_set():
+            woken = edges.event_wait(sec=0, nsec=int(self.POLL_S * 1e9))
+            for line in woken or ():
+                line.event_read()
+            if self.door_open() != door:
+                door = not door
+                self._fire(self._door_cbs, door)
+            if self.button_pressed() != button:
+                button = not button
+                self._fire(self._button_cbs, button)
 
     def close(self) -> None:
-        if self._gpio is not None:
-            self._gpio.cleanup()
-            self._gpio = None
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        for line in (*self._out.values(), *self._in.values()):
+            line.release()
+        self._out.clear()
+        self._in.clear()
+        if self._chip is not None:
+            self._chip.close()
+            self._chip = None
 
-    def _door_edge(self, _pin: int) -> None:
-        self._fire(self._door_cbs, self.door_open())
-
-    def _button_edge(self, _pin: int) -> None:
-        self._fire(self._button_cbs, self.button_pressed())
+    def _set(self, pin: int, level: bool) -> None:
+        self._out[pin].set_value(int(level))
 
     def set_lights(self, on: bool) -> None:
-        self._gpio.output(PIN_FRAME_LIGHTS, bool(on))
+        self._set(PIN_FRAME_LIGHTS, on)
         self._lights = bool(on)
 
     def lights_on(self) -> bool:
         return self._lights
 
     def set_button_light(self, red: bool, green: bool, blue: bool) -> None:
-        self._gpio.output(PIN_BUTTON_RED, bool(red))
-        self._gpio.output(PIN_BUTTON_GREEN, bool(green))
-        self._gpio.output(PIN_BUTTON_BLUE, bool(blue))
+        self._set(PIN_BUTTON_RED, red)
+        self._set(PIN_BUTTON_GREEN, green)
+        self._set(PIN_BUTTON_BLUE, blue)
         self._led = {"red": bool(red), "green": bool(green), "blue": bool(blue)}
 
     def button_light(self) -> dict[str, bool]:
         return dict(self._led)
 
     def door_open(self) -> bool:
-        return self._gpio.input(PIN_DOOR) != DOOR_CLOSED_LEVEL
+        return self._in[PIN_DOOR].get_value() != DOOR_CLOSED_LEVEL
 
     def button_pressed(self) -> bool:
-        return self._gpio.input(PIN_BUTTON_INPUT) == 0   # active low
+        return self._in[PIN_BUTTON_INPUT].get_value() == 0   # active low
 
     def revision(self) -> int:
-        return sum(self._gpio.input(pin) << i for i, pin in enumerate(PIN_REVISION))
+        return sum(self._in[pin].get_value() << i for i, pin in enumerate(PIN_REVISION))
 
     def pulse_reset(self) -> None:
-        g = self._gpio
         self.reset_count += 1
-        g.output(PIN_ISP, True)
-        g.output(PIN_RESET, False)
+        self._set(PIN_ISP, True)
+        self._set(PIN_RESET, False)
         time.sleep(RESET_PULSE_S)
-        g.output(PIN_RESET, True)
+        self._set(PIN_RESET, True)
         time.sleep(RESET_PULSE_S)
 
     def pulse_halt(self) -> None:
         self.halt_count += 1
-        self._gpio.output(PIN_HALT, False)
+        self._set(PIN_HALT, False)
         time.sleep(RESET_PULSE_S)
-        self._gpio.output(PIN_HALT, True)
+        self._set(PIN_HALT, True)
 
 
 def make_backend(name: str) -> GPIOBackend:

@@ -1,13 +1,16 @@
-"""End-to-end fixtures: real images of the QEMU board, booted under software emulation.
+"""End-to-end fixtures: real images of a board, booted under software emulation.
 
-One guest is booted for the whole session and walked through the scenarios in order
-(tests/e2e/test_system.py); each scenario adds a row to the table printed at the end,
-and the benchmark figures are printed beside it (`make test-e2e`, `make bench-e2e`).
+The board is the QEMU board (x86_64 PC, GRUB), or with OT2_BOARD=ot2 the Raspberry Pi 3
+(QEMU raspi3b, U-Boot; `make test-e2e-pi`). One guest is booted for the whole session
+and walked through the scenarios in order (tests/e2e/test_system.py); each scenario adds a
+row to the table printed at the end, and the benchmark figures are printed beside it
+(`make test-e2e`, `make test-e2e-pi`, `make bench-e2e`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,9 +24,23 @@ VERSION_1 = "1.0.0-e2e"
 VERSION_2 = "2.0.0-e2e"
 VERSION_BAD = "3.0.0-e2e-unhealthy"
 
+BOARD = os.environ.get("OT2_BOARD", "qemu")
+# What differs between the boards, for the scenarios: the disk image's name, the slots'
+# block devices, the bootloader environment files, the tools a run needs.
+DISK = ot2qemu.DISK[BOARD]
+SLOT_DEVICES = {"qemu": {"A": "/dev/vda2", "B": "/dev/vda3"},
+                "ot2": {"A": "/dev/mmcblk0p2", "B": "/dev/mmcblk0p3"}}[BOARD]
+BOOT_ENV = {"qemu": "/boot/firmware/grubenv", "ot2": "/boot/firmware/uboot.env"}[BOARD]
+BOOT_ENV_LIST = {"qemu": "grub-editenv /boot/firmware/grubenv list",
+                 "ot2": "fw_printenv -c /etc/fw_env.config"}[BOARD]
+TOOLS = {"qemu": ("qemu-system-x86_64", "grub-mkimage"),
+         "ot2": ("qemu-system-aarch64", "aarch64-linux-gnu-gcc", "mkimage", "fdtput")}[BOARD]
+COMPATIBLE = {"qemu": "ot2-qemu-x86_64", "ot2": "ot2-rpi3"}[BOARD]
+
 ROWS: list[dict] = []
 FIGURES: dict[str, str] = {}
-RESULTS = ot2qemu.ROOT / "build" / "e2e" / "results.json"
+WORKDIR = ot2qemu.ROOT / "build" / ("e2e" if BOARD == "qemu" else f"e2e-{BOARD}")
+RESULTS = WORKDIR / "results.json"
 
 
 def record(scenario: str, expected: str, booted: str, data_intact: bool, seconds: float) -> None:
@@ -40,23 +57,23 @@ def figure(name: str, value: str) -> None:
 @pytest.fixture(scope="session")
 def images() -> dict[str, Path]:
     """The three images of the run: the one flashed, an update, and one that never gets healthy."""
-    for tool in ("qemu-system-x86_64", "mmdebstrap", "genimage", "grub-mkimage", "ssh"):
+    for tool in ("mmdebstrap", "genimage", "ssh", *TOOLS):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run `make deps`")
     return {
-        "v1": ot2qemu.build_image(VERSION_1),
-        "v2": ot2qemu.build_image(VERSION_2),
-        "bad": ot2qemu.build_image(VERSION_BAD, fault="robot-server"),
+        "v1": ot2qemu.build_image(VERSION_1, board=BOARD),
+        "v2": ot2qemu.build_image(VERSION_2, board=BOARD),
+        "bad": ot2qemu.build_image(VERSION_BAD, fault="robot-server", board=BOARD),
     }
 
 
 @pytest.fixture(scope="session")
 def guest(images):
     """A robot booted from a fresh copy of the v1 disk image."""
-    workdir = ot2qemu.ROOT / "build" / "e2e" / "guest"
+    workdir = WORKDIR / "guest"
     shutil.rmtree(workdir, ignore_errors=True)
-    disk = ot2qemu.copy_disk(images["v1"] / "disk.img", workdir / "disk.img")
-    robot = ot2qemu.Guest(disk, workdir)
+    disk = ot2qemu.copy_disk(images["v1"] / DISK, workdir / DISK, sd_card=BOARD == "ot2")
+    robot = ot2qemu.Guest(disk, workdir, board=BOARD, firmware=images["v1"])
     yield robot
     robot.stop()
 
@@ -67,6 +84,8 @@ def pytest_terminal_summary(terminalreporter):
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"scenarios": ROWS, "figures": FIGURES}, indent=2))
     write = terminalreporter.write_line
+    write("")
+    write(f"board: {BOARD}")
     if ROWS:
         columns = list(ROWS[0])
         widths = {c: max(len(c), *(len(r[c]) for r in ROWS)) for c in columns}
