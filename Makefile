@@ -104,9 +104,11 @@ test-compat: venv
 # Runs a test suite and prints its wall time (CI's log shows each suite's).
 timed = start=$$(date +%s); $(1); status=$$?; echo "== $@: $$(( $$(date +%s) - start )) s"; exit $$status
 
-# test_boot_size (a second image, without Jupyter, and its boot) is a figure: bench-boot.
+# test_boot_size (a second image, without Jupyter, and its boot) and test_boot_bench (each
+# board's boot chain next to a direct kernel boot) are figures: bench-boot.
 test-e2e: venv
-	@$(call timed,$(PYTEST) -q tests/e2e --ignore=tests/e2e/test_boot_size.py --ignore=tests/e2e/test_gpio_pi.py)
+	@$(call timed,$(PYTEST) -q tests/e2e --ignore=tests/e2e/test_boot_size.py --ignore=tests/e2e/test_boot_bench.py \
+		--ignore=tests/e2e/test_gpio_pi.py)
 
 # The Pi's scenarios, then its GPIO. Left to test-e2e, as they do not depend on the board:
 # the rejected bundles, and the engine's runs (a protocol over HTTP, a script over SSH).
@@ -129,10 +131,10 @@ bench: venv
 bench-e2e: venv
 	$(PYTEST) -q tests/e2e -k "not rejected and not power_cut and not after_power_cuts and not corrupted and not rolls_back"
 
-# Cold boot to both servers healthy, on each board (no bare direct-kernel boot beside them yet).
+# Cold boot to both servers healthy on each board, next to a direct kernel boot of the same
+# root; the QEMU board's image without Jupyter.
 bench-boot: venv
-	$(PYTEST) -q tests/e2e/test_system.py -k cold_boot
-	OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py -k cold_boot
+	$(PYTEST) -q tests/e2e/test_boot_bench.py tests/e2e/test_boot_size.py
 
 clean:
 	rm -rf build $(VENV) $(LABMCP_VENV)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from robot_server import gpio
+from update_server.config import read_board_file
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("OT2_VENV", ROOT / ".venv")) / "bin"
@@ -103,14 +104,22 @@ def check_ports_free(ports: dict[str, int]) -> None:
 
 
 BUILDERS = {"qemu": "build-qemu-image.sh", "ot2": "build-pi-image.sh"}
-DISK = {"qemu": "disk.img", "ot2": "sdcard.img"}
+
+
+def board_meta(board: str) -> dict[str, str]:
+    """The board's facts (board/BOARD/meta: BOARD_COMPATIBLE, IMAGE_NAME, BOOTLOADER, ...),
+    with the slots' devices (SLOT_A_DEVICE, SLOT_B_DEVICE) as the image's board.conf has them."""
+    meta = read_board_file(ROOT / "board" / board / "meta")
+    for slot in ("A", "B"):
+        meta[f"SLOT_{slot}_DEVICE"] = meta["PART_DEVICE"] + meta[f"SLOT_{slot}_PART"]
+    return meta
 
 
 def build_image(version: str | None = None, fault: str | None = None, board: str = "qemu",
                 jupyter: bool = True) -> Path:
     """Builds (or takes from the cache) an image of `board` ("qemu" or "ot2"); returns its directory.
 
-    The directory holds the disk image (`DISK[board]`), `rootfs.squashfs` and the signed
+    The directory holds the disk image (the meta's `IMAGE_NAME`), `rootfs.squashfs` and the signed
     `rootfs.bundle`; the Pi's also `u-boot.bin` and `bcm2837-rpi-3-b.dtb`. `jupyter=False`
     leaves Jupyter out (`--no-jupyter`; the Pi's build leaves it out by default).
     """

@@ -20,6 +20,9 @@
 #                    would (the harness puts the serial number in the DTB: ci/ot2qemu.py)
 #   OT2_QTEST        ot2: a unix socket the harness listens on for QEMU's qtest protocol
 #                    (drives the GPIO inputs); unset: none
+#   OT2_KERNEL, OT2_INITRD, OT2_APPEND  a bare direct-kernel boot (`make bench-boot`): QEMU
+#                    loads this kernel and initramfs with this command line itself, in place
+#                    of the board's firmware and bootloader (OVMF and GRUB; U-Boot)
 # Lab equipment on the guest's USB (qemu board; an xHCI controller is added for them):
 #   OT2_USB_DRIVES   space-separated raw disk images, each a USB stick (usb-storage) with
 #                    QEMU id usbstick0, usbstick1, ... (device_del over QMP pulls it)
@@ -54,8 +57,12 @@ if [ "${OT2_BOARD:-qemu}" = ot2 ]; then
 	# the console, named on the command line the "firmware" gives: -append). The network
 	# is a USB-Ethernet link with link-local addresses, as the OT-2's USB cable: the host
 	# (forwarded ports) is 169.254.94.1 to the guest.
+	boot=(-kernel "$OT2_UBOOT" -append "console=ttyS1,115200")
+	if [ -n "${OT2_KERNEL:-}" ]; then
+		boot=(-kernel "$OT2_KERNEL" -initrd "$OT2_INITRD" -append "$OT2_APPEND")
+	fi
 	exec qemu-system-aarch64 -M raspi3b -m "${OT2_QEMU_MEM:-1024}" -accel tcg -no-reboot \
-		-kernel "$OT2_UBOOT" -dtb "$OT2_DTB" -append "console=ttyS1,115200" \
+		"${boot[@]}" -dtb "$OT2_DTB" \
 		-drive "file=$disk,if=sd,format=raw" \
 		-netdev "user,id=net0,net=169.254.0.0/16,host=169.254.94.1,dhcpstart=169.254.94.15,$fwd" \
 		-device usb-net,netdev=net0 \
@@ -83,8 +90,12 @@ qmp=()
 if [ -n "${OT2_QMP:-}" ]; then
 	qmp=(-qmp "unix:$OT2_QMP,server=on,wait=off")
 fi
+boot=(-bios /usr/share/ovmf/OVMF.fd)
+if [ -n "${OT2_KERNEL:-}" ]; then
+	boot=(-kernel "$OT2_KERNEL" -initrd "$OT2_INITRD" -append "$OT2_APPEND")
+fi
 exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 -no-reboot \
-	-bios /usr/share/ovmf/OVMF.fd \
+	"${boot[@]}" \
 	-drive "file=$disk,if=virtio,format=raw" \
 	-netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0 \
 	-display none -monitor none \

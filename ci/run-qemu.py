@@ -46,7 +46,7 @@ def main() -> int:
     pi = args.board == "ot2"
     image_dir = ot2qemu.build_image(board=args.board)
     workdir = ot2qemu.ROOT / "build" / ("pi" if pi else "qemu")
-    disk = workdir / ot2qemu.DISK[args.board]
+    disk = workdir / ot2qemu.board_meta(args.board)["IMAGE_NAME"]
     if args.fresh or not disk.exists():
         ot2qemu.copy_disk(image_dir / disk.name, disk, sd_card=pi)
     guest = ot2qemu.Guest(disk, workdir, ports, board=args.board, firmware=image_dir)

@@ -25,17 +25,17 @@ VERSION_2 = "2.0.0-e2e"
 VERSION_BAD = "3.0.0-e2e-unhealthy"
 
 BOARD = os.environ.get("OT2_BOARD", "qemu")
-# What differs between the boards, for the scenarios: the disk image's name, the slots'
-# block devices, the bootloader environment files, the tools a run needs.
-DISK = ot2qemu.DISK[BOARD]
-SLOT_DEVICES = {"qemu": {"A": "/dev/vda2", "B": "/dev/vda3"},
-                "ot2": {"A": "/dev/mmcblk0p2", "B": "/dev/mmcblk0p3"}}[BOARD]
-BOOT_ENV = {"qemu": "/boot/firmware/grubenv", "ot2": "/boot/firmware/uboot.env"}[BOARD]
-BOOT_ENV_LIST = {"qemu": "grub-editenv /boot/firmware/grubenv list",
-                 "ot2": "fw_printenv -c /etc/fw_env.config"}[BOARD]
+# What differs between the boards, for the scenarios, from the board's meta: the disk
+# image's name, the slots' block devices, the bootloader environment, the tools a run needs.
+META = ot2qemu.board_meta(BOARD)
+DISK = META["IMAGE_NAME"]
+SLOT_DEVICES = {"A": META["SLOT_A_DEVICE"], "B": META["SLOT_B_DEVICE"]}
+BOOT_ENV = f"/boot/firmware/{META['BOOT_ENV']}"
+BOOT_ENV_BACKUP = META["BOOT_ENV_BACKUP"]
+BOOT_ENV_LIST = {"grub": f"grub-editenv {BOOT_ENV} list", "uboot": "fw_printenv -c /etc/fw_env.config"}[META["BOOTLOADER"]]
 TOOLS = {"qemu": ("qemu-system-x86_64", "grub-mkimage"),
          "ot2": ("qemu-system-aarch64", "aarch64-linux-gnu-gcc", "mkimage", "fdtput")}[BOARD]
-COMPATIBLE = {"qemu": "ot2-qemu-x86_64", "ot2": "ot2-rpi3"}[BOARD]
+COMPATIBLE = META["BOARD_COMPATIBLE"]
 
 ROWS: list[dict] = []
 FIGURES: dict[str, str] = {}

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import ot2qemu
-from conftest import (BOARD, BOOT_ENV, BOOT_ENV_LIST, COMPATIBLE, DISK, SLOT_DEVICES, VERSION_1, VERSION_2,
-                      VERSION_BAD, figure, record)
+from conftest import (BOARD, BOOT_ENV, BOOT_ENV_BACKUP, BOOT_ENV_LIST, COMPATIBLE, DISK, SLOT_DEVICES, VERSION_1,
+                      VERSION_2, VERSION_BAD, figure, record)
 
 NAME = "E2E Robot-1"
 MARKER = "/data/user/e2e-marker"
@@ -399,7 +399,7 @@ def _rejected_bundles(images, tmp: Path) -> dict[str, Path]:
 
     subprocess.run([cli, "bundle", "keygen", "--out", str(tmp / "stranger.key")], check=True,
                    capture_output=True)
-    other = "ot2-rpi3" if COMPATIBLE == "ot2-qemu-x86_64" else "ot2-qemu-x86_64"
+    other = ot2qemu.board_meta("ot2" if BOARD == "qemu" else "qemu")["BOARD_COMPATIBLE"]
     for name, key, compatible in (("signed by an untrusted key", tmp / "stranger.key", COMPATIBLE),
                                   ("wrong compatible", keys / "dev.key", other)):
         path = tmp / (name.replace(" ", "-") + ".bundle")
@@ -475,7 +475,7 @@ def test_corrupted_bootloader_environment_still_boots_good_slot(guest):
     if BOARD == "ot2":   # U-Boot's boot.scr says where the environment came from
         with open(guest.console, "rb") as f:
             f.seek(console_before)
-            assert b"trying uboot.env.bak" in f.read()
+            assert f"trying {BOOT_ENV_BACKUP}".encode() in f.read()
     record("corrupted boot environment", "B", health["booted_slot"], data_intact(guest),
            time.monotonic() - started)
 
