@@ -116,7 +116,7 @@ test-e2e: venv
 # The Pi's scenarios that hang on the board (boot chain, U-Boot's environment, slots, UART,
 # GPIO); those that do not (rejected bundles, the engine's runs, API clients, access rules,
 # the session after power cuts) are left to test-e2e, three times faster under emulation.
-PI_SCENARIOS := cold_boot or ssh_key or name_is_hostname or homes_emulated or update_lands or power_cut_mid \
+PI_SCENARIOS := cold_boot or ssh_key or name_is_hostname or bundles_put or homes_emulated or update_lands or power_cut_mid \
 	or corrupted or unhealthy or gpio
 test-e2e-pi: venv
 	@$(call timed,OT2_BOARD=ot2 $(PYTEST) -q tests/e2e/test_system.py tests/e2e/test_gpio_pi.py -k "$(PI_SCENARIOS)")

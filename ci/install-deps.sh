@@ -19,9 +19,14 @@ fi
 # The Pi's U-Boot is built from Debian's own source package: source lines beside the binary ones.
 if ! apt-cache showsrc u-boot 2>/dev/null | grep -q '^Version:'; then
 	for list in /etc/apt/sources.list.d/*.sources; do
+		[ -e "$list" ] || continue   # no file matched
 		grep -q '^Types: deb-src' "$list" && continue
 		sed 's/^Types: deb$/Types: deb-src/' "$list" > "${list%.sources}-src.sources"
 	done
+	# The one-line format's sources (a host without .sources files).
+	if grep -qs '^deb ' /etc/apt/sources.list; then
+		sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/ot2-src.list
+	fi
 	apt-get update -qq
 fi
 # The arm64 base runs its maintainer scripts under qemu-user: binfmt must be on (a

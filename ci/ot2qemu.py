@@ -14,10 +14,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -102,6 +104,9 @@ def check_ports_free(ports: dict[str, int]) -> None:
                 raise PortInUse(f"{name} port {port} on {HOST} is taken"
                                 f"{f' by {holder}' if holder else ''} ({exc.strerror})") from None
 
+
+# Seconds after power-on by which the Pi's usb-net device is up, else the link is lost.
+USB_LINK_DEADLINE = 180
 
 BUILDERS = {"qemu": "build-qemu-image.sh", "ot2": "build-pi-image.sh"}
 
@@ -262,6 +267,9 @@ class Guest:
         self.qemu: subprocess.Popen | None = None
         self.emulator: subprocess.Popen | None = None
         self.power_ons = 0
+        self.usb_link_retries = 0
+        self._console_at_power_on = 0
+        self._powered_on_at = 0.0
         self._powered = False
         self._supervisor: threading.Thread | None = None
         self.ssh_key = workdir / "id_ed25519"
@@ -320,6 +328,8 @@ class Guest:
         if "jupyter" in self.ports:
             env["OT2_PORT_JUPYTER"] = str(self.ports["jupyter"])
         self.power_ons += 1
+        self._console_at_power_on = self.console.stat().st_size if self.console.exists() else 0
+        self._powered_on_at = time.monotonic()
         if self.qtest:
             self.qtest.reconnect()
         self.qemu = subprocess.Popen([str(ROOT / "ci" / "qemu-run.sh"), str(self.disk), str(self.console)],
@@ -431,12 +441,31 @@ class Guest:
         while time.monotonic() < deadline:
             if not self._powered:
                 raise RuntimeError(f"QEMU stopped (exit {self.qemu.returncode}); see {self.console}")
+            if self._usb_link_lost():
+                self.usb_link_retries += 1
+                print(f"{self.workdir}: QEMU's DWC2 lost the USB link at power-on; power cycle "
+                      f"{self.usb_link_retries}", file=sys.stderr)
+                self.kill()
+                self.boot()
+                continue
             update = self.health("update")
             ours = update and update.get("serialNumber") == self.serial
             if ours and update.get("bootId") != not_boot_id and self.health("robot"):
                 return update
             time.sleep(2)
         raise TimeoutError(f"guest not healthy after {timeout} s; see {self.console}")
+
+    def _usb_link_lost(self) -> bool:
+        """On the Pi: QEMU 7.2's DWC2 model now and then fails every enumeration of the USB
+        hub in front of usb-net (the kernel says "dwc2 ...: Not connected" and gives up), and
+        the guest has no network. True when this power-on shows that and no usb-net device
+        USB_LINK_DEADLINE s after power-on (a good boot registers it ~60 s after)."""
+        if self.board != "ot2" or time.monotonic() - self._powered_on_at < USB_LINK_DEADLINE:
+            return False
+        with open(self.console, "rb") as f:
+            f.seek(self._console_at_power_on)
+            text = f.read()
+        return b"usb: Not connected" in text and b"register 'cdc_ether'" not in text
 
     def wait_boot_check(self, timeout: float = 300) -> dict:
         """Waits until the booted slot has been marked good (its tries are back to the maximum)."""
@@ -505,6 +534,79 @@ class Guest:
         sender.join()
         return token, result["status"], result["body"]
 
+    def install_local(self, path: str, *, stop_at: float | None = None, allow_downgrade: bool = False,
+                      commit: bool = True, timeout: float = 1500) -> subprocess.CompletedProcess | None:
+        """Installs the bundle file `path` on the guest with the update server's command line
+        (`python3 -m update_server install`, as from a USB drive), over SSH.
+
+        Returns the finished command. With `stop_at` (0..1) the command runs in the
+        background and this returns None as soon as it has written that fraction of the
+        file's size to the slot (its /proc/PID/io write_bytes), for power-cut tests.
+        """
+        flags = " --allow-downgrade" * allow_downgrade + " --no-commit" * (not commit)
+        command = f"python3 -m update_server install{flags} {path}"
+        if stop_at is None:
+            return self.ssh(command, check=False, timeout=timeout)
+        size = int(self.ssh(f"stat -c %s {path}").stdout)
+        pid = self.ssh(f"setsid nohup {command} >/dev/null 2>&1 </dev/null & echo $!").stdout.strip()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            io = self.ssh(f"cat /proc/{pid}/io", check=False)
+            if io.returncode != 0:
+                raise RuntimeError(f"the install ended before {stop_at:.0%} was written")
+            written = int(next(line.split()[1] for line in io.stdout.splitlines()
+                                if line.startswith("write_bytes:")))
+            if written >= stop_at * size:
+                return None
+            time.sleep(0.5)
+        raise TimeoutError(f"the install did not reach {stop_at:.0%} in {timeout} s")
+
+    def power_off(self, timeout: float = 300) -> None:
+        """Shuts the guest down (`systemctl poweroff`) and ends QEMU once it has.
+
+        QEMU's raspi3b has no power controller: when the console shows the kernel's
+        "reboot: Power down", QEMU is ended here. Raises TimeoutError.
+        """
+        self._powered = False
+        console_before = self.console.stat().st_size
+        self.ssh("systemctl poweroff", check=False)
+        deadline = time.monotonic() + timeout
+        while self.qemu.poll() is None:
+            with open(self.console, "rb") as f:
+                f.seek(console_before)
+                if b"reboot: Power down" in f.read():
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the guest did not power off in {timeout} s; see {self.console}")
+            time.sleep(1)
+        self.kill()
+
+    def put_data_files(self, files: dict[str, Path]) -> None:
+        """Writes host files into the guest's /data while it is off, as a PC writes files
+        to a card's data partition: `files` maps a path under /data to a host file.
+
+        /data is the disk's last partition (ext4); debugfs writes into it in place.
+        Raises RuntimeError if a file did not land whole.
+        """
+        assert not self._powered, "power the guest off first"
+        table = json.loads(subprocess.run(["sfdisk", "-J", str(self.disk)], check=True,
+                                          capture_output=True, text=True).stdout)["partitiontable"]
+        offset = table["partitions"][-1]["start"] * table.get("sectorsize", 512)
+        device = f"{self.disk}?offset={offset}"
+        commands = []
+        for target in files:
+            parts = Path(target).parts[:-1]
+            commands += [f"mkdir {Path(*parts[:i])}" for i in range(1, len(parts) + 1)]
+        commands += [f"write {source} {target}" for target, source in files.items()]
+        script = self.workdir / "debugfs.cmd"
+        script.write_text("\n".join(commands) + "\n")
+        subprocess.run(["debugfs", "-w", "-f", str(script), device], check=True, capture_output=True)
+        for target, source in files.items():
+            stat = subprocess.run(["debugfs", "-R", f"stat {target}", device], check=True,
+                                  capture_output=True, text=True).stdout
+            if re.search(r"Size: (\d+)", stat)[1] != str(source.stat().st_size):
+                raise RuntimeError(f"/data/{target} was not written whole: {stat[:300]}")
+
     # -- SSH ---------------------------------------------------------------------
 
     def ensure_ssh_key(self) -> str:
@@ -532,16 +634,17 @@ class Guest:
             check=check, capture_output=True, text=True, timeout=timeout, input=input)
 
 
-def copy_disk(src: Path, dst: Path, sd_card: bool = False) -> Path:
-    """Sparse copy of a disk image (the cache's copy stays pristine).
+def copy_disk(image: Path, workdir: Path, board: str = "qemu") -> Path:
+    """Sparse copy of the board's disk image (its meta's IMAGE_NAME) from the image
+    directory `image` into `workdir`; returns the copy's path (the cache's copy stays pristine).
 
-    `sd_card`: grown to the next power of two in size, the only SD-card sizes QEMU's Pi
-    takes (the guest grows /data into the rest, as on a larger card).
+    The Pi's is grown to the next power of two in size, the only SD-card sizes QEMU's
+    raspi3b takes (the guest grows /data into the rest, as on a larger card).
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
-    if sd_card:
-        size = dst.stat().st_size
-        os.truncate(dst, 1 << (size - 1).bit_length())
+    name = board_meta(board)["IMAGE_NAME"]
+    dst = workdir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "--sparse=always", str(image / name), str(dst)], check=True)
+    if board == "ot2":
+        os.truncate(dst, 1 << (dst.stat().st_size - 1).bit_length())
     return dst
-

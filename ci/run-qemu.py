@@ -48,7 +48,7 @@ def main() -> int:
     workdir = ot2qemu.ROOT / "build" / ("pi" if pi else "qemu")
     disk = workdir / ot2qemu.board_meta(args.board)["IMAGE_NAME"]
     if args.fresh or not disk.exists():
-        ot2qemu.copy_disk(image_dir / disk.name, disk, sd_card=pi)
+        ot2qemu.copy_disk(image_dir, workdir, args.board)
     guest = ot2qemu.Guest(disk, workdir, ports, board=args.board, firmware=image_dir)
     # SIGTERM (e.g. from `timeout`) powers off like Ctrl-C instead of leaving QEMU behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

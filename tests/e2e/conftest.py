@@ -72,10 +72,12 @@ def guest(images):
     """A robot booted from a fresh copy of the v1 disk image."""
     workdir = WORKDIR / "guest"
     shutil.rmtree(workdir, ignore_errors=True)
-    disk = ot2qemu.copy_disk(images["v1"] / DISK, workdir / DISK, sd_card=BOARD == "ot2")
+    disk = ot2qemu.copy_disk(images["v1"], workdir, BOARD)
     robot = ot2qemu.Guest(disk, workdir, board=BOARD, firmware=images["v1"])
     yield robot
     robot.stop()
+    if BOARD == "ot2":
+        figure("power cycles for a USB link QEMU's DWC2 lost", str(robot.usb_link_retries))
 
 
 def pytest_terminal_summary(terminalreporter):

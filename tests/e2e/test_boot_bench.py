@@ -30,8 +30,7 @@ def cold_boot(image, workdir, board: str, qemu_env: dict[str, str] | None = None
     """Boots a fresh copy of the image; seconds to both servers healthy, and the kernel
     command line the guest's console shows. `cmdline`'s ot2.serial= is made this guest's."""
     shutil.rmtree(workdir, ignore_errors=True)
-    name = ot2qemu.board_meta(board)["IMAGE_NAME"]
-    disk = ot2qemu.copy_disk(image / name, workdir / name, sd_card=board == "ot2")
+    disk = ot2qemu.copy_disk(image, workdir, board)
     guest = ot2qemu.Guest(disk, workdir, board=board, firmware=image, qemu_env=dict(qemu_env or {}))
     if cmdline is not None:
         guest.qemu_env["OT2_APPEND"] = re.sub(r"ot2\.serial=\S*", f"ot2.serial={guest.serial}", cmdline)

@@ -20,7 +20,7 @@ def test_cold_boot_without_jupyter():
     figure("image without Jupyter: rootfs.squashfs", f"{squashfs / 2**20:.1f} MiB")
     workdir = ot2qemu.ROOT / "build" / "e2e" / "no-jupyter"
     shutil.rmtree(workdir, ignore_errors=True)
-    guest = ot2qemu.Guest(ot2qemu.copy_disk(image / "disk.img", workdir / "disk.img"), workdir)
+    guest = ot2qemu.Guest(ot2qemu.copy_disk(image, workdir), workdir)
     try:
         started = time.monotonic()
         guest.boot()

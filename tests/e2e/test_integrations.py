@@ -69,7 +69,7 @@ def lab(images_v1_v2):
     workdir.mkdir(parents=True)
     good, bad = _sticks(workdir)
     balance = _balance_emulator()
-    disk = ot2qemu.copy_disk(images_v1_v2["v1"] / "disk.img", workdir / "disk.img")
+    disk = ot2qemu.copy_disk(images_v1_v2["v1"], workdir)
     guest = ot2qemu.Guest(disk, workdir, qemu_env={
         "OT2_USB_DRIVES": f"{good} {bad}", "OT2_USB_SERIAL": balance.path,
         "OT2_QMP": str(workdir / "qmp.sock")})

@@ -32,7 +32,7 @@ class _Impostor(http.server.BaseHTTPRequestHandler):
 def test_guest_on_a_taken_port_is_not_declared_up(images, tmp_path):
     impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
     threading.Thread(target=impostor.serve_forever, daemon=True).start()
-    disk = ot2qemu.copy_disk(images["v1"] / "disk.img", tmp_path / "disk.img")
+    disk = ot2qemu.copy_disk(images["v1"], tmp_path)
     ports = {name: ot2qemu.free_port() for name in ("robot", "bridge", "ssh", "uart")}
     ports["update"] = impostor.server_address[1]
     guest = ot2qemu.Guest(disk, tmp_path, ports)
