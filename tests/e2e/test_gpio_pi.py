@@ -55,8 +55,8 @@ class Events:
             for line in self.resp:
                 if line.startswith(b"data:"):
                     self.seen.append(json.loads(line[5:]))
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError, AttributeError):
+            pass   # closed by close(): http.client drops its file under the reading thread
 
     def of(self, kind: str) -> list[dict]:
         return [e["data"] for e in self.seen if e.get("event") == kind]
