@@ -535,16 +535,16 @@ class Guest:
         return token, result["status"], result["body"]
 
     def install_local(self, path: str, *, stop_at: float | None = None, allow_downgrade: bool = False,
-                      commit: bool = True, timeout: float = 1500) -> subprocess.CompletedProcess | None:
+                      timeout: float = 1500) -> subprocess.CompletedProcess | None:
         """Installs the bundle file `path` on the guest with the update server's command line
-        (`python3 -m update_server install`, as from a USB drive), over SSH.
+        (`python3 -m update_server install`, as from a USB drive), over SSH; the slot is
+        selected for the next boot once written.
 
         Returns the finished command. With `stop_at` (0..1) the command runs in the
         background and this returns None as soon as it has written that fraction of the
         file's size to the slot (its /proc/PID/io write_bytes), for power-cut tests.
         """
-        flags = " --allow-downgrade" * allow_downgrade + " --no-commit" * (not commit)
-        command = f"python3 -m update_server install{flags} {path}"
+        command = f"python3 -m update_server install{' --allow-downgrade' * allow_downgrade} {path}"
         if stop_at is None:
             return self.ssh(command, check=False, timeout=timeout)
         size = int(self.ssh(f"stat -c %s {path}").stdout)
@@ -593,10 +593,8 @@ class Guest:
                                           capture_output=True, text=True).stdout)["partitiontable"]
         offset = table["partitions"][-1]["start"] * table.get("sectorsize", 512)
         device = f"{self.disk}?offset={offset}"
-        commands = []
-        for target in files:
-            parts = Path(target).parts[:-1]
-            commands += [f"mkdir {Path(*parts[:i])}" for i in range(1, len(parts) + 1)]
+        directories = {parent for target in files for parent in reversed(Path(target).parents)} - {Path(".")}
+        commands = [f"mkdir {d}" for d in sorted(directories, key=lambda d: len(d.parts))]
         commands += [f"write {source} {target}" for target, source in files.items()]
         script = self.workdir / "debugfs.cmd"
         script.write_text("\n".join(commands) + "\n")

@@ -119,20 +119,20 @@ def test_bundles_put_on_data_with_the_robot_off(guest, images):
 
 
 def install(guest: ot2qemu.Guest, images, name: str, *, stop_at: float | None = None,
-            allow_downgrade: bool = False) -> str | None:
+            allow_downgrade: bool = False) -> None:
     """Installs the `name` image's bundle and selects its slot: uploaded to the update server,
-    or on the Pi installed from /data (BUNDLES_ON_DATA). Returns the session's token (None
-    on the Pi); with `stop_at` (0..1) returns once that fraction is written, install running."""
-    if not BUNDLES_ON_DATA:
-        token, status, reply = guest.upload(images[name] / "rootfs.bundle", stop_at=stop_at,
-                                            allow_downgrade=allow_downgrade)
-        if stop_at is None:
-            assert status == 200, reply
-            guest.request("update", "POST", f"/server/update/{token}/commit")
-        return token
-    done = guest.install_local(f"/data/{STAGED}/{name}.bundle", stop_at=stop_at, allow_downgrade=allow_downgrade)
-    assert done is None or done.returncode == 0, (done.stdout, done.stderr)
-    return None
+    or on the Pi installed from /data (BUNDLES_ON_DATA). With `stop_at` (0..1) returns once
+    that fraction is written, the install still running and its slot not selected."""
+    if BUNDLES_ON_DATA:
+        done = guest.install_local(f"/data/{STAGED}/{name}.bundle", stop_at=stop_at,
+                                   allow_downgrade=allow_downgrade)
+        assert done is None or done.returncode == 0, (done.stdout, done.stderr)
+        return
+    token, status, reply = guest.upload(images[name] / "rootfs.bundle", stop_at=stop_at,
+                                        allow_downgrade=allow_downgrade)
+    if stop_at is None:
+        assert status == 200, reply
+        guest.request("update", "POST", f"/server/update/{token}/commit")
 
 
 def test_robot_server_homes_emulated_board_over_uart(guest):
