@@ -106,7 +106,7 @@ def check_ports_free(ports: dict[str, int]) -> None:
 
 
 # Seconds after power-on by which the Pi's usb-net device is up, else the link is lost.
-USB_LINK_DEADLINE = 180
+USB_LINK_DEADLINE = 240
 
 BUILDERS = {"qemu": "build-qemu-image.sh", "ot2": "build-pi-image.sh"}
 
@@ -459,13 +459,15 @@ class Guest:
         """On the Pi: QEMU 7.2's DWC2 model now and then fails every enumeration of the USB
         hub in front of usb-net (the kernel says "dwc2 ...: Not connected" and gives up), and
         the guest has no network. True when this power-on shows that and no usb-net device
-        USB_LINK_DEADLINE s after power-on (a good boot registers it ~60 s after)."""
-        if self.board != "ot2" or time.monotonic() - self._powered_on_at < USB_LINK_DEADLINE:
+        by the login prompt (a good boot registers it ten seconds before), or by
+        USB_LINK_DEADLINE s after power-on."""
+        if self.board != "ot2":
             return False
         with open(self.console, "rb") as f:
             f.seek(self._console_at_power_on)
             text = f.read()
-        return b"usb: Not connected" in text and b"register 'cdc_ether'" not in text
+        late = b" login: " in text or time.monotonic() - self._powered_on_at > USB_LINK_DEADLINE
+        return late and b"usb: Not connected" in text and b"register 'cdc_ether'" not in text
 
     def wait_boot_check(self, timeout: float = 300) -> dict:
         """Waits until the booted slot has been marked good (its tries are back to the maximum)."""

@@ -92,29 +92,28 @@ def test_ssh_key_from_api_read_only_root_writable_data(guest):
     assert mounts.startswith("squashfs") and "ro" in mounts.split()[1].split(",")
 
 
-def test_name_is_hostname_after_reboot_and_data_persists(guest):
+def test_name_is_hostname_after_reboot_and_data_persists(guest, images):
+    """The name set through the API is the hostname after a reboot. On the Pi that reboot is
+    a power cycle during which the run's bundles are written into /data, as a PC writes
+    files to the robot's card (BUNDLES_ON_DATA); they arrive whole."""
     started = time.monotonic()
     guest.request("update", "POST", "/server/name", {"name": NAME})
-    health = guest.restart()
+    if BUNDLES_ON_DATA:
+        guest.power_off()
+        guest.put_data_files({f"{STAGED}/{name}.bundle": images[name] / "rootfs.bundle" for name in images})
+        guest.boot()
+        health = guest.wait_healthy(timeout=600)
+        for name, directory in images.items():
+            digest = guest.ssh(f"sha256sum /data/{STAGED}/{name}.bundle").stdout.split()[0]
+            with open(directory / "rootfs.bundle", "rb") as f:
+                assert digest == hashlib.file_digest(f, "sha256").hexdigest(), name
+    else:
+        health = guest.restart()
     assert guest.ssh("hostname").stdout.strip() == health["hostname"] == "e2e-robot-1"
     assert guest.request("update", "GET", "/server/name")["name"] == NAME
     assert data_intact(guest)
-    record("reboot keeps /data, name is hostname", "A", health["booted_slot"], True,
-           time.monotonic() - started)
-
-
-@pytest.mark.skipif(not BUNDLES_ON_DATA, reason="bundles go over the network on this board")
-def test_bundles_put_on_data_with_the_robot_off(guest, images):
-    started = time.monotonic()
-    guest.power_off()
-    guest.put_data_files({f"{STAGED}/{name}.bundle": images[name] / "rootfs.bundle" for name in images})
-    guest.boot()
-    health = guest.wait_healthy(timeout=600)
-    for name, directory in images.items():
-        digest = guest.ssh(f"sha256sum /data/{STAGED}/{name}.bundle").stdout.split()[0]
-        with open(directory / "rootfs.bundle", "rb") as f:
-            assert digest == hashlib.file_digest(f, "sha256").hexdigest(), name
-    record("bundles put on /data, robot off", "A", health["booted_slot"], data_intact(guest),
+    record("power cycle: bundles put on /data, name is hostname" if BUNDLES_ON_DATA
+           else "reboot keeps /data, name is hostname", "A", health["booted_slot"], True,
            time.monotonic() - started)
 
 
@@ -416,6 +415,8 @@ def test_update_lands_in_other_slot_and_stays(guest, images):
     assert health["slots"]["B"]["state"] == "good"
     assert data_intact(guest)
     record("update to B", "B", health["booted_slot"], True, time.monotonic() - started)
+    if BOARD == "ot2":
+        return   # the Pi's next boot (after its power cut) shows B staying, at a third the cost
 
     started = time.monotonic()
     health = guest.restart()
