@@ -14,6 +14,8 @@
 #   OT2_BOARD        qemu (default): x86_64 PC, OVMF, GRUB; the UART is /dev/ttyS1.
 #                    ot2: Raspberry Pi 3 (raspi3b), U-Boot; the UART is the PL011, /dev/ttyAMA0.
 #   OT2_QEMU_MEM     guest memory in MiB (1024; the raspi3b has 1024 and nothing else)
+#   OT2_TCG_THREAD   ot2: multi (default; each of the raspi3b's four cores a host thread) or
+#                    single (all four on one host thread: at most one host core busy)
 #   OT2_SERIAL       qemu: the board's serial number (SMBIOS system serial; GRUB passes it to
 #                    Linux as ot2.serial=); unset: none
 #   OT2_UBOOT, OT2_DTB  ot2: U-Boot and the device tree QEMU hands it, as the Pi's firmware
@@ -61,7 +63,7 @@ if [ "${OT2_BOARD:-qemu}" = ot2 ]; then
 	if [ -n "${OT2_KERNEL:-}" ]; then
 		boot=(-kernel "$OT2_KERNEL" -initrd "$OT2_INITRD" -append "$OT2_APPEND")
 	fi
-	exec qemu-system-aarch64 -M raspi3b -m "${OT2_QEMU_MEM:-1024}" -accel tcg -no-reboot \
+	exec qemu-system-aarch64 -M raspi3b -m "${OT2_QEMU_MEM:-1024}" -accel "tcg,thread=${OT2_TCG_THREAD:-multi}" -no-reboot \
 		"${boot[@]}" -dtb "$OT2_DTB" \
 		-drive "file=$disk,if=sd,format=raw" \
 		-netdev "user,id=net0,net=169.254.0.0/16,host=169.254.94.1,dhcpstart=169.254.94.15,$fwd" \
