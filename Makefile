@@ -11,7 +11,7 @@ PYTEST := $(VENV)/bin/pytest
 OT2_CACHE ?= $(HOME)/.cache/ot2
 export OT2_CACHE
 
-.PHONY: help deps venv lint qemu-image pi-image run run-pi test test-lane-qemu test-lane-pi test-unit test-compat test-e2e \
+.PHONY: help deps venv lint qemu-image pi-image run run-pi test test-unit test-compat test-e2e \
 	test-e2e-pi bench bench-e2e bench-boot clean
 
 help:
@@ -76,18 +76,9 @@ run-pi: venv
 	$(PY) ci/run-qemu.py --board ot2 --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
 		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
 
-# What CI runs: two lanes side by side on CI's two cores: the QEMU board's (unit tests, the OT-2
-# comparisons, its end-to-end run: the longer lane, one emulated core) and the Pi's (its image
-# builds and end-to-end run, the raspi3b's four cores on one host thread), so that each keeps
-# about one core. Each suite prints its time; the run fails if either lane does.
-test: venv
-	@$(call timed,$(MAKE) --no-print-directory -j2 --output-sync=line test-lane-qemu test-lane-pi)
-
-test-lane-qemu:
-	@$(MAKE) --no-print-directory -j1 test-unit test-compat test-e2e
-
-test-lane-pi:
-	@OT2_TCG_THREAD=single $(MAKE) --no-print-directory -j1 test-e2e-pi
+# What CI runs. test-e2e-pi is not in it yet: run side by side with these on CI's two cores,
+# it has not yet been shown to fit CI's 90 minutes from an empty cache (README).
+test: test-unit test-compat test-e2e
 
 # The comparisons with the OT-2's own software (opentrons, in .venv) run in test-compat.
 COMPAT_TESTS := robot_server/tests/test_ot2_compat.py robot_server/tests/test_protocol_corpus.py \

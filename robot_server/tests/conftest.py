@@ -95,7 +95,9 @@ class Robot:
         """``GET /health`` without the version header: the OT-2's fields and ours."""
         return self.get("/health", headers={"Opentrons-Version": None})
 
-    def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> dict:
+    def wait_connected(self, connected: bool = True, timeout: float = 30.0) -> dict:
+        """The health once the motor board's connection is ``connected``. The deadline is
+        generous: on a loaded machine the server's start alone took 5 s in CI."""
         deadline = time.monotonic() + timeout
         while True:
             status, health = self.health()
