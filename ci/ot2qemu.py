@@ -105,6 +105,10 @@ def check_ports_free(ports: dict[str, int]) -> None:
                                 f"{f' by {holder}' if holder else ''} ({exc.strerror})") from None
 
 
+# ssh's errors for a connection no SSH session began on (before authentication).
+SSH_NOT_TAKEN_UP = re.compile(r"Connection refused|kex_exchange_identification|banner exchange")
+SSH_ATTEMPTS = 4
+
 # Seconds after power-on by which the Pi's usb-net device is up, else the link is lost.
 USB_LINK_DEADLINE = 240
 
@@ -626,12 +630,21 @@ class Guest:
     def ssh(self, command: str, check: bool = True, timeout: float = 60, input: str | None = None,
             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         """Runs `command` on the guest as root over SSH (key from `ensure_ssh_key`); `input`
-        goes to its stdin, `options` are more ssh arguments after the destination."""
-        return subprocess.run(
-            ["ssh", "-i", str(self.ssh_key), "-p", str(self.ports["ssh"]), "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"root@{HOST}", *options, command],
-            check=check, capture_output=True, text=True, timeout=timeout, input=input)
+        goes to its stdin, `options` are more ssh arguments after the destination. A
+        connection the guest did not take up (refused, or no SSH banner: a guest still busy
+        starting) is tried again, up to SSH_ATTEMPTS times; the command never ran then."""
+        for attempt in range(1, SSH_ATTEMPTS + 1):
+            done = subprocess.run(
+                ["ssh", "-i", str(self.ssh_key), "-p", str(self.ports["ssh"]), "-o", "BatchMode=yes",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", f"root@{HOST}", *options, command],
+                capture_output=True, text=True, timeout=timeout, input=input)
+            if done.returncode != 255 or not SSH_NOT_TAKEN_UP.search(done.stderr) or attempt == SSH_ATTEMPTS:
+                break
+            time.sleep(5)
+        if check:
+            done.check_returncode()
+        return done
 
 
 def copy_disk(image: Path, workdir: Path, board: str = "qemu") -> Path:

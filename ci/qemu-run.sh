@@ -14,6 +14,8 @@
 #   OT2_BOARD        qemu (default): x86_64 PC, OVMF, GRUB; the UART is /dev/ttyS1.
 #                    ot2: Raspberry Pi 3 (raspi3b), U-Boot; the UART is the PL011, /dev/ttyAMA0.
 #   OT2_QEMU_MEM     guest memory in MiB (1024; the raspi3b has 1024 and nothing else)
+#   OT2_QEMU_SMP     qemu: virtual CPUs, each a host thread (2: a cold boot is CPU-bound, the
+#                    servers, the analysis worker and Jupyter start at once; the Pi has four)
 #   OT2_TCG_THREAD   ot2: multi (default; each of the raspi3b's four cores a host thread) or
 #                    single (all four on one host thread: at most one host core busy)
 #   OT2_SERIAL       qemu: the board's serial number (SMBIOS system serial; GRUB passes it to
@@ -96,7 +98,8 @@ boot=(-bios /usr/share/ovmf/OVMF.fd)
 if [ -n "${OT2_KERNEL:-}" ]; then
 	boot=(-kernel "$OT2_KERNEL" -initrd "$OT2_INITRD" -append "$OT2_APPEND")
 fi
-exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp 1 -no-reboot \
+exec qemu-system-x86_64 -m "${OT2_QEMU_MEM:-1024}" -smp "${OT2_QEMU_SMP:-2}" -accel tcg,thread=multi \
+	-no-reboot \
 	"${boot[@]}" \
 	-drive "file=$disk,if=virtio,format=raw" \
 	-netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0 \
