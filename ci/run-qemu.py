@@ -27,6 +27,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--board", choices=("qemu", "ot2"), default="qemu")
     parser.add_argument("--fresh", action="store_true", help="start from the built image, discarding build/qemu/disk.img")
+    parser.add_argument("--image", type=Path, help="an image directory built earlier (ci/build-qemu-image.sh, "
+                        "ci/build-pi-image.sh) to boot instead of building the checkout's")
     parser.add_argument("--update-port", type=int, default=34000)
     parser.add_argument("--robot-port", type=int, default=31950)
     parser.add_argument("--bridge-port", type=int, default=7887)
@@ -44,7 +46,7 @@ def main() -> int:
               f"BRIDGE_PORT= SSH_PORT= JUPYTER_PORT=", file=sys.stderr)
         return 1
     pi = args.board == "ot2"
-    image_dir = ot2qemu.build_image(board=args.board)
+    image_dir = args.image or ot2qemu.build_image(board=args.board)
     workdir = ot2qemu.ROOT / "build" / ("pi" if pi else "qemu")
     disk = workdir / ot2qemu.board_meta(args.board)["IMAGE_NAME"]
     if args.fresh or not disk.exists():

@@ -49,7 +49,7 @@ def test_guest_on_a_taken_port_is_not_declared_up(images, tmp_path):
 def test_make_run_exits_nonzero_with_qemu_log_when_qemu_dies(images):
     ports = {name: ot2qemu.free_port() for name in ("update", "robot", "bridge", "ssh", "uart")}
     proc = subprocess.run(
-        [sys.executable, str(ot2qemu.ROOT / "ci" / "run-qemu.py"), "--fresh",
+        [sys.executable, str(ot2qemu.ROOT / "ci" / "run-qemu.py"), "--fresh", "--image", str(images["v1"]),
          *[arg for name in ("update", "robot", "bridge", "ssh", "uart") for arg in (f"--{name}-port", str(ports[name]))]],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OT2_QEMU_MEM="not-a-size"))
