@@ -92,11 +92,22 @@ lint: venv
 	$(VENV)/bin/ruff check --quiet .
 	shellcheck $(SHELL_SCRIPTS)
 
+# The four unit suites run two at a time (the robot server's, the longest and CPU-bound, next
+# to the others, which wait on sockets and subprocesses much of the time); each suite's
+# output is printed whole when it ends.
+UNIT_SUITES := unit-robot-server unit-update-server unit-client unit-system
+.PHONY: $(UNIT_SUITES)
 test-unit: venv lint
-	@$(call timed,$(PYTEST) -q update_server/tests && \
-		$(PYTEST) -q robot_server/tests $(addprefix --ignore=,$(COMPAT_TESTS)) && \
-		$(PYTEST) -q client/tests && \
-		$(PYTEST) -q tests --ignore=tests/e2e)
+	@$(call timed,$(MAKE) --no-print-directory -j2 --output-sync=target $(UNIT_SUITES))
+
+unit-robot-server:
+	@$(call timed,$(PYTEST) -q robot_server/tests $(addprefix --ignore=,$(COMPAT_TESTS)))
+unit-update-server:
+	@$(call timed,$(PYTEST) -q update_server/tests)
+unit-client:
+	@$(call timed,$(PYTEST) -q client/tests)
+unit-system:
+	@$(call timed,$(PYTEST) -q tests --ignore=tests/e2e)
 
 # The OT-2's SmoothieDriver against our emulator; our protocol corpus through robot-simulate
 # and the OT-2's opentrons_simulate, line for line; corpus protocols executed through the
