@@ -1,61 +1,83 @@
-"""Bundle format: keys, manifest, signatures, and a streaming reader and writer.
+"""Bundle format: SWUpdate's `.swu`, streamed and checked before anything is written.
 
-A bundle is a POSIX (ustar) tar stream whose members come in this order:
+A bundle is a cpio archive in the "new ASCII" format (magic ``070701``; ``070702``, whose
+checksum the image's SHA-256 makes redundant, is read too), the layout SWUpdate defines
+("Update images", https://sbabic.github.io/swupdate/swupdate.html; ``doc/source/
+sw-description.rst`` and ``signed_images.rst`` in https://github.com/sbabic/swupdate):
 
-1. ``manifest.json`` -- UTF-8 JSON (at most 64 KiB)::
+1. ``sw-description`` -- the manifest, libconfig syntax (https://hyperrealm.github.io/
+   libconfig/libconfig_manual.html), at most 64 KiB::
 
-       {"format": 1, "compatible": "ot2-rpi3", "version": "1.2.0",
-        "build_time": "2024-05-01T12:00:00+00:00",
-        "images": [{"slot_class": "rootfs", "filename": "rootfs.img",
-                    "size": 123456789, "sha256": "<64 hex digits>"}]}
+       software =
+       {
+           version = "1.2.0";
+           build-time = "2026-05-01T12:00:00+00:00";
+           ot2-rpi3 =                         // the board's compatible string
+           {
+               hardware-compatibility = [ "1.0" ];   // the board revisions it runs on
+               images = (
+                   { name = "rootfs";                // the slot class
+                     filename = "rootfs.img"; type = "raw";
+                     size = 123456789L;              // bytes, as SWUpdate checks it
+                     sha256 = "<64 hex digits>";
+                     installed-directly = true; } );
+           };
+       };
 
-2. ``manifest.sig`` -- JSON (at most 4 KiB) signing the exact bytes of ``manifest.json``::
+2. ``sw-description.sig`` -- a detached CMS SignedData (RFC 5652, DER, at most 16 KiB)
+   over the exact bytes of ``sw-description``, with the signer's certificate in it: what
+   ``openssl cms -sign -binary -outform DER`` makes and SWUpdate's CMS verification
+   (``CONFIG_SIGALG_CMS``) checks. Keys are ECDSA P-256 or RSA (2048 bits or more); CMS
+   has no Ed25519 in OpenSSL.
 
-       {"key_id": "<sha256 hex of the public key's DER SubjectPublicKeyInfo>",
-        "algorithm": "ed25519" | "ecdsa-p256-sha256",
-        "signature": "<base64; raw Ed25519 signature or DER ECDSA signature>"}
+3. one member per image, named by its ``filename``, in manifest order; then the
+   ``TRAILER!!!`` member and zero padding only.
 
-3. one regular member per image, named by its ``filename``, in manifest order.
-
-then the tar end-of-archive marker (zero blocks; only zero padding may follow).
-Nothing is trusted before the signature has been checked against the keyring; an empty
-keyring refuses every bundle.
+Trust is the key, not the certificate: the signer's public key must be in the keyring
+(``*.pem`` public keys), so certificates need no chain and never expire on a robot whose
+clock is wrong. Nothing is trusted before the signature verifies; an empty keyring
+refuses every bundle.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import libconf
+from asn1crypto import cms
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, padding as rsa_padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
 
 from .errors import UpdateError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SIGNATURE_NAME = "manifest.sig"
+MANIFEST_NAME = "sw-description"
+SIGNATURE_NAME = "sw-description.sig"
+TRAILER_NAME = "TRAILER!!!"
 MAX_MANIFEST_SIZE = 64 * 1024
-MAX_SIGNATURE_SIZE = 4 * 1024
+MAX_SIGNATURE_SIZE = 16 * 1024
 MAX_TRAILING_ZEROS = 1 << 20
-BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
-ALG_ED25519 = "ed25519"
-ALG_ECDSA_P256 = "ecdsa-p256-sha256"
+CPIO_MAGICS = (b"070701", b"070702")
+CPIO_HEADER = 110
+REGULAR_FILE = 0o100000
+ALG_ECDSA_P256 = "ecdsa-p256"
+ALG_RSA = "rsa"
+MIN_RSA_BITS = 2048
 SLOT_CLASSES = ("rootfs",)
+HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_COMPATIBLE_RE = re.compile(r"^[A-Za-z][-A-Za-z0-9_]{0,99}$")   # a libconfig setting name
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,51 +85,43 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # keys
 
 
-def generate_private_key(algorithm: str = ALG_ED25519):
-    """A new private key: ``"ed25519"`` or ``"ecdsa-p256"``/``"ecdsa-p256-sha256"``."""
-    if algorithm == ALG_ED25519:
-        return ed25519.Ed25519PrivateKey.generate()
-    if algorithm in ("ecdsa-p256", ALG_ECDSA_P256):
+def generate_private_key(algorithm: str = ALG_ECDSA_P256):
+    """A new private key: ``"ecdsa-p256"`` or ``"rsa"`` (3072 bits)."""
+    if algorithm == ALG_ECDSA_P256:
         return ec.generate_private_key(ec.SECP256R1())
+    if algorithm == ALG_RSA:
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
     raise ValueError(f"unknown key algorithm {algorithm!r}")
 
 
 def private_key_pem(key) -> bytes:
     """PKCS#8 PEM (unencrypted) of a private key."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def public_key_pem(public_key) -> bytes:
     """SubjectPublicKeyInfo PEM of a public key."""
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def key_id(public_key) -> str:
     """SHA-256 (hex) of the public key's DER SubjectPublicKeyInfo."""
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
 
 def key_algorithm(key) -> str:
-    """The bundle algorithm name for a private or public key; ValueError if unsupported."""
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
-        return ALG_ED25519
-    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
-        if isinstance(key.curve, ec.SECP256R1):
-            return ALG_ECDSA_P256
-    raise ValueError("only Ed25519 and ECDSA P-256 keys are supported")
+    """``"ecdsa-p256"`` or ``"rsa"`` for a private or public key; ValueError otherwise."""
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and isinstance(key.curve, ec.SECP256R1):
+        return ALG_ECDSA_P256
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size >= MIN_RSA_BITS:
+        return ALG_RSA
+    raise ValueError(f"only ECDSA P-256 and RSA keys of {MIN_RSA_BITS} bits or more sign bundles")
 
 
 def load_private_key(path: str | os.PathLike):
-    """Load an unencrypted PEM private key (Ed25519 or ECDSA P-256)."""
+    """Load an unencrypted PEM private key (ECDSA P-256 or RSA); ValueError otherwise."""
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     key_algorithm(key)
     return key
@@ -116,8 +130,8 @@ def load_private_key(path: str | os.PathLike):
 def load_keyring(directory: str | os.PathLike) -> dict:
     """Trusted public keys: ``{key_id: public_key}`` from ``directory/*.pem``.
 
-    A missing directory gives an empty keyring (which refuses every bundle).  Files that
-    are not Ed25519/ECDSA-P256 public keys are skipped with a warning.
+    A missing directory gives an empty keyring (which refuses every bundle). Files that
+    are not ECDSA P-256 or RSA public keys are skipped with a warning.
     """
     keyring = {}
     try:
@@ -149,61 +163,131 @@ def write_keyring(directory: str | os.PathLike, keys: dict) -> Path:
     return directory
 
 
+def make_certificate(private_key, common_name: str = "ot2 bundle signing") -> x509.Certificate:
+    """A self-signed certificate for ``private_key``, to carry its public key in signatures.
+
+    Valid from 1970 (a robot without a real-time clock may boot there) to 9999, the
+    "no well-defined expiration" date of RFC 5280 section 4.1.2.5; no extended key usage,
+    which SWUpdate's default certificate purpose check accepts.
+    """
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(private_key.public_key())
+            .serial_number(int(key_id(private_key.public_key())[:30], 16))
+            .not_valid_before(_dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc))
+            .not_valid_after(_dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=_dt.timezone.utc))
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .sign(private_key, hashes.SHA256()))
+
+
+def load_certificate(path: str | os.PathLike, private_key) -> x509.Certificate:
+    """The PEM certificate at ``path``; ValueError unless it holds ``private_key``'s public key."""
+    certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    if key_id(certificate.public_key()) != key_id(private_key.public_key()):
+        raise ValueError(f"{path} is not the certificate of this key")
+    return certificate
+
+
 # ---------------------------------------------------------------------------------------
 # signatures
 
 
-def sign_manifest(private_key, manifest: bytes) -> bytes:
-    """The ``manifest.sig`` member (JSON bytes) for the exact bytes ``manifest``."""
-    algorithm = key_algorithm(private_key)
-    if algorithm == ALG_ED25519:
-        signature = private_key.sign(manifest)
+def sign_manifest(private_key, certificate: x509.Certificate, manifest: bytes) -> bytes:
+    """The ``sw-description.sig`` member: a detached CMS SignedData (DER) over ``manifest``,
+    SHA-256, the signer's ``certificate`` embedded (SWUpdate needs it)."""
+    key_algorithm(private_key)
+    options = [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoCapabilities]
+    return (pkcs7.PKCS7SignatureBuilder().set_data(manifest)
+            .add_signer(certificate, private_key, hashes.SHA256())
+            .sign(serialization.Encoding.DER, options))
+
+
+def _signer_certificate(signer, certificates):
+    """The embedded certificate the SignerInfo names (issuer and serial, or key id)."""
+    sid = signer["sid"]
+    for certificate in certificates:
+        if sid.name == "issuer_and_serial_number":
+            wanted = sid.chosen
+            if certificate.issuer == wanted["issuer"] and certificate.serial_number == wanted["serial_number"].native:
+                return certificate
+        elif certificate.key_identifier == sid.chosen.native:
+            return certificate
+    return None
+
+
+def _signed_bytes(signer, manifest: bytes, digest_name: str) -> bytes:
+    """What the signature covers: the manifest, or its signed attributes (RFC 5652 5.4)."""
+    attributes = signer["signed_attrs"]
+    if not isinstance(attributes, cms.CMSAttributes):   # absent: the content itself
+        return manifest
+    values = {a["type"].native: a["values"] for a in attributes}
+    if "content_type" in values and values["content_type"][0].native != "data":
+        raise ValueError("the signed content type is not data")
+    digest = values.get("message_digest")
+    if digest is None or digest[0].native != hashlib.new(digest_name, manifest).digest():
+        raise InvalidSignature
+    return b"\x31" + attributes.dump()[1:]    # DER of the SET OF, not of the [0] tag
+
+
+def _verify_signer(signer, public_key, manifest: bytes) -> None:
+    """Raises InvalidSignature, or ValueError for what we do not accept."""
+    digest_name = signer["digest_algorithm"]["algorithm"].native
+    if digest_name not in HASHES:
+        raise ValueError(f"digest {digest_name!r} is not accepted")
+    data = _signed_bytes(signer, manifest, digest_name)
+    signature = signer["signature"].native
+    algorithm = signer["signature_algorithm"]
+    kind = algorithm.signature_algo
+    if kind == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
+        public_key.verify(signature, data, ec.ECDSA(HASHES[digest_name]()))
+    elif kind == "rsassa_pkcs1v15" and isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(signature, data, rsa_padding.PKCS1v15(), HASHES[digest_name]())
+    elif kind == "rsassa_pss" and isinstance(public_key, rsa.RSAPublicKey):
+        parameters = algorithm["parameters"]
+        mgf_hash = parameters["mask_gen_algorithm"]["parameters"]["algorithm"].native
+        if mgf_hash not in HASHES or parameters["hash_algorithm"]["algorithm"].native != digest_name:
+            raise ValueError("RSA-PSS parameters are not accepted")
+        pss = rsa_padding.PSS(rsa_padding.MGF1(HASHES[mgf_hash]()), parameters["salt_length"].native)
+        public_key.verify(signature, data, pss, HASHES[digest_name]())
     else:
-        signature = private_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
-    body = {
-        "key_id": key_id(private_key.public_key()),
-        "algorithm": algorithm,
-        "signature": base64.b64encode(signature).decode("ascii"),
-    }
-    return (json.dumps(body, indent=2) + "\n").encode()
+        raise ValueError(f"signature algorithm {kind!r} does not fit the key")
 
 
 def verify_manifest(manifest: bytes, signature: bytes, keyring: dict) -> str:
-    """Check ``signature`` (``manifest.sig`` bytes) over ``manifest``; returns the key id.
+    """Check ``signature`` (``sw-description.sig`` bytes) over ``manifest``; returns the
+    key id of the signer found in ``keyring``.
 
-    Raises UpdateError ``untrusted-key`` (empty keyring, unknown key id) or
-    ``bad-signature`` (malformed signature member, wrong algorithm, invalid signature).
+    Raises UpdateError ``untrusted-key`` (empty keyring, no signer's key in it) or
+    ``bad-signature`` (not a detached CMS SignedData, an algorithm we do not accept, or a
+    signature that does not verify).
     """
     if not keyring:
-        raise UpdateError(
-            "untrusted-key", "no trusted keys are installed; every bundle is refused"
-        )
+        raise UpdateError("untrusted-key", "no trusted keys are installed; every bundle is refused")
     try:
-        sig = json.loads(signature.decode("utf-8"))
-        kid = sig["key_id"]
-        algorithm = sig["algorithm"]
-        raw = base64.b64decode(sig["signature"], validate=True)
-        if not (isinstance(kid, str) and isinstance(algorithm, str)):
-            raise TypeError("key_id and algorithm must be strings")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as e:
-        raise UpdateError("bad-signature", f"malformed {SIGNATURE_NAME}: {e}") from e
-    public_key = keyring.get(kid.lower())
-    if public_key is None:
-        raise UpdateError("untrusted-key", f"bundle signed by unknown key {kid[:64]}")
-    if key_algorithm(public_key) != algorithm:
-        raise UpdateError("bad-signature", f"algorithm {algorithm[:40]!r} does not match the key")
-    try:
-        if algorithm == ALG_ED25519:
-            public_key.verify(raw, manifest)
-        else:
-            public_key.verify(raw, manifest, ec.ECDSA(hashes.SHA256()))
+        info = cms.ContentInfo.load(signature, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise ValueError("not a CMS SignedData")
+        signed = info["content"]
+        if signed["encap_content_info"]["content"].native is not None:
+            raise ValueError("the signature is not detached")
+        certificates = [c.chosen for c in signed["certificates"] or () if c.name == "certificate"]
+        signers = [(s, _signer_certificate(s, certificates)) for s in signed["signer_infos"]]
+        trusted = [(s, c) for s, c in signers if c is not None and
+                   hashlib.sha256(c.public_key.dump()).hexdigest() in keyring]
+        if not trusted:
+            raise UpdateError("untrusted-key", f"bundle signed by {len(signers)} key(s), none in the keyring")
+        signer, certificate = trusted[0]
+        kid = hashlib.sha256(certificate.public_key.dump()).hexdigest()
+        _verify_signer(signer, keyring[kid], manifest)
     except InvalidSignature:
-        raise UpdateError("bad-signature", "manifest signature does not verify") from None
-    return kid.lower()
+        raise UpdateError("bad-signature", f"{MANIFEST_NAME} signature does not verify") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise UpdateError("bad-signature", f"malformed {SIGNATURE_NAME}: {str(e)[:200]}") from None
+    return kid
 
 
 # ---------------------------------------------------------------------------------------
-# manifest
+# manifest (sw-description)
 
 
 @dataclass(frozen=True)
@@ -218,37 +302,38 @@ class Image:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed and validated ``manifest.json``; ``raw`` holds the signed bytes."""
+    """A parsed and validated ``sw-description``; ``raw`` holds the signed bytes."""
 
     compatible: str
+    revisions: tuple
     version: str
     build_time: str
     images: tuple
     raw: bytes
 
     def as_dict(self) -> dict:
-        return json.loads(self.raw)
+        """The manifest as our API shows it (``GET /server/update/{token}/status`` etc.)."""
+        return {"compatible": self.compatible, "hardware_compatibility": list(self.revisions),
+                "version": self.version, "build_time": self.build_time,
+                "images": [{"slot_class": i.slot_class, "filename": i.filename, "size": i.size, "sha256": i.sha256}
+                           for i in self.images]}
 
     @property
     def rootfs(self) -> Image:
         return next(i for i in self.images if i.slot_class == "rootfs")
 
 
-def make_manifest(compatible: str, version: str, images: list, build_time: str | None = None) -> bytes:
-    """Serialise a manifest. ``images``: list of :class:`Image`. Returns UTF-8 JSON bytes."""
+def make_manifest(compatible: str, revisions, version: str, images: list, build_time: str | None = None) -> bytes:
+    """The ``sw-description`` of a bundle for board ``compatible`` (its hardware
+    ``revisions``), ``images`` a list of :class:`Image`. Returns UTF-8 libconfig bytes."""
     if build_time is None:
         build_time = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    body = {
-        "format": FORMAT_VERSION,
-        "compatible": compatible,
-        "version": version,
-        "build_time": build_time,
-        "images": [
-            {"slot_class": i.slot_class, "filename": i.filename, "size": i.size, "sha256": i.sha256}
-            for i in images
-        ],
-    }
-    raw = (json.dumps(body, indent=2) + "\n").encode()
+    board = {"hardware-compatibility": list(revisions),
+             "images": tuple({"name": i.slot_class, "filename": i.filename, "type": "raw", "size": i.size,
+                              "sha256": i.sha256, "installed-directly": True} for i in images)}
+    if not _COMPATIBLE_RE.match(compatible):
+        raise ValueError(f"compatible {compatible!r} is not a libconfig setting name")
+    raw = libconf.dumps({"software": {"version": version, "build-time": build_time, compatible: board}}).encode()
     parse_manifest(raw)  # never write what we would refuse to read
     return raw
 
@@ -257,55 +342,66 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _string(value, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise UpdateError("bad-manifest", f"{what} must be a non-empty string")
+    return value
+
+
 def parse_manifest(raw: bytes) -> Manifest:
-    """Parse and validate manifest bytes; raises UpdateError ``bad-manifest``."""
+    """Parse and validate ``sw-description`` bytes; raises UpdateError ``bad-manifest``.
 
-    def bad(message):
-        return UpdateError("bad-manifest", message)
-
+    One board section (a group holding ``images``) names the compatible string; it has
+    exactly one ``rootfs`` image with ``filename``, ``size`` and ``sha256``.
+    """
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise bad(f"manifest is not JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise bad("manifest must be a JSON object")
-    if data.get("format") != FORMAT_VERSION or not _is_int(data.get("format")):
-        raise bad(f"unsupported manifest format {str(data.get('format'))[:20]!r}")
-    for key in ("compatible", "version", "build_time"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value or len(value) > 256:
-            raise bad(f"{key!r} must be a non-empty string")
+        text = raw.decode("utf-8")
+        if re.search(r"^\s*@include", text, re.MULTILINE):
+            raise ValueError("@include is not allowed")
+        software = libconf.loads(text)["software"]
+    except (UnicodeDecodeError, ValueError, KeyError, libconf.ConfigParseError) as e:
+        raise UpdateError("bad-manifest", f"{MANIFEST_NAME} is not a libconfig software description: "
+                                          f"{str(e)[:200]}") from None
+    if not isinstance(software, dict):
+        raise UpdateError("bad-manifest", "'software' must be a group")
+    version = _string(software.get("version"), "software.version")
+    build_time = _string(software.get("build-time"), "software.build-time")
     try:
-        _dt.datetime.fromisoformat(data["build_time"].replace("Z", "+00:00"))
+        _dt.datetime.fromisoformat(build_time.replace("Z", "+00:00"))
     except ValueError:
-        raise bad("'build_time' is not an ISO 8601 time") from None
-    images = data.get("images")
-    if not isinstance(images, list) or not images:
-        raise bad("'images' must be a non-empty list")
+        raise UpdateError("bad-manifest", "'build-time' is not an ISO 8601 time") from None
+    boards = [name for name, value in software.items() if isinstance(value, dict) and "images" in value]
+    if len(boards) != 1:
+        raise UpdateError("bad-manifest", f"expected one board section with images, found {len(boards)}")
+    compatible = boards[0]
+    board = software[compatible]
+    revisions = board.get("hardware-compatibility")
+    if not isinstance(revisions, list) or not revisions or not all(isinstance(r, str) for r in revisions):
+        raise UpdateError("bad-manifest", "'hardware-compatibility' must be a non-empty array of strings")
+    entries = board["images"]
+    if not isinstance(entries, tuple) or not entries:
+        raise UpdateError("bad-manifest", "'images' must be a non-empty list")
     parsed = []
-    for entry in images:
+    for entry in entries:
         if not isinstance(entry, dict):
-            raise bad("every image must be an object")
-        slot_class = entry.get("slot_class")
-        filename = entry.get("filename")
-        size = entry.get("size")
-        digest = entry.get("sha256")
+            raise UpdateError("bad-manifest", "every image must be a group")
+        slot_class, filename = entry.get("name"), entry.get("filename")
+        size, digest = entry.get("size"), entry.get("sha256")
         if slot_class not in SLOT_CLASSES:
-            raise bad(f"unsupported slot class {str(slot_class)[:40]!r}")
-        if (
-            not isinstance(filename, str)
-            or not _FILENAME_RE.match(filename)
-            or filename in (MANIFEST_NAME, SIGNATURE_NAME)
-        ):
-            raise bad(f"bad image filename {str(filename)[:100]!r}")
-        if not _is_int(size) or size < 0:
-            raise bad("image 'size' must be a non-negative integer")
+            raise UpdateError("bad-manifest", f"unsupported slot class {str(slot_class)[:40]!r}")
+        if (not isinstance(filename, str) or not _FILENAME_RE.match(filename)
+                or filename in (MANIFEST_NAME, SIGNATURE_NAME, TRAILER_NAME)):
+            raise UpdateError("bad-manifest", f"bad image filename {str(filename)[:100]!r}")
+        if entry.get("type") != "raw" or entry.get("installed-directly") is not True:
+            raise UpdateError("bad-manifest", f"{filename}: only raw images installed directly are supported")
+        if not _is_int(size) or not 0 <= size < 1 << 32:
+            raise UpdateError("bad-manifest", "image 'size' must be an integer below 4 GiB (cpio's limit)")
         if not isinstance(digest, str) or not _SHA256_RE.match(digest):
-            raise bad("image 'sha256' must be 64 lowercase hex digits")
+            raise UpdateError("bad-manifest", "image 'sha256' must be 64 lowercase hex digits")
         parsed.append(Image(slot_class, filename, size, digest))
     if len(parsed) != 1:
-        raise bad("exactly one rootfs image is supported")
-    return Manifest(data["compatible"], data["version"], data["build_time"], tuple(parsed), raw)
+        raise UpdateError("bad-manifest", "exactly one rootfs image is supported")
+    return Manifest(compatible, tuple(revisions), version, build_time, tuple(parsed), raw)
 
 
 # ---------------------------------------------------------------------------------------
@@ -377,112 +473,124 @@ def file_source(f, chunk_size: int = 1 << 20) -> ChunkSource:
     return ChunkSource(next_chunk)
 
 
-def padding(size: int) -> int:
-    """Bytes of zero padding after a member of ``size`` bytes."""
-    return -size % BLOCK
+def padding(length: int) -> int:
+    """Bytes of zero padding that align cpio data of ``length`` bytes to 4."""
+    return -length % 4
 
 
-async def read_header(source: ChunkSource, what: str) -> tarfile.TarInfo | None:
-    """The next tar header, or ``None`` at the end-of-archive marker (or clean EOF).
+@dataclass(frozen=True)
+class Member:
+    """A cpio member's header: its ``name`` and data ``size`` in bytes."""
 
-    Raises ``truncated`` for a partial header and ``bad-bundle`` for anything that is
-    not a plain ustar/GNU regular file header.
+    name: str
+    size: int
+
+
+def cpio_header(name: str, size: int, mtime: int, inode: int) -> bytes:
+    """A newc header of a regular file ``name`` of ``size`` bytes, with its padded name."""
+    encoded = name.encode() + b"\0"
+    fields = (inode, REGULAR_FILE | 0o644, 0, 0, 1, mtime, size, 0, 0, 0, 0, len(encoded), 0)
+    head = CPIO_MAGICS[0] + b"".join(b"%08X" % field for field in fields) + encoded
+    return head + bytes(padding(len(head)))
+
+
+async def read_member(source: ChunkSource, what: str) -> Member | None:
+    """The next cpio member's header, or ``None`` at ``TRAILER!!!``.
+
+    Raises ``truncated`` (the stream ends inside the header) and ``bad-bundle`` (not a
+    newc header, or not a regular file). On return the source is at the member's data.
     """
-    block = bytearray(BLOCK)
-    n = await source.readinto(memoryview(block))
-    if n == 0:
-        return None
-    if n != BLOCK:
-        raise UpdateError("truncated", f"bundle ends inside the header of {what}")
-    if block == ZERO_BLOCK:
-        return None
+    raw = await source.read_exactly(CPIO_HEADER, f"the header of {what}")
+    if raw[:6] not in CPIO_MAGICS:
+        raise UpdateError("bad-bundle", f"not a cpio (newc) header where {what} was expected")
     try:
-        info = tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
-    except tarfile.HeaderError as e:
-        raise UpdateError("bad-bundle", f"not a tar header where {what} was expected: {e}") from None
-    if info.size < 0:  # base-256 size fields can be negative
-        raise UpdateError("bad-bundle", f"member {info.name[:100]!r} has a negative size")
-    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-        raise UpdateError(
-            "bad-bundle", f"member {info.name[:100]!r} is not a regular file (pax/GNU extensions are not supported)"
-        )
-    return info
+        fields = [int(raw[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
+    except ValueError:
+        raise UpdateError("bad-bundle", f"the cpio header of {what} has non-hex fields") from None
+    mode, size, name_size = fields[1], fields[6], fields[11]
+    if not 1 < name_size <= 256:
+        raise UpdateError("bad-bundle", f"the cpio header of {what} has a name of {name_size} bytes")
+    name = await source.read_exactly(name_size, f"the name of {what}")
+    await source.skip(padding(CPIO_HEADER + name_size), f"the name of {what}")
+    if name[-1:] != b"\0":
+        raise UpdateError("bad-bundle", f"the cpio name of {what} is not NUL-terminated")
+    name = name[:-1].decode("utf-8", "replace")
+    if name == TRAILER_NAME:
+        return None
+    if mode & 0o170000 != REGULAR_FILE:
+        raise UpdateError("bad-bundle", f"member {name[:100]!r} is not a regular file")
+    return Member(name, size)
+
+
+async def _read_small_member(source: ChunkSource, name: str, limit: int, missing: str) -> bytes:
+    """The data of the next member, which must be ``name`` of at most ``limit`` bytes;
+    UpdateError ``missing`` otherwise."""
+    member = await read_member(source, name)
+    if member is None or member.name != name:
+        raise UpdateError(missing, f"{name} is not where the bundle format puts it")
+    if member.size > limit:
+        raise UpdateError(missing, f"{name} is larger than {limit} bytes")
+    data = await source.read_exactly(member.size, name)
+    await source.skip(padding(member.size), name)
+    return data
+
+
+async def read_signed_manifest(source: ChunkSource) -> tuple[bytes, bytes]:
+    """``(sw-description bytes, sw-description.sig bytes)``, neither checked: the first two
+    members. Raises ``bad-manifest`` or ``unsigned``."""
+    manifest = await _read_small_member(source, MANIFEST_NAME, MAX_MANIFEST_SIZE, "bad-manifest")
+    signature = await _read_small_member(source, SIGNATURE_NAME, MAX_SIGNATURE_SIZE, "unsigned")
+    return manifest, signature
 
 
 @dataclass
 class BundleHead:
-    """Everything before the image data: the manifest, the signer and the image header."""
+    """Everything before the image data: the manifest, the signer and the image."""
 
     manifest: Manifest
     key_id: str
     image: Image
-    image_member: tarfile.TarInfo
 
 
 async def read_head(source: ChunkSource, keyring: dict, compatible: str | None) -> BundleHead:
-    """Read and check manifest, signature and the image header from ``source``.
+    """Read and check the manifest, its signature and the image's header from ``source``.
 
-    Order of checks: the manifest member comes first (``bad-bundle``/``bad-manifest``),
-    the signature member follows (``unsigned``), the signature verifies against the
-    keyring (``untrusted-key``/``bad-signature``), then the manifest is parsed
-    (``bad-manifest``) and ``compatible`` compared (``incompatible``; ``None`` skips it),
-    then the image member's header must match the manifest (``bad-bundle``).
-    On return the source is positioned at the first byte of the image.
+    Order of checks: ``sw-description`` first (``bad-bundle``/``bad-manifest``), its
+    signature second (``unsigned``), the signature verifies against the keyring
+    (``untrusted-key``/``bad-signature``), then the manifest is parsed (``bad-manifest``)
+    and ``compatible`` compared (``incompatible``; ``None`` skips it), then the image
+    member's name and size must match the manifest (``bad-bundle``). On return the source
+    is at the first byte of the image.
     """
-    info = await read_header(source, MANIFEST_NAME)
-    if info is None:
-        raise UpdateError("bad-bundle", "empty bundle")
-    if info.name != MANIFEST_NAME:
-        raise UpdateError("bad-manifest", f"first member is {info.name[:100]!r}, not {MANIFEST_NAME}")
-    if info.size > MAX_MANIFEST_SIZE:
-        raise UpdateError("bad-manifest", f"manifest larger than {MAX_MANIFEST_SIZE} bytes")
-    manifest_raw = await source.read_exactly(info.size, MANIFEST_NAME)
-    await source.skip(padding(info.size), MANIFEST_NAME)
-
-    info = await read_header(source, SIGNATURE_NAME)
-    if info is None or info.name != SIGNATURE_NAME:
-        raise UpdateError("unsigned", f"{MANIFEST_NAME} is not followed by {SIGNATURE_NAME}")
-    if info.size > MAX_SIGNATURE_SIZE:
-        raise UpdateError("bad-signature", f"signature larger than {MAX_SIGNATURE_SIZE} bytes")
-    signature = await source.read_exactly(info.size, SIGNATURE_NAME)
-    await source.skip(padding(info.size), SIGNATURE_NAME)
-
+    manifest_raw, signature = await read_signed_manifest(source)
     kid = verify_manifest(manifest_raw, signature, keyring)
     manifest = parse_manifest(manifest_raw)
     if compatible is not None and manifest.compatible != compatible:
-        raise UpdateError(
-            "incompatible",
-            f"bundle is for {manifest.compatible[:100]!r}, this system is {compatible!r}",
-        )
+        raise UpdateError("incompatible", f"bundle is for {manifest.compatible[:100]!r}, this system is {compatible!r}")
     image = manifest.rootfs
-    info = await read_header(source, image.filename)
-    if info is None:
+    member = await read_member(source, image.filename)
+    if member is None:
         raise UpdateError("truncated", f"bundle ends before the image {image.filename}")
-    if info.name != image.filename:
-        raise UpdateError("bad-bundle", f"expected member {image.filename}, found {info.name[:100]!r}")
-    if info.size != image.size:
-        raise UpdateError(
-            "bad-bundle", f"member {image.filename} has {info.size} bytes, manifest says {image.size}"
-        )
-    return BundleHead(manifest, kid, image, info)
+    if member.name != image.filename:
+        raise UpdateError("bad-bundle", f"expected member {image.filename}, found {member.name[:100]!r}")
+    if member.size != image.size:
+        raise UpdateError("bad-bundle", f"member {image.filename} has {member.size} bytes, manifest says {image.size}")
+    return BundleHead(manifest, kid, image)
 
 
 async def read_tail(source: ChunkSource, image: Image) -> None:
-    """After the image data: its padding, the end-of-archive marker, zero padding only.
+    """After the image data: its padding, ``TRAILER!!!``, then zero padding only.
 
     Raises ``truncated`` or ``extra-data``.
     """
     await source.skip(padding(image.size), image.filename)
-    info = await read_header(source, "the end of the archive")
-    if info is not None:
-        raise UpdateError("extra-data", f"unexpected member {info.name[:100]!r} after the image")
+    member = await read_member(source, TRAILER_NAME)
+    if member is not None:
+        raise UpdateError("extra-data", f"unexpected member {member.name[:100]!r} after the image")
     block = bytearray(64 * 1024)
     view = memoryview(block)
     seen = 0
-    while True:
-        n = await source.readinto(view)
-        if n == 0:
-            return
+    while n := await source.readinto(view):
         if block.count(0, 0, n) != n:
             raise UpdateError("extra-data", "non-zero data after the end of the archive")
         seen += n
@@ -513,7 +621,7 @@ async def verify_stream(f, keyring: dict, compatible: str | None) -> BundleHead:
 
     :func:`read_head` (signature against ``keyring``, manifest, ``compatible``; ``None``
     skips that), then the image's SHA-256 against the manifest (``hash-mismatch``) and
-    :func:`read_tail`.  Returns the :class:`BundleHead`; raises UpdateError.  Used by
+    :func:`read_tail`. Returns the :class:`BundleHead`; raises UpdateError. Used by
     ``update-server bundle verify`` and by the client's local check.
     """
     source = file_source(f)
@@ -527,17 +635,6 @@ async def verify_stream(f, keyring: dict, compatible: str | None) -> BundleHead:
 
 # ---------------------------------------------------------------------------------------
 # writer
-
-
-def tar_header(name: str, size: int, mtime: int) -> bytes:
-    """A ustar header block for a regular file ``name`` of ``size`` bytes."""
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = mtime
-    info.mode = 0o644
-    info.type = tarfile.REGTYPE
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
 
 
 def hash_file(path: str | os.PathLike, chunk_size: int = 1 << 20, progress=None) -> tuple:
@@ -555,41 +652,48 @@ def hash_file(path: str | os.PathLike, chunk_size: int = 1 << 20, progress=None)
     return size, h.hexdigest()
 
 
-def write_bundle(out, private_key, compatible: str, version: str, images: dict,
-                 build_time: str | None = None, progress=None, chunk_size: int = 1 << 20) -> Manifest:
-    """Write a bundle to the binary file object ``out``.
+def write_bundle(out, private_key, certificate: x509.Certificate, compatible: str, revisions, version: str,
+                 images: dict, build_time: str | None = None, progress=None, chunk_size: int = 1 << 20) -> Manifest:
+    """Write a bundle to the binary file object ``out``, signed by ``private_key`` whose
+    ``certificate`` (:func:`make_certificate`) it carries.
 
-    ``images``: ``{slot_class: path}`` (only ``rootfs``).  Each image is read twice
-    (hash, then copy); nothing is held in memory.  ``progress(phase, n)`` is called with
-    ``phase`` "hash" or "write" and a byte count.  Returns the manifest written.
+    ``images``: ``{slot_class: path}`` (only ``rootfs``). Each image is read twice (hash,
+    then copy); nothing is held in memory. ``progress(phase, n)`` is called with ``phase``
+    "hash" or "write" and a byte count. Returns the manifest written.
     """
     entries = []
     for slot_class, path in images.items():
         size, digest = hash_file(path, chunk_size, progress and (lambda n: progress("hash", n)))
         entries.append((Image(slot_class, f"{slot_class}.img", size, digest), path))
-    manifest_raw = make_manifest(compatible, version, [e for e, _ in entries], build_time)
-    manifest = parse_manifest(manifest_raw)
+    manifest = parse_manifest(make_manifest(compatible, revisions, version, [e for e, _ in entries], build_time))
     mtime = int(_dt.datetime.fromisoformat(manifest.build_time.replace("Z", "+00:00")).timestamp())
-    signature = sign_manifest(private_key, manifest_raw)
-    for name, data in ((MANIFEST_NAME, manifest_raw), (SIGNATURE_NAME, signature)):
-        out.write(tar_header(name, len(data), mtime))
+    written_total = 0
+
+    def put(data) -> None:
+        nonlocal written_total
         out.write(data)
-        out.write(bytes(padding(len(data))))
+        written_total += len(data)
+
+    for inode, (name, data) in enumerate(((MANIFEST_NAME, manifest.raw),
+                                          (SIGNATURE_NAME, sign_manifest(private_key, certificate, manifest.raw))), 1):
+        put(cpio_header(name, len(data), mtime, inode))
+        put(data + bytes(padding(len(data))))
     buffer = bytearray(chunk_size)
     view = memoryview(buffer)
-    for image, path in entries:
-        out.write(tar_header(image.filename, image.size, mtime))
+    for inode, (image, path) in enumerate(entries, 3):
+        put(cpio_header(image.filename, image.size, mtime, inode))
         h = hashlib.sha256()
         written = 0
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(buffer):
                 h.update(view[:n])
-                out.write(view[:n])
+                put(view[:n])
                 written += n
                 if progress:
                     progress("write", n)
         if written != image.size or h.hexdigest() != image.sha256:
             raise UpdateError("hash-mismatch", f"{path} changed while the bundle was written")
-        out.write(bytes(padding(image.size)))
-    out.write(ZERO_BLOCK * 2)
+        put(bytes(padding(image.size)))
+    put(cpio_header(TRAILER_NAME, 0, 0, 0))
+    put(bytes(-written_total % 512))   # cpio's own block size
     return manifest
