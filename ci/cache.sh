@@ -84,11 +84,12 @@ start_work() {
 	mkdir -p "$root" "$binaries"
 }
 
-# The development signing key ($keys/dev.key, keyring/dev.pem): made once per machine,
-# kept outside the repository.
+# The development signing key ($keys/dev.key, its certificate dev.crt, keyring/dev.pem):
+# made once per machine, kept outside the repository. A cache from before bundles were
+# SWUpdate's (an Ed25519 key, no certificate) gets a new key.
 ensure_keys() {
 	keys=$cache/keys
-	if [ ! -s "$keys/dev.key" ]; then
+	if [ ! -s "$keys/dev.crt" ]; then
 		rm -rf "$keys.tmp"
 		mkdir -p "$keys.tmp/keyring"
 		"$venv/bin/update-server" bundle keygen --out "$keys.tmp/dev.key"
@@ -240,7 +241,7 @@ store_result() {
 	local compatible=$BOARD_COMPATIBLE image=$IMAGE_NAME sizes
 	log "signing the bundle"
 	"$venv/bin/update-server" bundle create --key "$keys/dev.key" --compatible "$compatible" \
-		--version "$version" --image "rootfs=$binaries/rootfs.squashfs" -o "$binaries/rootfs.bundle"
+		--revision "$BOARD_REVISION" --version "$version" --image "rootfs=$binaries/rootfs.squashfs" -o "$binaries/rootfs.bundle"
 	rm -rf "$result.tmp"
 	mkdir -p "$result.tmp"
 	(cd "$binaries" && cp --sparse=always "$image" "$image.bmap" "$image.sha256" rootfs.squashfs rootfs.bundle \

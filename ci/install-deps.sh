@@ -3,7 +3,7 @@
 set -eu
 packages="qemu-system-x86 qemu-system-arm ovmf grub-efi-amd64-bin grub-common mmdebstrap genimage
 squashfs-tools dosfstools mtools e2fsprogs fdisk u-boot-tools u-boot-qemu libubootenv-tool bmap-tools
-openssh-client python3-venv shellcheck
+openssh-client python3-venv shellcheck cpio openssl
 qemu-user-static binfmt-support device-tree-compiler dpkg-dev
 gcc-aarch64-linux-gnu make bison flex bc libssl-dev libgnutls28-dev python3-setuptools swig python3-dev"
 missing=""

@@ -21,7 +21,7 @@ load_meta() {
 	# shellcheck source=/dev/null
 	. "$BOARD_DIR/meta"
 	set +a
-	for key in BOARD_COMPATIBLE BOOTLOADER IMAGE_NAME BOOT_SCRIPT BOOT_TRIES BOOT_PART SLOT_A_PART SLOT_B_PART \
+	for key in BOARD_COMPATIBLE BOARD_REVISION BOOTLOADER IMAGE_NAME BOOT_SCRIPT BOOT_TRIES BOOT_PART SLOT_A_PART SLOT_B_PART \
 		PART_DEVICE BOOT_ENV BOOT_ENV_BACKUP; do
 		if eval "[ -z \"\${$key:-}\" ]"; then
 			echo "$0: $BOARD_DIR/meta: $key is not set" >&2

@@ -3,14 +3,13 @@
 With a keyring (``--keyring DIR``, ``$OT2_KEYRING`` or ``~/.config/ot2/keyring``) the
 bundle gets exactly the robot's check (``update-server bundle verify``): signature by a
 trusted key, manifest, image size and SHA-256, archive end.  Without one, everything but
-the trust decision is checked (the signature member must be present and well-formed;
-the robot checks it against its own keyring).
+the trust decision is checked (the signature against the certificate it carries; the
+robot checks the key against its own keyring).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,56 +44,17 @@ def default_keyring() -> str | None:
     return str(DEFAULT_KEYRING) if DEFAULT_KEYRING.is_dir() else None
 
 
-async def _check_without_keyring(f) -> tuple:
-    """Manifest, signature member shape, image size and hash, archive end (no trust)."""
-    source = bundle.file_source(f)
-    info = await bundle.read_header(source, bundle.MANIFEST_NAME)
-    if info is None or info.name != bundle.MANIFEST_NAME or info.size > bundle.MAX_MANIFEST_SIZE:
-        raise UpdateError("bad-manifest", f"the bundle does not start with {bundle.MANIFEST_NAME}")
-    raw = await source.read_exactly(info.size, bundle.MANIFEST_NAME)
-    await source.skip(bundle.padding(info.size), bundle.MANIFEST_NAME)
-    info = await bundle.read_header(source, bundle.SIGNATURE_NAME)
-    if info is None or info.name != bundle.SIGNATURE_NAME:
-        raise UpdateError("unsigned", f"{bundle.MANIFEST_NAME} is not followed by {bundle.SIGNATURE_NAME}")
-    if info.size > bundle.MAX_SIGNATURE_SIZE:
-        raise UpdateError("bad-signature", "signature member too large")
-    sig_raw = await source.read_exactly(info.size, bundle.SIGNATURE_NAME)
-    await source.skip(bundle.padding(info.size), bundle.SIGNATURE_NAME)
-    try:
-        sig = json.loads(sig_raw)
-        kid = sig["key_id"]
-        if not isinstance(kid, str) or sig.get("algorithm") not in (bundle.ALG_ED25519, bundle.ALG_ECDSA_P256):
-            raise ValueError("bad key id or algorithm")
-    except (ValueError, KeyError, TypeError) as e:
-        raise UpdateError("bad-signature", f"malformed {bundle.SIGNATURE_NAME}: {e}") from None
-    manifest = bundle.parse_manifest(raw)
-    image = manifest.rootfs
-    info = await bundle.read_header(source, image.filename)
-    if info is None or info.name != image.filename or info.size != image.size:
-        raise UpdateError("bad-bundle", f"member {image.filename} missing or of the wrong size")
-    digest = await bundle.read_image_sha256(source, image)
-    if digest != image.sha256:
-        raise UpdateError("hash-mismatch", f"{image.filename}: sha256 {digest}, manifest says {image.sha256}")
-    await bundle.read_tail(source, image)
-    return manifest, kid.lower()
-
-
 def verify_bundle(path: str, keyring_dir: str | None) -> BundleInfo:
     """Verify the bundle at ``path``; :class:`UsageError` (code = the API's) if it fails."""
     try:
         size = os.path.getsize(path)
+        keyring = bundle.load_keyring(keyring_dir) if keyring_dir else None
         with open(path, "rb") as f:
-            if keyring_dir:
-                keyring = bundle.load_keyring(keyring_dir)
-                head = asyncio.run(bundle.verify_stream(f, keyring, None))  # the robot's own check
-                manifest, kid, checked = head.manifest, head.key_id, True
-            else:
-                manifest, kid = asyncio.run(_check_without_keyring(f))
-                checked = False
+            head = asyncio.run(bundle.verify_stream(f, keyring, None))  # the robot's own check
     except OSError as e:
         raise UsageError("unreadable", f"{path}: {e.strerror or e}") from None
     except UpdateError as e:
         raise UsageError(e.code, f"{path}: {e.message}") from None
-    image = manifest.rootfs
+    manifest, image = head.manifest, head.image
     return BundleInfo(path, size, manifest.compatible, manifest.version, image.size,
-                      image.sha256, kid, checked)
+                      image.sha256, head.key_id, keyring is not None)

@@ -174,8 +174,8 @@ class CuttingProxy:
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    trusted = bundle.generate_private_key("ed25519")
-    untrusted = bundle.generate_private_key("ed25519")
+    trusted = bundle.generate_private_key()
+    untrusted = bundle.generate_private_key()
     keyring = bundle.write_keyring(d / "keyring", {"release": trusted})
     (d / "dev.key").write_bytes(bundle.private_key_pem(trusted))
     return {"trusted": trusted, "untrusted": untrusted, "keyring": keyring, "dir": d}
@@ -185,7 +185,7 @@ def write_bundle(path: Path, key, version: str, size: int = 4 << 20, compatible:
     img = path.with_suffix(".rootfs")
     img.write_bytes(image_bytes(version, size))
     with open(path, "wb") as out:
-        bundle.write_bundle(out, key, compatible, version, {"rootfs": str(img)})
+        bundle.write_bundle(out, key, bundle.make_certificate(key), compatible, ["1.0"], version, {"rootfs": str(img)})
     img.unlink()
     return path
 

@@ -17,7 +17,6 @@ import hashlib
 import http.client
 import os
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -433,11 +432,14 @@ def _rejected_bundles(images, tmp: Path) -> dict[str, Path]:
     good = images["v2"] / "rootfs.bundle"
     made = {}
 
-    unsigned = tmp / "unsigned.bundle"
-    with tarfile.open(good, "r|") as src, tarfile.open(unsigned, "w", format=tarfile.USTAR_FORMAT) as dst:
-        for member in src:
-            if member.name != "manifest.sig":
-                dst.addfile(member, src.extractfile(member))
+    # GNU cpio unpacks the good bundle and packs it again without its signature.
+    unsigned, members = tmp / "unsigned.bundle", tmp / "members"
+    members.mkdir()
+    with open(good, "rb") as f:
+        subprocess.run(["cpio", "-i", "--quiet"], stdin=f, cwd=members, check=True)
+    with open(unsigned, "wb") as f:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=b"sw-description\nrootfs.img\n",
+                       stdout=f, cwd=members, check=True)
     made["unsigned"] = unsigned
 
     subprocess.run([cli, "bundle", "keygen", "--out", str(tmp / "stranger.key")], check=True,

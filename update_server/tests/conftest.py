@@ -36,14 +36,14 @@ MARKER = b"slot A: the running system\n" * 4096
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory):
-    """A trusted Ed25519 key, a trusted ECDSA key, an untrusted key, and the keyring dir."""
+    """A trusted ECDSA P-256 key, a trusted RSA key, an untrusted key, and the keyring dir."""
     d = tmp_path_factory.mktemp("keys")
-    trusted = bundle.generate_private_key("ed25519")
-    trusted_ec = bundle.generate_private_key("ecdsa-p256")
-    untrusted = bundle.generate_private_key("ed25519")
-    keyring = bundle.write_keyring(d / "keyring", {"release": trusted, "release-ec": trusted_ec})
+    trusted = bundle.generate_private_key("ecdsa-p256")
+    trusted_rsa = bundle.generate_private_key("rsa")
+    untrusted = bundle.generate_private_key("ecdsa-p256")
+    keyring = bundle.write_keyring(d / "keyring", {"release": trusted, "release-rsa": trusted_rsa})
     (keyring / "README").write_text("not a key\n")
-    return {"trusted": trusted, "trusted_ec": trusted_ec, "untrusted": untrusted, "keyring": keyring}
+    return {"trusted": trusted, "trusted_rsa": trusted_rsa, "untrusted": untrusted, "keyring": keyring}
 
 
 def make_image(size: int, seed: int = 1) -> bytes:
@@ -56,32 +56,40 @@ def make_image(size: int, seed: int = 1) -> bytes:
     return bytes(out[:size])
 
 
-def make_bundle(key, image: bytes, compatible: str = COMPATIBLE, version: str = "2.0.0") -> bytes:
+def make_bundle(key, image: bytes, compatible: str = COMPATIBLE, version: str = "2.0.0",
+                revisions=("1.0",)) -> bytes:
     """A valid bundle (bytes) built with the library's writer."""
     with io.BytesIO() as out:
         tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"img-{uuid.uuid4().hex}"
         tmp.write_bytes(image)
         try:
-            bundle.write_bundle(out, key, compatible, version, {"rootfs": str(tmp)})
+            bundle.write_bundle(out, key, bundle.make_certificate(key), compatible, revisions, version,
+                                {"rootfs": str(tmp)})
         finally:
             tmp.unlink()
         return out.getvalue()
 
 
 def raw_bundle(members: list, end: bool = True) -> bytes:
-    """A tar stream from ``[(name, bytes)]`` exactly as given (for malformed bundles)."""
+    """A cpio stream from ``[(name, bytes)]`` exactly as given (for malformed bundles),
+    with the trailer when ``end``."""
     out = bytearray()
-    for name, data in members:
-        out += bundle.tar_header(name, len(data), 0) + data + bytes(bundle.padding(len(data)))
+    for inode, (name, data) in enumerate(members, 1):
+        out += bundle.cpio_header(name, len(data), 0, inode) + data + bytes(bundle.padding(len(data)))
     if end:
-        out += bytes(1024)
+        out += bundle.cpio_header(bundle.TRAILER_NAME, 0, 0, 0)
     return bytes(out)
+
+
+def sign(key, manifest: bytes) -> bytes:
+    """The ``sw-description.sig`` of ``manifest`` by ``key`` (a certificate made for it)."""
+    return bundle.sign_manifest(key, bundle.make_certificate(key), manifest)
 
 
 def manifest_for(image: bytes, compatible: str = COMPATIBLE, version: str = "2.0.0", size=None) -> bytes:
     img = bundle.Image("rootfs", "rootfs.img", len(image) if size is None else size,
                        hashlib.sha256(image).hexdigest())
-    return bundle.make_manifest(compatible, version, [img])
+    return bundle.make_manifest(compatible, ["1.0"], version, [img])
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,6 +288,7 @@ class Rig:
             overrides["boot_backend"] = "uboot"
         else:
             overrides["grubenv"] = make_grub_env(root / "boot")
+        overrides["revision"] = "1.0"    # as the image's board.conf says (BOARD_REVISION)
         overrides.update(config)
         self.config = load_config(None, overrides)
         self.boot = from_config(self.config)

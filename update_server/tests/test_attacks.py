@@ -269,18 +269,16 @@ def test_versions_that_cannot_be_compared():
 
 
 def negative_size_header(name: str) -> bytes:
-    """A ustar header whose size field is base-256 -1 (the 2 KB bundle that wedged updates)."""
-    header = bytearray(bundle.tar_header(name, 0, 0))
-    header[124:136] = b"\xff" * 12
-    header[148:156] = b" " * 8
-    header[148:156] = b"%06o\x00 " % sum(header)
+    """A cpio header whose size field reads -1 to a lax parser (Python's int() takes a sign)."""
+    header = bytearray(bundle.cpio_header(name, 0, 0, 1))
+    header[54:62] = b"-0000001"
     return bytes(header)
 
 
-def test_negative_tar_size_ends_the_session(rig):
+def test_negative_cpio_size_ends_the_session(rig):
     before = machine(rig)
     token = rig.client.begin()
-    r = rig.client.upload(token, negative_size_header("manifest.json") + bytes(1536))
+    r = rig.client.upload(token, negative_size_header("sw-description") + bytes(1536))
     assert_error(r, 400, "bad-bundle")
     st = rig.client.get(f"/server/update/{token}/status").body
     assert st["stage"] == "error" and st["failed_stage"] == "validating"
@@ -435,7 +433,7 @@ def test_refused_upload_still_sending_gets_its_answer(tmp_path, keys, monkeypatc
     rig.start()
     try:
         image = make_image(2_000_000, seed=5)
-        data = raw_bundle([("manifest.json", manifest_for(image)), ("rootfs.img", image)])
+        data = raw_bundle([("sw-description", manifest_for(image)), ("rootfs.img", image)])
         sock = rig.client.start_upload(rig.client.begin(), data)
         with sock:
             rest = data[len(data) // 2:]

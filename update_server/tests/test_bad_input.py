@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
 
+import libconf
 import pytest
 
 from conftest import (
@@ -16,6 +16,7 @@ from conftest import (
     make_image,
     manifest_for,
     raw_bundle,
+    sign,
 )
 from test_install import wait_for
 from update_server import bundle
@@ -61,7 +62,7 @@ IMAGE = make_image(150_000, seed=11)
 
 
 def test_unsigned(rig):
-    data = raw_bundle([("manifest.json", manifest_for(IMAGE)), ("rootfs.img", IMAGE)])
+    data = raw_bundle([("sw-description", manifest_for(IMAGE)), ("rootfs.img", IMAGE)])
     upload_expect(rig, data, 400, "unsigned")
     assert_nothing_changed(rig)
 
@@ -69,23 +70,20 @@ def test_unsigned(rig):
 def test_wrongly_signed(rig, keys):
     manifest = manifest_for(IMAGE)
     other = manifest_for(IMAGE, version="9.9.9")
-    sig = bundle.sign_manifest(keys["trusted"], other)  # a valid signature of other bytes
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", sig), ("rootfs.img", IMAGE)])
+    sig = sign(keys["trusted"], other)  # a valid signature of other bytes
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", sig), ("rootfs.img", IMAGE)])
     upload_expect(rig, data, 400, "bad-signature")
     assert_nothing_changed(rig)
 
 
 def test_corrupted_signature(rig, keys):
     manifest = manifest_for(IMAGE)
-    sig = json.loads(bundle.sign_manifest(keys["trusted"], manifest))
-    raw = bytearray(base64.b64decode(sig["signature"]))
-    raw[5] ^= 0x01
-    sig["signature"] = base64.b64encode(bytes(raw)).decode()
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", json.dumps(sig).encode()),
-                       ("rootfs.img", IMAGE)])
+    sig = bytearray(sign(keys["trusted"], manifest))
+    sig[-3] ^= 0x01   # inside the signature value, the SignerInfo's last field
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", bytes(sig)), ("rootfs.img", IMAGE)])
     upload_expect(rig, data, 400, "bad-signature")
-    # and a signature member that is not JSON at all
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", b"\x00garbage"),
+    # and a signature member that is not CMS at all
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", b"\x00garbage"),
                        ("rootfs.img", IMAGE)])
     upload_expect(rig, data, 400, "bad-signature")
     assert_nothing_changed(rig)
@@ -146,45 +144,61 @@ def test_wrong_compatible(rig, keys):
     assert_nothing_changed(rig)
 
 
+def test_wrong_board_revision(rig, keys):
+    upload_expect(rig, make_bundle(keys["trusted"], IMAGE, revisions=["2.0", "2.1"]), 400, "incompatible")
+    assert_nothing_changed(rig)
+
+
 def test_oversized_image(rig, keys):
     # the header claims more than the slot holds; the data never needs to arrive
     manifest = manifest_for(b"", size=SLOT_SIZE + 512)
-    sig = bundle.sign_manifest(keys["trusted"], manifest)
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", sig)], end=False)
-    data += bundle.tar_header("rootfs.img", SLOT_SIZE + 512, 0) + bytes(4096)
+    sig = sign(keys["trusted"], manifest)
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", sig)], end=False)
+    data += bundle.cpio_header("rootfs.img", SLOT_SIZE + 512, 0, 3) + bytes(4096)
     upload_expect(rig, data, 413, "image-too-large")
     assert_nothing_changed(rig)
 
 
-def test_manifest_not_json(rig, keys):
-    manifest = b"this is not JSON {"
-    sig = bundle.sign_manifest(keys["trusted"], manifest)
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", sig), ("rootfs.img", IMAGE)])
+def test_manifest_not_libconfig(rig, keys):
+    manifest = b"software = { this is not libconfig"
+    sig = sign(keys["trusted"], manifest)
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", sig), ("rootfs.img", IMAGE)])
     upload_expect(rig, data, 400, "bad-manifest")
     assert_nothing_changed(rig)
 
 
+def _second_board(software, board):
+    software["ot2-other"] = board
+
+
 @pytest.mark.parametrize("change", [
-    {"format": 2}, {"images": []}, {"compatible": 5}, {"build_time": "yesterday"},
-    {"images": [{"slot_class": "bootloader", "filename": "u.img", "size": 1, "sha256": "0" * 64}]},
-    {"images": [{"slot_class": "rootfs", "filename": "../etc/passwd", "size": 1, "sha256": "0" * 64}]},
+    lambda software, board: software.update(version=5),
+    lambda software, board: software.update({"build-time": "yesterday"}),
+    lambda software, board: board.update(images=()),
+    lambda software, board: board.update({"hardware-compatibility": []}),
+    lambda software, board: board["images"][0].update(name="bootloader"),
+    lambda software, board: board["images"][0].update(filename="../etc/passwd"),
+    lambda software, board: board["images"][0].update(type="ubivol"),
+    lambda software, board: board["images"][0].update(size=-1),
+    _second_board,
 ])
 def test_manifest_invalid_fields(rig, keys, change):
-    body = json.loads(manifest_for(IMAGE))
-    body.update(change)
-    manifest = json.dumps(body).encode()
-    sig = bundle.sign_manifest(keys["trusted"], manifest)
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", sig), ("rootfs.img", IMAGE)])
+    body = libconf.loads(manifest_for(IMAGE).decode())
+    software = body["software"]
+    change(software, software["ot2-test"])
+    manifest = libconf.dumps(body).encode()
+    sig = sign(keys["trusted"], manifest)
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", sig), ("rootfs.img", IMAGE)])
     upload_expect(rig, data, 400, "bad-manifest")
     assert_nothing_changed(rig)
 
 
 def test_image_member_disagrees_with_manifest(rig, keys):
     manifest = manifest_for(IMAGE)
-    sig = bundle.sign_manifest(keys["trusted"], manifest)
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", sig), ("rootfs.img", IMAGE[:-1])])
+    sig = sign(keys["trusted"], manifest)
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", sig), ("rootfs.img", IMAGE[:-1])])
     upload_expect(rig, data, 400, "bad-bundle")
-    data = raw_bundle([("manifest.json", manifest), ("manifest.sig", sig), ("other.img", IMAGE)])
+    data = raw_bundle([("sw-description", manifest), ("sw-description.sig", sig), ("other.img", IMAGE)])
     upload_expect(rig, data, 400, "bad-bundle")
     assert_nothing_changed(rig)
 
@@ -193,10 +207,10 @@ def test_extra_data(rig, keys):
     good = make_bundle(keys["trusted"], IMAGE)
     upload_expect(rig, good + b"trailing junk", 400, "extra-data")
     assert_booted_slot_kept(rig)
-    extra = good[:-1024] + raw_bundle([("evil.sh", b"#!/bin/sh\n")])
+    extra = good[:good.rindex(b"070701")] + raw_bundle([("evil.sh", b"#!/bin/sh\n")])   # before the trailer
     upload_expect(rig, extra, 400, "extra-data")
     assert_booted_slot_kept(rig)
-    # zero padding (as tar(1) writes it) is fine
+    # zero padding (as cpio(1) writes it) is fine
     token = rig.client.begin()
     assert rig.client.upload(token, good + bytes(9216)).status == 200
 

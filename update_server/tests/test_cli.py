@@ -32,10 +32,10 @@ def made(tmp_path_factory):
     (d / "keyring").mkdir()
     (d / "other").mkdir()
     cli("bundle", "keygen", "--out", d / "dev.key")
-    cli("bundle", "keygen", "--out", d / "ec.key", "--algorithm", "ecdsa-p256")
+    cli("bundle", "keygen", "--out", d / "rsa.key", "--algorithm", "rsa")
     cli("bundle", "keygen", "--out", d / "other.key")
     os.rename(d / "dev.pem", d / "keyring/dev.pem")
-    os.rename(d / "ec.pem", d / "keyring/ec.pem")
+    os.rename(d / "rsa.pem", d / "keyring/rsa.pem")
     os.rename(d / "other.pem", d / "other/other.pem")
     (d / "rootfs.img").write_bytes(make_image(700_001, seed=4))
     return d
@@ -44,10 +44,11 @@ def made(tmp_path_factory):
 def test_keygen_files(made):
     assert oct(os.stat(made / "dev.key").st_mode & 0o777) == "0o600"
     assert (made / "keyring/dev.pem").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert (made / "dev.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert cli("bundle", "keygen", "--out", made / "dev.key", check=False).returncode == 2
 
 
-@pytest.mark.parametrize("key", ["dev.key", "ec.key"])
+@pytest.mark.parametrize("key", ["dev.key", "rsa.key"])
 def test_create_verify_info_round_trip(made, key):
     out = made / f"b-{key}.ot2"
     cli("bundle", "create", "--key", made / key, "--compatible", COMPATIBLE, "--version", "5.0",
@@ -56,10 +57,12 @@ def test_create_verify_info_round_trip(made, key):
     assert r.stdout.startswith("OK ot2-test 5.0")
     info = json.loads(cli("bundle", "info", "--json", out).stdout)
     assert info["manifest"]["images"][0]["size"] == 700_001
-    assert info["manifest"]["format"] == 1
-    # GNU tar reads it and lists the members in contract order
-    names = subprocess.run(["tar", "tf", out], capture_output=True, text=True, check=True).stdout.split()
-    assert names == ["manifest.json", "manifest.sig", "rootfs.img"]
+    assert info["manifest"]["hardware_compatibility"] == ["1.0"] and len(info["signers"]) == 1
+    # GNU cpio reads it and lists the members in SWUpdate's order
+    with open(out, "rb") as f:
+        names = subprocess.run(["cpio", "-it", "--quiet"], stdin=f, capture_output=True, text=True,
+                               check=True).stdout.split()
+    assert names == ["sw-description", "sw-description.sig", "rootfs.img"]
     assert "compatible: ot2-test" in cli("bundle", "info", out).stdout
 
 
@@ -191,7 +194,7 @@ def test_install_a_local_bundle_beside_the_running_server(tmp_path, keys, monkey
     try:
         image = make_image(300_000, seed=8)
         unsigned = tmp_path / "unsigned.bundle"
-        unsigned.write_bytes(raw_bundle([("manifest.json", manifest_for(image)), ("rootfs.img", image)]))
+        unsigned.write_bytes(raw_bundle([("sw-description", manifest_for(image)), ("rootfs.img", image)]))
         r = cli("--config", conf, "install", unsigned, check=False)
         assert r.returncode == 1 and "refused: unsigned" in r.stderr, r.stderr
         assert rig.env().order == ("A", "B") and rig.slot_a_intact()

@@ -118,9 +118,9 @@ def test_a_session_of_another_process_holds_off_begin(rig):
     assert rig.client.get(f"/server/update/{token}/status").body["stage"] == "awaiting-file"
 
 
-def test_ecdsa_signed_bundle_and_multipart_upload(rig, keys):
+def test_rsa_signed_bundle_and_multipart_upload(rig, keys):
     image = make_image(200_000, seed=7)
-    data = make_bundle(keys["trusted_ec"], image)
+    data = make_bundle(keys["trusted_rsa"], image)
     boundary = "----ot2boundary"
     body = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.ot2\"\r\n"

@@ -62,7 +62,7 @@ def make_bundle(work: Path, size_mib: int, version: str) -> tuple:
     key = bundle.generate_private_key()
     keyring = bundle.write_keyring(work / "keyring", {"bench": key})
     with open(path, "wb") as out:
-        bundle.write_bundle(out, key, "ot2-bench", version, {"rootfs": str(image)})
+        bundle.write_bundle(out, key, bundle.make_certificate(key), "ot2-bench", ["1.0"], version, {"rootfs": str(image)})
     return path, image, keyring
 
 

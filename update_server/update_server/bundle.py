@@ -79,6 +79,7 @@ HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _COMPATIBLE_RE = re.compile(r"^[A-Za-z][-A-Za-z0-9_]{0,99}$")   # a libconfig setting name
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_HEX_FIELDS_RE = re.compile(rb"^[0-9A-Fa-f]{104}$")
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,6 +181,11 @@ def make_certificate(private_key, common_name: str = "ot2 bundle signing") -> x5
             .sign(private_key, hashes.SHA256()))
 
 
+def certificate_pem(certificate: x509.Certificate) -> bytes:
+    """PEM of a certificate (what SWUpdate's ``-k`` reads)."""
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
 def load_certificate(path: str | os.PathLike, private_key) -> x509.Certificate:
     """The PEM certificate at ``path``; ValueError unless it holds ``private_key``'s public key."""
     certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
@@ -213,6 +219,43 @@ def _signer_certificate(signer, certificates):
         elif certificate.key_identifier == sid.chosen.native:
             return certificate
     return None
+
+
+def _signers(signature: bytes) -> list:
+    """``[(SignerInfo, key id or None)]`` of a detached CMS SignedData (DER), the key id
+    that of the embedded certificate the SignerInfo names. Raises ValueError or TypeError."""
+    info = cms.ContentInfo.load(signature, strict=True)
+    if info["content_type"].native != "signed_data":
+        raise ValueError("not a CMS SignedData")
+    signed = info["content"]
+    if signed["encap_content_info"]["content"].native is not None:
+        raise ValueError("the signature is not detached")
+    certificates = [c.chosen for c in signed["certificates"] or () if c.name == "certificate"]
+    signers = []
+    for signer in signed["signer_infos"]:
+        certificate = _signer_certificate(signer, certificates)
+        signers.append((signer, certificate and hashlib.sha256(certificate.public_key.dump()).hexdigest()))
+    return signers
+
+
+def _embedded_keys(signature: bytes) -> dict:
+    """``{key_id: public key}`` of the certificates a CMS SignedData carries."""
+    signed = cms.ContentInfo.load(signature, strict=True)["content"]
+    keys = {}
+    for choice in signed["certificates"] or ():
+        if choice.name == "certificate":
+            public_key = x509.load_der_x509_certificate(choice.chosen.dump()).public_key()
+            keys[key_id(public_key)] = public_key
+    return keys
+
+
+def signer_key_ids(signature: bytes) -> list:
+    """The key ids (as :func:`key_id`) of a signature's signers, nothing verified; ``[]``
+    for what is not a detached CMS SignedData. For display (``update-server bundle info``)."""
+    try:
+        return [kid for _, kid in _signers(signature) if kid]
+    except (ValueError, TypeError, KeyError):
+        return []
 
 
 def _signed_bytes(signer, manifest: bytes, digest_name: str) -> bytes:
@@ -253,31 +296,26 @@ def _verify_signer(signer, public_key, manifest: bytes) -> None:
         raise ValueError(f"signature algorithm {kind!r} does not fit the key")
 
 
-def verify_manifest(manifest: bytes, signature: bytes, keyring: dict) -> str:
+def verify_manifest(manifest: bytes, signature: bytes, keyring: dict | None) -> str:
     """Check ``signature`` (``sw-description.sig`` bytes) over ``manifest``; returns the
-    key id of the signer found in ``keyring``.
+    key id of the signer found in ``keyring``. With ``keyring`` None the signature is
+    checked against the key of the certificate it carries: whole, but not trusted (a
+    lab PC's check before it sends a bundle to a robot that decides trust).
 
     Raises UpdateError ``untrusted-key`` (empty keyring, no signer's key in it) or
     ``bad-signature`` (not a detached CMS SignedData, an algorithm we do not accept, or a
     signature that does not verify).
     """
-    if not keyring:
+    if keyring is not None and not keyring:
         raise UpdateError("untrusted-key", "no trusted keys are installed; every bundle is refused")
     try:
-        info = cms.ContentInfo.load(signature, strict=True)
-        if info["content_type"].native != "signed_data":
-            raise ValueError("not a CMS SignedData")
-        signed = info["content"]
-        if signed["encap_content_info"]["content"].native is not None:
-            raise ValueError("the signature is not detached")
-        certificates = [c.chosen for c in signed["certificates"] or () if c.name == "certificate"]
-        signers = [(s, _signer_certificate(s, certificates)) for s in signed["signer_infos"]]
-        trusted = [(s, c) for s, c in signers if c is not None and
-                   hashlib.sha256(c.public_key.dump()).hexdigest() in keyring]
+        signers = _signers(signature)
+        if keyring is None:
+            keyring = _embedded_keys(signature)
+        trusted = [(signer, kid) for signer, kid in signers if kid in keyring]
         if not trusted:
             raise UpdateError("untrusted-key", f"bundle signed by {len(signers)} key(s), none in the keyring")
-        signer, certificate = trusted[0]
-        kid = hashlib.sha256(certificate.public_key.dump()).hexdigest()
+        signer, kid = trusted[0]
         _verify_signer(signer, keyring[kid], manifest)
     except InvalidSignature:
         raise UpdateError("bad-signature", f"{MANIFEST_NAME} signature does not verify") from None
@@ -503,10 +541,9 @@ async def read_member(source: ChunkSource, what: str) -> Member | None:
     raw = await source.read_exactly(CPIO_HEADER, f"the header of {what}")
     if raw[:6] not in CPIO_MAGICS:
         raise UpdateError("bad-bundle", f"not a cpio (newc) header where {what} was expected")
-    try:
-        fields = [int(raw[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
-    except ValueError:
-        raise UpdateError("bad-bundle", f"the cpio header of {what} has non-hex fields") from None
+    if not _HEX_FIELDS_RE.match(raw[6:]):
+        raise UpdateError("bad-bundle", f"the cpio header of {what} has fields that are not 8 hex digits")
+    fields = [int(raw[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
     mode, size, name_size = fields[1], fields[6], fields[11]
     if not 1 < name_size <= 256:
         raise UpdateError("bad-bundle", f"the cpio header of {what} has a name of {name_size} bytes")
@@ -552,13 +589,15 @@ class BundleHead:
     image: Image
 
 
-async def read_head(source: ChunkSource, keyring: dict, compatible: str | None) -> BundleHead:
+async def read_head(source: ChunkSource, keyring: dict | None, compatible: str | None,
+                    revision: str = "") -> BundleHead:
     """Read and check the manifest, its signature and the image's header from ``source``.
 
     Order of checks: ``sw-description`` first (``bad-bundle``/``bad-manifest``), its
     signature second (``unsigned``), the signature verifies against the keyring
-    (``untrusted-key``/``bad-signature``), then the manifest is parsed (``bad-manifest``)
-    and ``compatible`` compared (``incompatible``; ``None`` skips it), then the image
+    (``untrusted-key``/``bad-signature``; ``None``: see :func:`verify_manifest`), then the manifest is parsed (``bad-manifest``)
+    and ``compatible`` and the board ``revision`` compared (``incompatible``; ``None``
+    and ``""`` skip them), then the image
     member's name and size must match the manifest (``bad-bundle``). On return the source
     is at the first byte of the image.
     """
@@ -567,6 +606,9 @@ async def read_head(source: ChunkSource, keyring: dict, compatible: str | None) 
     manifest = parse_manifest(manifest_raw)
     if compatible is not None and manifest.compatible != compatible:
         raise UpdateError("incompatible", f"bundle is for {manifest.compatible[:100]!r}, this system is {compatible!r}")
+    if revision and revision not in manifest.revisions:
+        raise UpdateError("incompatible", f"bundle is for board revisions {', '.join(manifest.revisions)[:100]}, "
+                                          f"this board is {revision!r}")
     image = manifest.rootfs
     member = await read_member(source, image.filename)
     if member is None:
@@ -616,7 +658,7 @@ async def read_image_sha256(source: ChunkSource, image: Image) -> str:
     return hasher.hexdigest()
 
 
-async def verify_stream(f, keyring: dict, compatible: str | None) -> BundleHead:
+async def verify_stream(f, keyring: dict | None, compatible: str | None) -> BundleHead:
     """Check a whole bundle read from the binary file ``f``, as the robot checks an upload.
 
     :func:`read_head` (signature against ``keyring``, manifest, ``compatible``; ``None``

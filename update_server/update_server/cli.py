@@ -78,13 +78,18 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bundle", help="make and check bundles").add_subparsers(dest="bundle_command")
     keygen = b.add_parser("keygen", help="make a signing key pair")
-    keygen.add_argument("--out", required=True, help="private key file; the public key goes next to it as .pem")
-    keygen.add_argument("--algorithm", choices=["ed25519", "ecdsa-p256"], default="ed25519")
+    keygen.add_argument("--out", required=True,
+                        help="private key file; the public key (.pem) and its certificate (.crt) go next to it")
+    keygen.add_argument("--algorithm", choices=["ecdsa-p256", "rsa"], default="ecdsa-p256")
     keygen.add_argument("--force", action="store_true", help="overwrite existing files")
 
     create = b.add_parser("create", help="build a signed bundle")
     create.add_argument("--key", required=True, help="private key (PEM)")
-    create.add_argument("--compatible", required=True)
+    create.add_argument("--cert", help="the key's certificate, carried in the signature (PEM; default: the "
+                                       "key's .crt if there is one, else one made now)")
+    create.add_argument("--compatible", required=True, help="the board's compatible string")
+    create.add_argument("--revision", dest="revisions", action="append",
+                        help="a board revision the bundle runs on (repeatable; default 1.0)")
     create.add_argument("--version", dest="bundle_version", required=True)
     create.add_argument("--image", action="append", required=True, metavar="rootfs=PATH")
     create.add_argument("--build-time", dest="build_time", help="ISO 8601 (default: now)")
@@ -132,10 +137,8 @@ def _keygen(args) -> int:
     from . import bundle
 
     out = Path(args.out)
-    public = out.with_suffix(".pem")
-    if public == out:
-        public = out.with_name(out.name + ".pub.pem")
-    for path in (out, public):
+    public, certificate = _key_sibling(out, ".pem"), _key_sibling(out, ".crt")
+    for path in (out, public, certificate):
         if path.exists() and not args.force:
             print(f"{path} exists (use --force to overwrite)", file=sys.stderr)
             return EXIT_USAGE
@@ -144,8 +147,16 @@ def _keygen(args) -> int:
     with os.fdopen(fd, "wb") as f:
         f.write(bundle.private_key_pem(key))
     public.write_bytes(bundle.public_key_pem(key.public_key()))
-    print(f"private key: {out}\npublic key:  {public}\nkey id:      {bundle.key_id(key.public_key())}")
+    certificate.write_bytes(bundle.certificate_pem(bundle.make_certificate(key)))
+    print(f"private key: {out}\npublic key:  {public}\ncertificate: {certificate}\n"
+          f"key id:      {bundle.key_id(key.public_key())}")
     return EXIT_OK
+
+
+def _key_sibling(key: Path, suffix: str) -> Path:
+    """The file next to a private key with ``suffix`` (its public key, its certificate)."""
+    sibling = key.with_suffix(suffix)
+    return key.with_name(key.name + suffix) if sibling == key else sibling
 
 
 @contextlib.contextmanager
@@ -178,6 +189,9 @@ def _create(args) -> int:
         images[slot_class] = path
     try:
         key = bundle.load_private_key(args.key)
+        cert = args.cert or _key_sibling(Path(args.key), ".crt")
+        certificate = (bundle.load_certificate(cert, key) if args.cert or Path(cert).exists()
+                       else bundle.make_certificate(key))
         total = sum(os.path.getsize(p) for p in images.values())
     except (OSError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -189,7 +203,8 @@ def _create(args) -> int:
             tasks = {phase: bar.add_task(label, total=total)
                      for phase, label in (("hash", "hashing"), ("write", "writing"))} if bar else {}
             manifest = bundle.write_bundle(
-                out, key, args.compatible, args.bundle_version, images, build_time=args.build_time,
+                out, key, certificate, args.compatible, args.revisions or ["1.0"], args.bundle_version, images,
+                build_time=args.build_time,
                 progress=(lambda phase, n: bar.advance(tasks[phase], n)) if bar else None)
         out.flush()
         if not to_stdout:
@@ -233,44 +248,29 @@ def _verify(args) -> int:
 
 
 async def _read_unverified(f) -> tuple:
-    """``(manifest, raw signature or None)`` of a bundle, nothing verified."""
+    """``(manifest, raw signature)`` of a bundle, nothing verified."""
     from . import bundle
 
-    source = bundle.file_source(f, 64 * 1024)
-    info = await bundle.read_header(source, bundle.MANIFEST_NAME)
-    if info is None or info.name != bundle.MANIFEST_NAME or info.size > bundle.MAX_MANIFEST_SIZE:
-        raise UpdateError("bad-manifest", "the bundle does not start with manifest.json")
-    raw = await source.read_exactly(info.size, bundle.MANIFEST_NAME)
-    await source.skip(bundle.padding(info.size), bundle.MANIFEST_NAME)
-    signature = None
-    info = await bundle.read_header(source, bundle.SIGNATURE_NAME)
-    if info is not None and info.name == bundle.SIGNATURE_NAME and info.size <= bundle.MAX_SIGNATURE_SIZE:
-        signature = await source.read_exactly(info.size, bundle.SIGNATURE_NAME)
+    raw, signature = await bundle.read_signed_manifest(bundle.file_source(f, 64 * 1024))
     return bundle.parse_manifest(raw), signature
 
 
 def _info(args) -> int:
+    from . import bundle
+
     result, status = _run_on_bundle(args.bundle, _read_unverified)
     if result is None:
         return status
     manifest, signature = result
-    sig = None
-    if signature is not None:
-        try:
-            sig = json.loads(signature)
-        except ValueError:
-            sig = {"error": "malformed signature"}
+    signers = bundle.signer_key_ids(signature)
     if args.json:
-        print(json.dumps({"manifest": manifest.as_dict(), "signature": sig}, indent=2))
+        print(json.dumps({"manifest": manifest.as_dict(), "signers": signers}, indent=2))
         return EXIT_OK
-    print(f"compatible: {manifest.compatible}\nversion:    {manifest.version}\n"
-          f"build time: {manifest.build_time}")
+    print(f"compatible: {manifest.compatible} (revisions {', '.join(manifest.revisions)})\n"
+          f"version:    {manifest.version}\nbuild time: {manifest.build_time}")
     for image in manifest.images:
         print(f"image:      {image.slot_class} {image.filename} {image.size} bytes sha256 {image.sha256}")
-    if isinstance(sig, dict) and "key_id" in sig:
-        print(f"signature:  {sig.get('algorithm')} key {sig.get('key_id')} (not verified)")
-    else:
-        print("signature:  none")
+    print(f"signed by:  {', '.join(signers) or 'no key'} (not verified)")
     return EXIT_OK
 
 

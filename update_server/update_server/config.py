@@ -51,7 +51,7 @@ Example (every key is optional; the values shown are the defaults unless noted):
 
 The board's facts come from ``board_file`` when it exists (on the image
 ``/etc/ot2/board.conf``, written by ``board/common/post-build.sh`` from ``board/<board>/meta``):
-``compatible``, ``boot_backend``, ``slots``, and ``fw_env_config`` or ``grubenv`` are taken from
+``compatible``, ``revision``, ``boot_backend``, ``slots``, and ``fw_env_config`` or ``grubenv`` are taken from
 it unless the TOML file or an override sets them, and ``max_tries`` may not exceed its
 ``BOOT_TRIES`` (the tries its bootloader script counts).
 """
@@ -88,6 +88,7 @@ class Config(AccessSettings):
     port: int = 34000
     data_dir: str = "/data"
     compatible: str = ""
+    revision: str = ""                    # the board revision a bundle must name; "" = any
     keyring: str = "/etc/ot2/keyring"
     boot_backend: str = "uboot"
     fw_env_config: list = field(default_factory=lambda: ["/etc/fw_env.config"])
@@ -217,6 +218,8 @@ def _board_settings(board: dict[str, str]) -> dict:
     settings: dict = {}
     if "BOARD_COMPATIBLE" in board:
         settings["compatible"] = board["BOARD_COMPATIBLE"]
+    if "BOARD_REVISION" in board:
+        settings["revision"] = board["BOARD_REVISION"]
     if "BOOTLOADER" in board:
         settings["boot_backend"] = board["BOOTLOADER"]
     slots = {name: board[f"SLOT_{name}_DEVICE"] for name in SLOT_NAMES if f"SLOT_{name}_DEVICE" in board}

@@ -179,7 +179,8 @@ class Installer:
         progress.stage = VALIDATING
         progress.message = "checking the bundle"
         keyring = bundle.load_keyring(self.config.keyring)
-        head = await bundle.read_head(source, keyring, self.config.effective_compatible())
+        head = await bundle.read_head(source, keyring, self.config.effective_compatible(),
+                                      self.config.revision)
         image = head.image
         running = self.config.system_version().get("version")
         if not allow_downgrade and is_downgrade(head.manifest.version, running):
