@@ -53,7 +53,18 @@ $(LABMCP_VENV)/.done: ci/requirements-labmcp.txt
 	$(LABMCP_VENV)/bin/pip check
 	touch $@
 
-venv: $(VENV)/.done $(LABMCP_VENV)/.done
+# gooseBit (a rollout server speaking hawkBit's DDI API, update_server/tests/test_ddi.py) in
+# its own venv too.
+GOOSEBIT_VENV := .venv-goosebit
+
+$(GOOSEBIT_VENV)/.done: ci/requirements-goosebit.txt
+	$(PYTHON) -m venv $(GOOSEBIT_VENV)
+	$(GOOSEBIT_VENV)/bin/pip install --quiet --upgrade pip
+	$(GOOSEBIT_VENV)/bin/pip install --quiet -r ci/requirements-goosebit.txt
+	$(GOOSEBIT_VENV)/bin/pip check
+	touch $@
+
+venv: $(VENV)/.done $(LABMCP_VENV)/.done $(GOOSEBIT_VENV)/.done
 
 qemu-image: venv
 	ci/build-qemu-image.sh --out build/qemu
@@ -153,6 +164,6 @@ bench-boot: venv
 	$(PYTEST) -q tests/e2e/test_boot_bench.py tests/e2e/test_boot_size.py
 
 clean:
-	rm -rf build $(VENV) $(LABMCP_VENV)
+	rm -rf build $(VENV) $(LABMCP_VENV) $(GOOSEBIT_VENV)
 
 include mk/buildroot.mk

@@ -18,6 +18,7 @@ from . import __version__, access, bootctl, openapi, provision
 from . import state as state_mod
 from .bundle import ChunkSource
 from .connlimit import ConnectionGuard, GuardedSite
+from .ddi import DdiClient
 from .errors import UpdateError
 from .install import slot_capacity
 from .name import Advertiser, NameStore, apply_hostname, hostname_for
@@ -118,6 +119,7 @@ class UpdateServer:
             if config.mdns else None
         )
         self._background: set = set()
+        self.ddi = DdiClient(self) if config.ddi_url else None
 
     # ---- application ------------------------------------------------------------------
 
@@ -175,6 +177,8 @@ class UpdateServer:
             apply_hostname(name)
         if self.advertiser:
             await self.advertiser.advertise(name)
+        if self.ddi:
+            self._spawn(self.ddi.run())
 
     async def _cleanup(self, app) -> None:
         if self.advertiser:
@@ -374,14 +378,16 @@ class UpdateServer:
         """
         if self.restarting:
             raise UpdateError("restart-pending", "a restart is already under way")
-        self.restarting = True
         log.warning("restart requested (%s)", request[VIA])
-        self._spawn(self._reboot_later(1.0))
+        self._spawn(self.reboot("restart requested", delay=1.0))
         return web.json_response({"message": "restarting in 1 second"})
 
-    async def _reboot_later(self, delay: float) -> None:
+    async def reboot(self, reason: str, delay: float = 0.0) -> None:
+        """Runs ``reboot_command`` after ``delay`` s, once per run of the server (a restart
+        request or a rollout's deployment)."""
+        self.restarting = True
         await asyncio.sleep(delay)
-        log.warning("restarting: %s", " ".join(self.config.reboot_command))
+        log.warning("restarting (%s): %s", reason, " ".join(self.config.reboot_command))
         try:
             proc = await asyncio.create_subprocess_exec(*self.config.reboot_command)
             await proc.wait()

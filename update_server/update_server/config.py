@@ -110,6 +110,15 @@ class Config(AccessSettings):
     robot_model: str = "OT-2 Standard"
     reboot_command: list = field(default_factory=lambda: ["systemctl", "reboot"])
     health_urls: list = field(default_factory=list)
+    # The robot server's health (its "lease": a protocol run holds the robot); "" = none.
+    robot_health_url: str = ""
+    # A rollout server's DDI API (update_server/ddi.py); "" = off.
+    ddi_url: str = ""
+    ddi_tenant: str = "DEFAULT"
+    ddi_controller_id: str = ""           # "" = the board's serial number
+    ddi_target_token: str = ""
+    ddi_gateway_token: str = ""
+    ddi_poll_seconds: float = 300.0       # until the server names its interval
     boot_check_timeout: float = 300.0
     boot_check_interval: float = 2.0
     chunk_size: int = 1 << 20

@@ -1,0 +1,114 @@
+"""gooseBit (PyPI ``goosebit``, a rollout server implementing hawkBit's DDI API) on
+loopback, from its own venv (``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt).
+
+Facts used, from gooseBit 0.2.12's source (https://github.com/UpstreamDataInc/goosebit):
+settings are ``GOOSEBIT_*`` environment variables (``goosebit/settings/schema.py``); its
+database is made by ``aerich upgrade`` with the migrations the package ships
+(``goosebit/db/migrations``, config ``goosebit.db.config.TORTOISE_CONF``); the first user
+comes from ``POST /setup``, a token from ``POST /login`` (OAuth2 password form); software
+is uploaded with ``PUT /api/v1/software`` (multipart ``file``), a rollout created with
+``PUT /api/v1/rollouts`` (``name``, ``feed``, ``software_id``), devices read with
+``GET /api/v1/devices``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("OT2_GOOSEBIT_VENV", ROOT / ".venv-goosebit"))
+USER, PASSWORD = "admin@ot2.test", "e2e-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GooseBit:
+    """A gooseBit server in ``workdir`` (SQLite, artifacts), polling interval ``poll_time``
+    (``HH:MM:SS``); :meth:`stop` ends it."""
+
+    def __init__(self, workdir: Path, poll_time: str = "00:00:01"):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        site = next((VENV / "lib").glob("python3*/site-packages"))
+        self.env = {**os.environ, "GOOSEBIT_PORT": str(self.port), "GOOSEBIT_POLL_TIME": poll_time,
+                    "GOOSEBIT_DB_URI": f"sqlite:///{workdir}/db.sqlite3",
+                    "GOOSEBIT_ARTIFACTS_DIR": str(workdir / "artifacts"),
+                    "GOOSEBIT_SECRET_KEY": uuid.uuid4().hex}
+        (workdir / "pyproject.toml").write_text(
+            '[tool.aerich]\ntortoise_orm = "goosebit.db.config.TORTOISE_CONF"\n'
+            f'location = "{site}/goosebit/db/migrations"\nsrc_folder = "./."\n')
+        subprocess.run([str(VENV / "bin" / "aerich"), "upgrade"], cwd=workdir, env=self.env, check=True,
+                       capture_output=True, timeout=120)
+        self.log = open(workdir / "goosebit.log", "wb")
+        self.proc = subprocess.Popen([str(VENV / "bin" / "python"), "-m", "goosebit"], cwd=workdir,
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gooseBit did not start: {(workdir / 'goosebit.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        self._form("/setup", {"username": USER, "password": PASSWORD})
+        self.token = self._form("/login", {"username": USER, "password": PASSWORD})["access_token"]
+
+    def _form(self, path: str, fields: dict) -> dict:
+        request = urllib.request.Request(self.url + path, data=urllib.parse.urlencode(fields).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A management API call (``/api/v1/...``) as the admin; the JSON answer."""
+        request = urllib.request.Request(self.url + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def upload(self, bundle: Path) -> int:
+        """Publishes a bundle file as software; its id."""
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{bundle.name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + bundle.read_bytes() + \
+            f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(self.url + "/api/v1/software", method="PUT", data=body,
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())["id"]
+
+    def rollout(self, software_id: int, feed: str = "default") -> int:
+        """A rollout of ``software_id`` to the devices of ``feed``; its id."""
+        return self.api("PUT", "/api/v1/rollouts", {"name": f"rollout {software_id}", "feed": feed,
+                                                    "software_id": software_id})["id"]
+
+    def devices(self) -> dict:
+        """``{device id: gooseBit's device record}`` (``sw_version``, ``last_state``, ...)."""
+        return {d["id"]: d for d in self.api("GET", "/api/v1/devices")["devices"]}
+
+    def device_log(self, device: str) -> str:
+        return self.api("GET", f"/api/v1/devices/{device}/log")["log"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
