@@ -62,7 +62,7 @@ class GooseBit:
                     break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gooseBit did not start: {(workdir / 'goosebit.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"gooseBit did not start: {(workdir / 'goosebit.log').read_text()[-2000:]}") from None
                 time.sleep(0.2)
         self._form("/setup", {"username": USER, "password": PASSWORD})
         self.token = self._form("/login", {"username": USER, "password": PASSWORD})["access_token"]
@@ -103,7 +103,7 @@ class GooseBit:
         return {d["id"]: d for d in self.api("GET", "/api/v1/devices")["devices"]}
 
     def device_log(self, device: str) -> str:
-        return self.api("GET", f"/api/v1/devices/{device}/log")["log"]
+        return self.api("GET", f"/api/v1/devices/{device}/log")["log"] or ""
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -112,3 +112,66 @@ class GooseBit:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to ``target_port`` that cuts the answers to artifact downloads
+    (requests for ``.../download``) after ``cut_after`` bytes, the first ``cuts`` of them
+    (``None``: all): a download dropped midway. ``url`` is its address; ``cut`` counts."""
+
+    def __init__(self, target_port: int, cut_after: int, cuts: int | None = None):
+        import threading
+        self.target_port, self.cut_after, self.cuts_left = target_port, cut_after, cuts
+        self.cut = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        import threading
+        request = client.recv(65536)
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        upstream.sendall(request)
+        limit = self.cut_after if b"/download " in request.split(b"\r\n", 1)[0] and self._take_cut() else None
+        threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+        self._pipe(upstream, client, limit)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while limit != 0 and (data := source.recv(65536)):
+                if limit is not None and sent + len(data) >= limit:
+                    sink.sendall(data[:limit - sent])
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cuts_left is not None:
+                if self.cuts_left == 0:
+                    return False
+                self.cuts_left -= 1
+            self.cut += 1
+            return True
+
+    def close(self) -> None:
+        self.listener.close()

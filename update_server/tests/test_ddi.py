@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import Rig, make_bundle, make_image
-from goosebit_server import VENV, GooseBit
+from goosebit_server import VENV, CuttingProxy, GooseBit
 
 pytestmark = pytest.mark.skipif(not (VENV / "bin" / "python").exists(), reason="needs .venv-goosebit (make venv)")
 
@@ -29,10 +29,11 @@ def goosebit(tmp_path):
     server.stop()
 
 
-def robot(tmp_path, keys, goosebit, name: str) -> Rig:
+def robot(tmp_path, keys, goosebit, name: str, url: str | None = None, **config) -> Rig:
     root = tmp_path / name
     root.mkdir()
-    rig = Rig(root, keys["keyring"], ddi_url=goosebit.url, ddi_controller_id=name, ddi_poll_seconds=1)
+    rig = Rig(root, keys["keyring"], ddi_url=url or goosebit.url, ddi_controller_id=name, ddi_poll_seconds=1,
+              **config)
     rig.start()
     return rig
 
@@ -63,3 +64,79 @@ def test_a_rollout_installs_reboots_and_reports(tmp_path, keys, goosebit):
         assert "Downloaded 100%" in log and "runs from slot B, marked good" in log, log
     finally:
         rig.stop()
+
+
+def publish(goosebit, keys, tmp_path, version: str) -> None:
+    bundle = tmp_path / f"system-{version}.swu"
+    bundle.write_bytes(make_bundle(keys["trusted"], make_image(3 << 20, seed=3), version=version))
+    goosebit.rollout(goosebit.upload(bundle))
+
+
+def test_ten_robots_one_download_fails(tmp_path, keys, goosebit, monkeypatch):
+    """Ten robots in the rollout: the one whose downloads are all cut midway reports its
+    failure; the nine others run the new version; one cut once resumes with a Range."""
+    monkeypatch.setattr("update_server.ddi.RETRY_DELAY", 0.2)
+    cut_always = CuttingProxy(goosebit.port, cut_after=0)          # every download dropped at once
+    cut_once = CuttingProxy(goosebit.port, cut_after=1 << 20, cuts=1)
+    names = [f"robot-{i}" for i in range(10)]
+    urls = {"robot-0": cut_always.url, "robot-1": cut_once.url}
+    rigs = {name: robot(tmp_path, keys, goosebit, name, urls.get(name)) for name in names}
+    try:
+        wait_for(lambda: all(goosebit.devices().get(n, {}).get("sw_version") == "1.0.0" for n in names),
+                 what="ten registrations")
+        publish(goosebit, keys, tmp_path, "2.0.0")
+        good = names[1:]
+        for name in good:
+            wait_for(rigs[name].reboot_marker.exists, what=f"the reboot of {name}")
+            reboot_into_update(rigs[name], "2.0.0")
+        devices = wait_for(lambda: (d := goosebit.devices()) and all(d[n]["last_state"] == "Finished" for n in good)
+                           and d["robot-0"]["last_state"] == "Error" and d, what="ten results")
+        assert [devices[n]["sw_version"] for n in good] == ["2.0.0"] * 9
+        assert devices["robot-0"]["sw_version"] == "1.0.0"
+        assert "truncated" in goosebit.device_log("robot-0")
+        assert cut_once.cut == 1 and cut_always.cut > 1
+        failed = rigs["robot-0"]
+        assert failed.env().order[0] == "A" and failed.slot_a_intact() and not failed.reboot_marker.exists()
+    finally:
+        for rig in rigs.values():
+            rig.stop()
+        cut_always.close()
+        cut_once.close()
+
+
+def test_a_run_holds_the_deployment_back(tmp_path, keys, goosebit):
+    """While the robot server's /health names a lease (a protocol run), the deployment waits
+    and says so; once the run ends it installs."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    health = {"lease": {"holder": "run 7"}}
+
+    class RobotHealth(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(health).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    robot_server = ThreadingHTTPServer(("127.0.0.1", 0), RobotHealth)
+    threading.Thread(target=robot_server.serve_forever, daemon=True).start()
+    rig = robot(tmp_path, keys, goosebit, "busy-robot",
+                robot_health_url=f"http://127.0.0.1:{robot_server.server_port}/health")
+    try:
+        wait_for(lambda: "busy-robot" in goosebit.devices(), what="registration")
+        publish(goosebit, keys, tmp_path, "2.0.0")
+        wait_for(lambda: "waiting: a protocol run holds the robot" in goosebit.device_log("busy-robot"),
+                 what="the waiting feedback")
+        assert not rig.reboot_marker.exists() and rig.env().order[0] == "A"
+        health["lease"] = None
+        wait_for(rig.reboot_marker.exists, what="the install once the run ended")
+        assert rig.env().order[0] == "B"
+    finally:
+        rig.stop()
+        robot_server.shutdown()

@@ -35,7 +35,7 @@ from .name import hostname_for
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_RETRIES = 5          # reconnections (with Range) of one download
+DOWNLOAD_RETRIES = 5          # reconnections (with Range) in a row that bring no byte
 RETRY_DELAY = 2.0             # s before a reconnection, doubled each time
 BUSY_RECHECK = 10.0           # s between two looks at a lease that holds back a reboot
 PROGRESS_STEP = 10            # % of the download between two progress feedbacks
@@ -107,6 +107,7 @@ class Download:
             except (aiohttp.ClientError, asyncio.TimeoutError, UpdateError) as e:
                 chunk, error = None, e
             if chunk:
+                self._failures = 0    # progress: the retries count again from here
                 self.received += len(chunk)
                 for hasher in self.hashes.values():
                     hasher.update(chunk)
