@@ -140,3 +140,34 @@ def test_a_run_holds_the_deployment_back(tmp_path, keys, goosebit):
     finally:
         rig.stop()
         robot_server.shutdown()
+
+
+def test_a_bundle_signed_by_a_stranger_is_refused_and_reported(tmp_path, keys, goosebit):
+    rig = robot(tmp_path, keys, goosebit, "careful-robot")
+    try:
+        wait_for(lambda: "careful-robot" in goosebit.devices(), what="registration")
+        bundle = tmp_path / "stranger-2.0.0.swu"
+        bundle.write_bytes(make_bundle(keys["untrusted"], make_image(1 << 20, seed=4), version="2.0.0"))
+        goosebit.rollout(goosebit.upload(bundle))
+        device = wait_for(lambda: (d := goosebit.devices()["careful-robot"])["last_state"] == "Error" and d,
+                          what="the failure feedback")
+        assert device["sw_version"] == "1.0.0"
+        assert "untrusted-key" in goosebit.device_log("careful-robot")
+        assert rig.env().order == ("A", "B") and rig.slot_a_intact() and not rig.reboot_marker.exists()
+    finally:
+        rig.stop()
+
+
+def test_an_unreachable_server_is_retried(tmp_path, keys, goosebit):
+    """Polls that fail (nothing listens at the server's address) are shown in /health and
+    retried; nothing changes on the robot."""
+    proxy = CuttingProxy(goosebit.port, cut_after=0, cuts=None)
+    proxy.close()                                   # nothing listens at its address any more
+    rig = robot(tmp_path, keys, goosebit, "patient-robot", url=proxy.url)
+    try:
+        status = wait_for(lambda: (s := rig.client.get("/health").body["rollout"]["status"]).startswith("poll failed")
+                          and s, what="a failed poll in /health")
+        assert "patient-robot" not in goosebit.devices(), status
+    finally:
+        rig.stop()
+    assert rig.env().order == ("A", "B")

@@ -294,6 +294,8 @@ class UpdateServer:
                 "name": "/server/name",
                 "openapi": "/openapi.json",
             },
+            "rollout": self.ddi and {"server": self.config.ddi_url, "controller_id": self.ddi.controller_id(),
+                                     "status": self.ddi.status},
             "robotModel": self.config.robot_model,
             "provisioning": provision.health_summary(self.config),
         })

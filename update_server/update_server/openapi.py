@@ -133,6 +133,15 @@ SCHEMAS = {
                 },
             },
             "capabilities": {"type": "object", "additionalProperties": {"type": "string"}},
+            "rollout": {
+                "type": ["object", "null"],
+                "description": "the rollout server this robot polls (hawkBit's DDI API; null: none)",
+                "properties": {
+                    "server": {"type": "string"},
+                    "controller_id": {"type": "string"},
+                    "status": {"type": "string", "description": "idle, poll failed: ..., installing ..."},
+                },
+            },
             "robotModel": {"type": "string"},
             "provisioning": _PROVISIONING,
         },
