@@ -55,7 +55,7 @@ class GooseBit:
         self.log = open(workdir / "goosebit.log", "wb")
         self.proc = subprocess.Popen([str(VENV / "bin" / "python"), "-m", "goosebit"], cwd=workdir,
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):

@@ -13,10 +13,11 @@ from goosebit_server import VENV, CuttingProxy, GooseBit
 pytestmark = pytest.mark.skipif(not (VENV / "bin" / "python").exists(), reason="needs .venv-goosebit (make venv)")
 
 
-def wait_for(condition, timeout: float = 120, what: str = "condition"):
+def wait_for(condition, timeout: float = 300, what: str = "condition", state=lambda: None):
+    """``condition()``'s first true value, polled; on timeout the assertion shows ``state()``."""
     deadline = time.monotonic() + timeout
     while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {state()}"
         time.sleep(0.5)
     return result
 
@@ -90,7 +91,8 @@ def test_ten_robots_one_download_fails(tmp_path, keys, goosebit, monkeypatch):
             wait_for(rigs[name].reboot_marker.exists, what=f"the reboot of {name}")
             reboot_into_update(rigs[name], "2.0.0")
         devices = wait_for(lambda: (d := goosebit.devices()) and all(d[n]["last_state"] == "Finished" for n in good)
-                           and d["robot-0"]["last_state"] == "Error" and d, what="ten results")
+                           and d["robot-0"]["last_state"] == "Error" and d, what="ten results",
+                           state=lambda: {n: (d["last_state"], d["sw_version"]) for n, d in goosebit.devices().items()})
         assert [devices[n]["sw_version"] for n in good] == ["2.0.0"] * 9
         assert devices["robot-0"]["sw_version"] == "1.0.0"
         assert "truncated" in goosebit.device_log("robot-0")

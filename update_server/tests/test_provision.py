@@ -131,3 +131,31 @@ def test_render_round_trip_and_refusals():
     if os.path.isdir(provision.ZONEINFO):
         with pytest.raises(UpdateError):
             provision.render(timezone="Not/A_Zone_Anywhere")
+
+
+def test_rollout_server_imported_for_the_update_server(rig, boot):
+    """robot.toml's [rollout] becomes the update server's DDI settings (token kept 0600,
+    never in the report); a bad server URL is refused and nothing is written."""
+    from update_server.config import load_config
+
+    text = provision.render(rollout={"server": "https://rollouts.lab.test", "controller_id": "robot-7",
+                                     "target_token": "s3cret-token"})
+    (boot / "robot.toml").write_text(text)
+    report = provision.run(rig.config, str(boot))
+    assert report["status"] == "applied", report
+    assert report["applied"]["rollout"] == {"server": "https://rollouts.lab.test", "token": True}
+    assert oct(os.stat(rig.config.rollout_file).st_mode & 0o777) == "0o600"
+    assert "s3cret-token" not in (rig.root / "data" / "update-server" / "provision.json").read_text()
+    config = load_config(None, {"data_dir": rig.config.data_dir})
+    assert (config.ddi_url, config.ddi_controller_id, config.ddi_target_token, config.ddi_tenant) == \
+        ("https://rollouts.lab.test", "robot-7", "s3cret-token", "DEFAULT")
+    # the configuration file's own server wins over the provisioned one
+    assert load_config(None, {"data_dir": rig.config.data_dir, "ddi_url": "http://other.test"}).ddi_target_token == ""
+
+    rig.config.rollout_file.unlink()
+    (boot / "robot.toml").write_text('[rollout]\nserver = "ftp://files.lab.test"\n')
+    report = provision.run(rig.config, str(boot))
+    assert report["status"] == "rejected" and report["problems"][0]["field"] == "rollout.server"
+    assert not rig.config.rollout_file.exists()
+    with pytest.raises(UpdateError):
+        provision.render(rollout={"server": "https://a.test", "target_token": "x", "gateway_token": "y"})

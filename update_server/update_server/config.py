@@ -79,6 +79,10 @@ class ConfigError(Exception):
     """The configuration file or an override is invalid."""
 
 
+STATE_SUBDIR = "update-server"     # under data_dir: state.json, the name, rollout.json
+ROLLOUT_FILE = "rollout.json"
+
+
 @dataclass
 class Config(AccessSettings):
     """All settings of the update server (units: bytes, seconds); the access and
@@ -131,7 +135,12 @@ class Config(AccessSettings):
     @property
     def state_dir(self) -> Path:
         """``data_dir/update-server``: state.json and the robot name."""
-        return Path(self.data_dir) / "update-server"
+        return Path(self.data_dir) / STATE_SUBDIR
+
+    @property
+    def rollout_file(self) -> Path:
+        """The rollout server set at provisioning (:func:`_rollout_settings`)."""
+        return self.state_dir / ROLLOUT_FILE
 
     @property
     def ssh_dir(self) -> Path:
@@ -243,6 +252,20 @@ def _board_settings(board: dict[str, str]) -> dict:
     return settings
 
 
+def _rollout_settings(data: dict) -> dict:
+    """The rollout server set at provisioning (``data_dir/update-server/rollout.json``, made
+    by ``update_server/provision.py`` from robot.toml's ``[rollout]``): ``ddi_*`` settings,
+    or ``{}`` when there is none, it is unreadable, or the configuration names a server itself."""
+    if data.get("ddi_url"):
+        return {}
+    data_dir = data.get("data_dir", Config.data_dir)
+    try:
+        rollout = json.loads((Path(str(data_dir)) / STATE_SUBDIR / ROLLOUT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in rollout.items() if k.startswith("ddi_")} if isinstance(rollout, dict) else {}
+
+
 def _check_board_tries(config: Config, board: dict[str, str], path: Path) -> None:
     """``max_tries`` must fit the board's ``BOOT_TRIES``: its bootloader script takes a larger
     count for a corrupt environment and falls back to the default boot order (a slot switch)."""
@@ -280,6 +303,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from e
     data.update(overrides or {})
+    data = {**_rollout_settings(data), **data}
     board: dict[str, str] = {}
     board_file = data.get("board_file", DEFAULT_BOARD_FILE)
     board_path = Path(board_file) if isinstance(board_file, str) and board_file else None

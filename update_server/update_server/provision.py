@@ -8,6 +8,11 @@ FAT partition, ``/boot/firmware/robot.toml`` on the robot) may hold::
         "ssh-ed25519 AAAAC3Nza... me@laptop",
     ]
     timezone = "Europe/Berlin"                 # IANA zone name
+    [rollout]                                  # a rollout server (hawkBit's DDI API)
+    server = "https://hawkbit.lab.example"     # http(s) URL
+    tenant = "DEFAULT"                         # optional (DEFAULT)
+    controller_id = "robot-7"                  # optional (the board's serial number)
+    target_token = "..."                       # or gateway_token; optional
     [wifi]
     ssid = "Lab network"                       # 1..32 octets
     psk = "secret passphrase"                  # 8..63 ASCII characters or 64 hex digits;
@@ -18,7 +23,9 @@ FAT partition, ``/boot/firmware/robot.toml`` on the robot) may hold::
 update server) reads it once: each field is validated on its own; a valid field is
 imported (the name into ``data_dir/update-server/name``, keys added to
 ``data_dir/ssh/authorized_keys`` -- never removing any --, Wi-Fi into
-``data_dir/system/wifi.json`` (0600), the time zone into ``data_dir/system/timezone``);
+``data_dir/system/wifi.json`` (0600), the time zone into ``data_dir/system/timezone``, the
+rollout server into ``data_dir/update-server/rollout.json`` (0600, read by the update
+server's configuration));
 a bad field, a bad key or an unknown field is reported and skipped.  Then the file is
 deleted from the boot partition (it may hold a Wi-Fi secret) and a report (no secrets)
 is left in ``data_dir/update-server/provision.json``, which ``/health`` shows as
@@ -49,8 +56,10 @@ DEFAULT_BOOT_DIR = "/boot/firmware"
 REPORT_NAME = "provision.json"
 MAX_FILE_SIZE = 64 * 1024  # bytes
 MAX_KEYS = 64
-FIELDS = ("name", "ssh_authorized_keys", "wifi", "timezone")
+FIELDS = ("name", "ssh_authorized_keys", "wifi", "timezone", "rollout")
 WIFI_FIELDS = ("ssid", "psk", "country")
+ROLLOUT_FIELDS = ("server", "tenant", "controller_id", "target_token", "gateway_token")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ZONEINFO = "/usr/share/zoneinfo"
 _TZ_RE = re.compile(r"^[A-Za-z0-9_+-]{1,32}(/[A-Za-z0-9_+-]{1,32}){0,3}$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -99,6 +108,38 @@ def validate_wifi(value) -> dict:
         if not isinstance(country, str) or not re.fullmatch(r"[A-Z]{2}", country):
             raise _bad("wifi.country", "must be two capital letters (ISO 3166), e.g. 'DE'")
         out["country"] = country
+    return out
+
+
+def validate_rollout(value) -> dict:
+    """``{server, tenant?, controller_id?, target_token? | gateway_token?}`` as the update
+    server's ``ddi_*`` settings; raises UpdateError ``bad-field``."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, dict):
+        raise _bad("rollout", "must be a table with server (and tenant, controller_id, a token)")
+    unknown = sorted(set(value) - set(ROLLOUT_FIELDS))
+    if unknown:
+        raise _bad("rollout", f"unknown field(s) {', '.join(unknown)}")
+    server = value.get("server")
+    url = urlsplit(server) if isinstance(server, str) and server.isprintable() and " " not in server else None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        raise _bad("rollout.server", "must be an http:// or https:// URL without query")
+    out = {"ddi_url": server}
+    for field, key in (("tenant", "ddi_tenant"), ("controller_id", "ddi_controller_id")):
+        if field in value:
+            if not isinstance(value[field], str) or not _ID_RE.match(value[field]):
+                raise _bad(f"rollout.{field}", "must be 1 to 64 letters, digits, '.', '_' or '-'")
+            out[key] = value[field]
+    tokens = [t for t in ("target_token", "gateway_token") if t in value]
+    if len(tokens) > 1:
+        raise _bad("rollout", "give target_token or gateway_token, not both")
+    for field in tokens:
+        token = value[field]
+        if not isinstance(token, str) or not 1 <= len(token) <= 256 or not token.isascii() \
+                or not token.isprintable() or " " in token:
+            raise _bad(f"rollout.{field}", "must be 1 to 256 printable ASCII characters without spaces")
+        out[f"ddi_{field}"] = token
     return out
 
 
@@ -152,6 +193,11 @@ def check(data: dict) -> tuple:
             values["timezone"] = validate_timezone(data["timezone"])
         except UpdateError as e:
             problem("timezone", e)
+    if "rollout" in data:
+        try:
+            values["rollout"] = validate_rollout(data["rollout"])
+        except UpdateError as e:
+            problem(e.message.split(":", 1)[0], e)
     return values, problems, unknown
 
 
@@ -181,7 +227,7 @@ def _toml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def render(name=None, ssh_keys=(), wifi=None, timezone=None) -> str:
+def render(name=None, ssh_keys=(), wifi=None, timezone=None, rollout=None) -> str:
     """A ``robot.toml`` for these settings; UpdateError (``bad-name``, ``bad-key``,
     ``bad-field``) for anything the robot would refuse."""
     data = {}
@@ -193,13 +239,16 @@ def render(name=None, ssh_keys=(), wifi=None, timezone=None) -> str:
         data["wifi"] = {k: v for k, v in wifi.items() if v is not None}
     if timezone is not None:
         data["timezone"] = timezone
+    if rollout is not None:
+        data["rollout"] = {k: v for k, v in rollout.items() if v is not None}
     values, problems, _ = check(data)
     if problems:
         p = problems[0]
         raise UpdateError(p["error"], p["message"] if p["message"].startswith(p["field"])
                           else f"{p['field']}: {p['message']}")
     lines = ["# Read once by the robot on its next boot, imported into /data, then deleted.",
-             "# Fields: name, ssh_authorized_keys, timezone, [wifi] ssid/psk/country."]
+             "# Fields: name, ssh_authorized_keys, timezone, [wifi] ssid/psk/country,",
+             "# [rollout] server/tenant/controller_id/target_token/gateway_token."]
     if "name" in values:
         lines.append(f"name = {_toml_string(values['name'])}")
     if "ssh_authorized_keys" in values:
@@ -212,6 +261,9 @@ def render(name=None, ssh_keys=(), wifi=None, timezone=None) -> str:
         lines.append("")
         lines.append("[wifi]")
         lines += [f"{k} = {_toml_string(v)}" for k, v in values["wifi"].items()]
+    if "rollout" in values:
+        lines += ["", "[rollout]"]
+        lines += [f"{k} = {_toml_string(v)}" for k, v in data["rollout"].items()]
     text = "\n".join(lines) + "\n"
     assert check(parse(text.encode()))[1] == []  # never write what the robot would refuse
     return text
@@ -292,6 +344,16 @@ def _apply(config, values: dict, problems: list) -> dict:
             applied["timezone"] = values["timezone"]
         except OSError as e:
             problems.append({"field": "timezone", "error": "write-failed", "message": str(e)})
+    if "rollout" in values:
+        rollout = values["rollout"]
+        try:
+            Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write(config.rollout_file,
+                         (json.dumps(rollout, indent=2) + "\n").encode(), mode=0o600)
+            applied["rollout"] = {"server": rollout["ddi_url"],
+                                  "token": "ddi_target_token" in rollout or "ddi_gateway_token" in rollout}
+        except OSError as e:
+            problems.append({"field": "rollout", "error": "write-failed", "message": str(e)})
     return applied
 
 
