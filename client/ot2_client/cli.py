@@ -498,6 +498,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--wifi-psk", dest="wifi_psk")
     f.add_argument("--wifi-country", dest="wifi_country", help="two-letter regulatory domain")
     f.add_argument("--timezone", help="IANA time zone, e.g. Europe/Berlin")
+    f.add_argument("--rollout-server", dest="rollout_server", metavar="URL",
+                   help="a rollout server the robot polls for updates (hawkBit's DDI API: hawkBit, gooseBit)")
+    f.add_argument("--rollout-tenant", dest="rollout_tenant", help="its tenant (default DEFAULT)")
+    f.add_argument("--rollout-id", dest="rollout_id", help="the robot's controller id (default: its serial number)")
+    f.add_argument("--rollout-token", dest="rollout_token", help="the robot's target security token")
     f.set_defaults(func=cmd_flash)
     return p
 

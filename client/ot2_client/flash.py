@@ -1,6 +1,6 @@
 """``ot2 flash IMAGE DEVICE``: write a card image, read it back, provision the boot partition.
 
-1. Settings for ``robot.toml`` (``--name``, ``--ssh-key``, ``--wifi-*``, ``--timezone``)
+1. Settings for ``robot.toml`` (``--name``, ``--ssh-key``, ``--wifi-*``, ``--timezone``, ``--rollout-*``)
    are validated with the update server's own rules before anything is written.
 2. The image and its block map (``IMAGE.bmap``) are checked: the bmap file's own
    checksum, and the image size against the size the bmap gives.
@@ -439,10 +439,16 @@ def provisioning_text(args) -> str | None:
         if args.wifi_ssid is None:
             raise UsageError("bad-field", "--wifi-psk/--wifi-country need --wifi-ssid")
         wifi = {"ssid": args.wifi_ssid, "psk": args.wifi_psk, "country": args.wifi_country}
-    if args.name is None and not keys and wifi is None and args.timezone is None:
+    rollout = None
+    if args.rollout_server or args.rollout_tenant or args.rollout_id or args.rollout_token:
+        if not args.rollout_server:
+            raise UsageError("bad-field", "--rollout-tenant/--rollout-id/--rollout-token need --rollout-server")
+        rollout = {"server": args.rollout_server, "tenant": args.rollout_tenant, "controller_id": args.rollout_id,
+                   "target_token": args.rollout_token}
+    if args.name is None and not keys and wifi is None and args.timezone is None and rollout is None:
         return None
     try:
-        return provision.render(name=args.name, ssh_keys=keys, wifi=wifi, timezone=args.timezone)
+        return provision.render(name=args.name, ssh_keys=keys, wifi=wifi, timezone=args.timezone, rollout=rollout)
     except UpdateError as e:
         raise UsageError(e.code, e.message) from None
 

@@ -80,12 +80,13 @@ def test_file_target_with_force_bmap_verify_and_provisioning(card, pubkey, tmp_p
     target = tmp_path / "card.img"
     extra = ["--no-bmaptool"] if writer == "builtin" else []
     code, out = flash(capsys, *extra, "--force", "--name", "lab-robot-7", "--ssh-key", pubkey,
-                      "--wifi-ssid", "Lab", "--wifi-psk", "secret pass", "--timezone", "UTC", image, target)
+                      "--wifi-ssid", "Lab", "--wifi-psk", "secret pass", "--timezone", "UTC",
+                      "--rollout-server", "https://rollouts.lab.test", "--rollout-token", "t0ken", image, target)
     assert code == 0, out
     assert out["method"] == ("bmaptool" if writer == "bmaptool" else "bmap")
     assert out["bytes_written"] == bm.mapped_bytes < out["image_size"] / 3
     assert out["verified"] and out["provisioned"]
-    assert out["provisioned_fields"] == ["name", "ssh_authorized_keys", "timezone", "wifi"]
+    assert out["provisioned_fields"] == ["name", "rollout", "ssh_authorized_keys", "timezone", "wifi"]
     # the card's partition table and every filesystem block but the boot partition's
     # (robot.toml was added after the read-back) are the image's
     assert target.read_bytes()[:512] == image.read_bytes()[:512]
@@ -105,6 +106,9 @@ def test_file_target_with_force_bmap_verify_and_provisioning(card, pubkey, tmp_p
     assert report["status"] == "applied", report
     assert (tmp_path / "data" / "update-server" / "name").read_text() == "lab-robot-7\n"
     assert "me@laptop" in (tmp_path / "data" / "ssh" / "authorized_keys").read_text()
+    # the update server's next start polls the rollout server
+    provisioned = load_config(None, {"data_dir": str(tmp_path / "data")})
+    assert (provisioned.ddi_url, provisioned.ddi_target_token) == ("https://rollouts.lab.test", "t0ken")
 
 
 def test_regular_file_without_force_is_refused(card, tmp_path, capsys):
@@ -268,6 +272,8 @@ def test_read_back_mismatch_on_loop_device_bypasses_cache(card, loopdev, monkeyp
     (["--wifi-ssid", "Lab", "--wifi-psk", "short"], "bad-field"),
     (["--wifi-psk", "long enough"], "bad-field"),
     (["--timezone", "../etc/passwd"], "bad-field"),
+    (["--rollout-token", "t0ken"], "bad-field"),
+    (["--rollout-server", "ftp://rollouts.lab.test"], "bad-field"),
 ])
 def test_bad_provisioning_values_write_nothing(card, tmp_path, capsys, args, code_name):
     image, _ = card
