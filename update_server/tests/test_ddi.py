@@ -173,3 +173,19 @@ def test_an_unreachable_server_is_retried(tmp_path, keys, goosebit):
     finally:
         rig.stop()
     assert rig.env().order == ("A", "B")
+
+
+def test_a_rollout_older_than_the_robot_is_refused(tmp_path, keys, goosebit):
+    """The downgrade rule holds for rollouts too (a paused newer rollout makes gooseBit fall
+    back to an older one): refused before anything is written, reported as a failure."""
+    rig = robot(tmp_path, keys, goosebit, "newer-robot")
+    rig.set_version("3.0.0")
+    try:
+        wait_for(lambda: goosebit.devices().get("newer-robot", {}).get("sw_version") == "3.0.0",
+                 what="registration")
+        publish(goosebit, keys, tmp_path, "2.0.0")
+        wait_for(lambda: goosebit.devices()["newer-robot"]["last_state"] == "Error", what="the failure feedback")
+        assert "downgrade" in goosebit.device_log("newer-robot")
+        assert rig.env().order == ("A", "B") and rig.slot_a_intact() and not rig.reboot_marker.exists()
+    finally:
+        rig.stop()
