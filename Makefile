@@ -146,6 +146,7 @@ test-e2e-pi: venv
 bench: venv
 	$(PY) update_server/bench/bench_install.py
 	$(PY) update_server/bench/bench_access.py
+	$(PY) update_server/bench/bench_rollout.py
 	$(PY) robot_server/bench/bench_access.py
 	$(PY) robot_server/bench/bench_api.py
 	$(PY) robot_server/bench/bench_protocols.py

@@ -15,54 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from update_server.benchutil import MIB, evict, free_port, make_bundle, start_update_server
+from update_server.benchutil import MIB, BenchRobot, make_bundle
 
 from ot2_client.bundlecheck import verify_bundle
 from ot2_client.push import PushOptions, push
-
-
-class Server:
-    def __init__(self, root: Path, keyring: Path, slot_size: int):
-        root.mkdir(parents=True)
-        self.root = root
-        for s in "AB":
-            with open(root / f"slot-{s}.img", "wb") as f:
-                f.truncate(slot_size)
-        envs = [root / "grubenv", root / "grubenv.bak"]
-        for e in envs:
-            subprocess.run(["grub-editenv", str(e), "set", "BOOT_ORDER=A B", "BOOT_A_LEFT=3",
-                            "BOOT_B_LEFT=3"], check=True)
-        (root / "cmdline").write_text("ot2.slot=A\n")
-        (root / "version.json").write_text(json.dumps({"version": "1.0.0", "compatible": "ot2-bench"}))
-        self.port = free_port()
-        cfg = root / "update-server.toml"
-        cfg.write_text(
-            f'listen = "127.0.0.1"\nport = {self.port}\ndata_dir = "{root / "data"}"\n'
-            f'keyring = "{keyring}"\nboot_backend = "grub"\n'
-            f'grubenv = ["{envs[0]}", "{envs[1]}"]\ncmdline = "{root / "cmdline"}"\n'
-            f'version_file = "{root / "version.json"}"\nmachine_id_file = "{root / "machine-id"}"\n'
-            f'reboot_command = ["true"]\nlog_level = "warning"\n'
-            f'[slots.A]\ndevice = "{root / "slot-A.img"}"\n[slots.B]\ndevice = "{root / "slot-B.img"}"\n')
-        self.proc = start_update_server(cfg, self.port, root)
-
-    def reset(self):
-        urllib.request.urlopen(urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/server/update/cancel", method="POST"), timeout=10).read()
-        evict(self.root / "slot-B.img")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def main() -> int:
@@ -79,7 +42,7 @@ def main() -> int:
         image.unlink()
         info = verify_bundle(str(path), str(keyring))
         n_max = max(args.robots)
-        servers = [Server(work / f"robot{i}", keyring, (args.size_mib + 8) * MIB) for i in range(n_max)]
+        servers = [BenchRobot(work / f"robot{i}", keyring, (args.size_mib + 8) * MIB) for i in range(n_max)]
         print(f"bundle {info.size / 1e6:.1f} MB; {os.cpu_count()} CPUs; update-server processes on loopback")
         for n in args.robots:
             best = None

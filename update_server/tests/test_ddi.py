@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import Rig, make_bundle, make_image
-from goosebit_server import VENV, CuttingProxy, GooseBit
+from update_server.rollout_lab import VENV, CuttingProxy, GooseBit
 
 pytestmark = pytest.mark.skipif(not (VENV / "bin" / "python").exists(), reason="needs .venv-goosebit (make venv)")
 

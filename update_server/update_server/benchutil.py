@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -137,3 +138,59 @@ def print_open_vs_token(title: str, labels: dict, results: dict) -> None:
         after = statistics.median(results[(what, "token")])
         print(f"  {label:<40} open mode {before * 1e6:7.0f} us   token checked {after * 1e6:7.0f} us"
               f"   ratio {after / before:.2f}")
+
+
+class BenchRobot:
+    """A real ``update-server`` process on loopback with file-backed slots of ``slot_size``
+    bytes, GRUB environment files (grub-editenv), ``version`` of board ``ot2-bench``
+    revision 1.0 booted from slot A; ``settings`` adds TOML lines (``key = value``)."""
+
+    def __init__(self, root: Path, keyring: Path, slot_size: int, version: str = "1.0.0", **settings):
+        root.mkdir(parents=True)
+        self.root = root
+        for s in "AB":
+            with open(root / f"slot-{s}.img", "wb") as f:
+                f.truncate(slot_size)
+        envs = [root / "grubenv", root / "grubenv.bak"]
+        for e in envs:
+            subprocess.run(["grub-editenv", str(e), "set", "BOOT_ORDER=A B", "BOOT_A_LEFT=3",
+                            "BOOT_B_LEFT=3"], check=True)
+        self.boot_into("A", version)
+        self.port = free_port()
+        self.reboot_marker = root / "rebooted"
+        self.config = root / "update-server.toml"
+        extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        self.config.write_text(
+            f'listen = "127.0.0.1"\nport = {self.port}\ndata_dir = "{root / "data"}"\n'
+            f'keyring = "{keyring}"\nboot_backend = "grub"\nrevision = "1.0"\n'
+            f'grubenv = ["{envs[0]}", "{envs[1]}"]\ncmdline = "{root / "cmdline"}"\n'
+            f'boot_id_file = "{root / "boot_id"}"\n'
+            f'version_file = "{root / "version.json"}"\nmachine_id_file = "{root / "machine-id"}"\n'
+            f'reboot_command = ["touch", "{self.reboot_marker}"]\nlog_level = "warning"\n{extra}'
+            f'[slots.A]\ndevice = "{root / "slot-A.img"}"\n[slots.B]\ndevice = "{root / "slot-B.img"}"\n')
+        self.proc = start_update_server(self.config, self.port, root)
+
+    def boot_into(self, slot: str, version: str) -> None:
+        """What the next start boots: ``slot`` (kernel command line, a new boot id) at ``version``."""
+        (self.root / "cmdline").write_text(f"ot2.slot={slot}\n")
+        (self.root / "boot_id").write_text(os.urandom(16).hex() + "\n")
+        (self.root / "version.json").write_text(json.dumps({"version": version, "compatible": "ot2-bench"}))
+
+    def reboot_into_update(self, version: str) -> None:
+        """After the server asked for a reboot: it starts again from slot B, which the boot
+        check marks good."""
+        self.stop()
+        self.reboot_marker.unlink()
+        self.boot_into("B", version)
+        self.proc = start_update_server(self.config, self.port, self.root)
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/server/update/mark-good", method="POST"), timeout=10).read()
+
+    def reset(self):
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/server/update/cancel", method="POST"), timeout=10).read()
+        evict(self.root / "slot-B.img")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -191,6 +191,7 @@ class DdiClient:
             await self._json(http, "PUT", links.get("configData", {}).get("href", f"{self.base}/configData"),
                              {"mode": "merge", "data": self.attributes()})
             self.reported_config = True
+            sleep = 0.0   # the interval was the one for a robot the server did not know yet
         if "cancelAction" in links:
             await self._cancel(http, links["cancelAction"]["href"])
         elif "deploymentBase" in links:

@@ -1,5 +1,7 @@
-"""gooseBit (PyPI ``goosebit``, a rollout server implementing hawkBit's DDI API) on
-loopback, from its own venv (``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt).
+"""Test and bench tooling of the DDI client (update_server/ddi.py): gooseBit (PyPI
+``goosebit``, a rollout server implementing hawkBit's DDI API) on loopback, from its own venv
+(``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt), and a proxy that drops
+downloads and counts requests.
 
 Facts used, from gooseBit 0.2.12's source (https://github.com/UpstreamDataInc/goosebit):
 settings are ``GOOSEBIT_*`` environment variables (``goosebit/settings/schema.py``); its
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -23,7 +26,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]   # the repository (an editable install's source)
 VENV = Path(os.environ.get("OT2_GOOSEBIT_VENV", ROOT / ".venv-goosebit"))
 USER, PASSWORD = "admin@ot2.test", "e2e-password"
 
@@ -117,12 +120,14 @@ class GooseBit:
 class CuttingProxy:
     """A loopback TCP proxy to ``target_port`` that cuts the answers to artifact downloads
     (requests for ``.../download``) after ``cut_after`` bytes, the first ``cuts`` of them
-    (``None``: all): a download dropped midway. ``url`` is its address; ``cut`` counts."""
+    (``None``: all): a download dropped midway. ``url`` is its address; ``cut`` counts the
+    cuts, ``requests`` the request lines it forwarded (``GET /path HTTP/1.1``)."""
 
     def __init__(self, target_port: int, cut_after: int, cuts: int | None = None):
         import threading
         self.target_port, self.cut_after, self.cuts_left = target_port, cut_after, cuts
         self.cut = 0
+        self.requests: list[str] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self._lock = threading.Lock()
@@ -140,16 +145,24 @@ class CuttingProxy:
     def _connect(self, client: socket.socket) -> None:
         import threading
         request = client.recv(65536)
+        self._count(request)
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
         upstream.sendall(request)
         limit = self.cut_after if b"/download " in request.split(b"\r\n", 1)[0] and self._take_cut() else None
-        threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(client, upstream, None, self._count), daemon=True).start()
         self._pipe(upstream, client, limit)
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+    def _count(self, data: bytes) -> None:
+        lines = re.findall(rb"(?m)^[A-Z]+ \S+ HTTP/1\.1\r$", data)
+        with self._lock:
+            self.requests += [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None, seen=None) -> None:
         sent = 0
         try:
             while limit != 0 and (data := source.recv(65536)):
+                if seen:
+                    seen(data)
                 if limit is not None and sent + len(data) >= limit:
                     sink.sendall(data[:limit - sent])
                     break
