@@ -42,6 +42,8 @@ class GooseBit:
     (``HH:MM:SS``); :meth:`stop` ends it."""
 
     def __init__(self, workdir: Path, poll_time: str = "00:00:01"):
+        if not (VENV / "bin" / "aerich").exists():
+            raise RuntimeError(f"no gooseBit in {VENV}: make venv (or set OT2_GOOSEBIT_VENV)")
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
