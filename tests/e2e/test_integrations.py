@@ -2,11 +2,13 @@
 equipment): the seed's commands over SSH as written, pip into /data from an index on the
 host that survives an update and a reboot, a USB stick (and a corrupt one) on the guest's
 xHCI controller, the balance example over a USB serial adapter wired to the balance
-emulator on the host, the journal of the previous boot, Jupyter on 48888.
+emulator on the host, the journal of the previous boot, Jupyter on 48888. The update is a
+rollout (issue: fleets): the card is flashed with the lab's rollout server, a real gooseBit
+on the host, and the robot takes the rollout, reboots itself and reports success.
 
 The guest is this module's own (its USB devices are given at power-on); the scenarios run
-in file order on it. The host serves wheels on 127.0.0.1, which the guest reaches as
-10.0.2.2 through QEMU's user network; nothing else is contacted.
+in file order on it. The host serves wheels and the rollout server on 127.0.0.1, which the
+guest reaches as 10.0.2.2 through QEMU's user network; nothing else is contacted.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 import pytest
 
 import ot2qemu
-from conftest import VERSION_1, VERSION_2, figure, record
+from conftest import COMPATIBLE, META, VERSION_1, VERSION_2, figure, record
+from update_server.rollout_lab import GooseBit
 
 sys.path.insert(0, str(ot2qemu.ROOT / "tests"))
 from wheelmaker import make_wheel
@@ -36,6 +39,7 @@ from wheelmaker import make_wheel
 EXAMPLES = ot2qemu.ROOT / "examples"
 STICK_LABEL = "LABSTICK"
 CHANNEL_PORT = 31960        # the robot server's G-code channel (OT_SMOOTHIE_EMULATOR_URI)
+CONTROLLER_ID = "lab-robot-9"   # the robot's id on the rollout server
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -62,17 +66,37 @@ def _sticks(workdir: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def lab(images_v1_v2):
-    """The booted robot with a FAT stick, a corrupt stick and the balance on its USB ports."""
+def rollout_server():
+    """A real gooseBit (hawkBit's DDI API) on the host, polled every 5 s."""
+    workdir = ot2qemu.ROOT / "build" / "e2e" / "goosebit"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    server = GooseBit(workdir, poll_time="00:00:05")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(images_v1_v2, rollout_server):
+    """The booted robot with a FAT stick, a corrupt stick and the balance on its USB ports,
+    its card flashed with `ot2 flash --ssh-key --rollout-server --rollout-id` (the lab's
+    rollout server, which the guest reaches at 10.0.2.2)."""
     workdir = ot2qemu.ROOT / "build" / "e2e" / "integrations"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     good, bad = _sticks(workdir)
     balance = _balance_emulator()
-    disk = ot2qemu.copy_disk(images_v1_v2["v1"], workdir)
-    guest = ot2qemu.Guest(disk, workdir, qemu_env={
+    guest = ot2qemu.Guest(workdir / "card.img", workdir, qemu_env={
         "OT2_USB_DRIVES": f"{good} {bad}", "OT2_USB_SERIAL": balance.path,
         "OT2_QMP": str(workdir / "qmp.sock")})
+    guest.ensure_ssh_key()
+    image = images_v1_v2["v1"] / "disk.img"
+    subprocess.run(["truncate", "-s", str(image.stat().st_size), str(guest.disk)], check=True)
+    flash = subprocess.run(
+        [str(ot2qemu.VENV_BIN / "ot2"), "flash", "--force", "--ssh-key", str(guest.ssh_key.with_suffix(".pub")),
+         "--rollout-server", f"http://10.0.2.2:{rollout_server.port}", "--rollout-id", CONTROLLER_ID,
+         str(image), str(guest.disk)], capture_output=True, text=True)
+    assert flash.returncode == 0, flash.stderr
     guest.stick, guest.balance = good, balance
     yield guest
     guest.stop()
@@ -129,9 +153,7 @@ def test_boot_with_lab_equipment_attached(lab):
     health = lab.wait_healthy(timeout=900)
     figure("cold boot with USB devices attached", f"{time.monotonic() - started:.1f} s")
     assert health["version"] == VERSION_1
-    key = lab.ensure_ssh_key()
-    lab.request("update", "POST", "/server/ssh_keys", {"key": key})
-    assert lab.ssh("echo ok").stdout.strip() == "ok"
+    assert lab.ssh("echo ok").stdout.strip() == "ok"   # with the key `ot2 flash --ssh-key` provisioned
     record("boot with USB stick, corrupt stick, balance", "A", health["booted_slot"], True,
            time.monotonic() - started)
 
@@ -294,17 +316,39 @@ def test_journal_of_the_previous_boot_is_readable_after_a_reboot(lab):
     record("reboot keeps the journal", "A", health["booted_slot"], True, 0)
 
 
-def test_packages_in_data_survive_an_update_and_a_reboot(lab, images_v1_v2):
+def wait_for(condition, timeout: float, what: str, state=lambda: None):
+    """``condition()``'s first true value, polled every 2 s; on timeout the assertion shows ``state()``."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {state()}"
+        time.sleep(2)
+    return result
+
+
+def test_packages_in_data_survive_a_rollout_and_a_reboot(lab, images_v1_v2, rollout_server):
+    """The robot registered with the rollout server (version, board, revision); the v2
+    bundle is published and rolled out; the robot downloads it, installs it into B, reboots
+    itself, marks B good and reports success; the package in /data still imports."""
     started = time.monotonic()
-    token, status, reply = lab.upload(images_v1_v2["v2"] / "rootfs.bundle")
-    assert status == 200, reply
-    lab.request("update", "POST", f"/server/update/{token}/commit")
-    health = lab.restart()
+    health = lab.wait_healthy(timeout=60)
+    assert health["rollout"]["server"] == f"http://10.0.2.2:{rollout_server.port}"
+    assert health["rollout"]["controller_id"] == CONTROLLER_ID
+    device = wait_for(lambda: rollout_server.devices().get(CONTROLLER_ID), 300, "the robot's registration",
+                      lambda: lab.health())
+    assert device["sw_version"] == VERSION_1, device
+    assert device["hardware"]["model"] == COMPATIBLE and device["hardware"]["revision"] == META["BOARD_REVISION"]
+    rollout_server.rollout(rollout_server.upload(images_v1_v2["v2"] / "rootfs.bundle"))
+    health = lab.wait_healthy(timeout=900, not_boot_id=health["bootId"])
     assert health["booted_slot"] == "B" and health["version"] == VERSION_2
+    device = wait_for(lambda: (d := rollout_server.devices()[CONTROLLER_ID])["last_state"] == "Finished" and d,
+                      300, "the success feedback", lambda: rollout_server.devices()[CONTROLLER_ID])
+    assert device["sw_version"] == VERSION_2, device
+    log = rollout_server.device_log(CONTROLLER_ID)
+    assert "Downloaded 100%" in log and "marked good" in log, log
     ran = simulate(lab, "/data/user/uses_labscale.py", PROTOCOL_USING_LABSCALE)
     assert ran.returncode == 0 and "labscale says 0.001 g/uL" in ran.stdout, ran.stderr
     health = lab.restart()
     assert health["booted_slot"] == "B"
     assert lab.ssh("python -c 'import labscale; print(labscale.GRAMS_PER_UL)'").stdout.strip() == "0.001"
-    record("pip package in /data after update to B and reboot", "B", health["booted_slot"], True,
+    record("rollout from gooseBit to B, pip package in /data, reboot", "B", health["booted_slot"], True,
            time.monotonic() - started)

@@ -10,7 +10,10 @@ HTTP ``Range`` after a dropped connection. It sends feedback for each stage, sel
 slot, and reboots when the robot is idle; after the reboot it reports success once the new
 slot is marked good, or failure if the bootloader rolled it back. It never starts an
 install or a reboot while a protocol run holds the robot (the robot server's ``/health``
-``lease``); it says so in its feedback and waits.
+``lease``); it says so in its feedback and waits. It keeps polling during a download: a
+``cancelAction`` for the deployment stops the install (nothing is selected) and is
+confirmed. A deployment that failed here is not tried again for ``RETRY_FAILED_AFTER``
+seconds if the server offers it again (gooseBit does; hawkBit closes it).
 
 API reference: hawkBit's DDI documentation, https://eclipse.dev/hawkbit/apis/ddi_api/
 (resources ``controller/v1/{id}``, ``configData``, ``deploymentBase/{actionId}`` and its
@@ -24,6 +27,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -39,8 +43,10 @@ DOWNLOAD_RETRIES = 5          # reconnections (with Range) in a row that bring n
 RETRY_DELAY = 2.0             # s before a reconnection, doubled each time
 BUSY_RECHECK = 10.0           # s between two looks at a lease that holds back a reboot
 PROGRESS_STEP = 10            # % of the download between two progress feedbacks
+RETRY_FAILED_AFTER = 900.0    # s before a deployment that failed here, offered again, is tried again
 PENDING_FILE = "ddi-pending.json"
 _SLEEP_RE = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+_ACTION_RE = re.compile(r"/deploymentBase/([^/?]+)")   # hawkBit: .../deploymentBase/{actionId}?c=...
 
 
 def parse_sleep(text, default: float) -> float:
@@ -151,6 +157,8 @@ class DdiClient:
             self.headers["Authorization"] = f"GatewayToken {self.config.ddi_gateway_token}"
         self.reported_config = False
         self.session_action: tuple[str, str] | None = None   # (session token, action id) installing
+        self.cancelled: str | None = None                      # the action id a cancelAction stopped
+        self.failed: dict[str, float] = {}                     # action id -> time.monotonic() it failed
         self.status = "idle"
 
     def controller_id(self) -> str:
@@ -230,17 +238,30 @@ class DdiClient:
         lease = health.get("lease") if isinstance(health, dict) else None
         return f"a protocol run holds the robot ({lease.get('holder', 'run')})" if lease else None
 
+    def _settled(self, action_id: str) -> bool:
+        """Whether deployment ``action_id`` needs nothing now: installed (rebooting, or the
+        boot check will report it), cancelled, or failed here less than
+        ``RETRY_FAILED_AFTER`` s ago (a server that offers a failed action again, as
+        gooseBit does, is not hammered)."""
+        pending = self._load_pending()
+        failed_at = self.failed.get(action_id)
+        return bool((pending and pending.get("action") == action_id) or action_id == self.cancelled
+                    or (failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_AFTER))
+
     async def _deploy(self, http, href: str) -> None:
+        # Judged from the link first: fetching a deployment tells the server the robot is
+        # working on it (gooseBit then shows the device running again).
+        linked = _ACTION_RE.search(href)
+        if linked and self._settled(linked.group(1)):
+            return
         deployment = await self._json(http, "GET", href)
         action_id = str(deployment["id"])
-        pending = self._load_pending()
-        if pending and pending.get("action") == action_id:
-            return   # installed and rebooting, or waiting for the boot check to report
-        if deployment["deployment"].get("download") == "skip":
+        if self._settled(action_id) or deployment["deployment"].get("download") == "skip":
             return
         try:
             artifact, url = pick_artifact(deployment)
         except (ValueError, KeyError, TypeError) as e:
+            self.failed[action_id] = time.monotonic()
             await self._feedback(http, href, action_id, "closed", "failure", f"refused: {e}")
             return
         busy = await self.robot_busy()
@@ -278,6 +299,7 @@ class DdiClient:
         async def open_source() -> ChunkSource:
             return ChunkSource(download.next_chunk)
 
+        watch = asyncio.ensure_future(self._poll_during_install(http, action_id))
         try:
             await sessions.upload(session.token, open_source)
             for name, expected in (artifact.get("hashes") or {}).items():
@@ -286,11 +308,19 @@ class DdiClient:
                     raise UpdateError("hash-mismatch", f"the download's {name} is not the server's")
             await sessions.commit(session.token)
         except UpdateError as e:
-            self.status = f"deployment {action_id} failed: {e.code}"
             await asyncio.gather(*reports, return_exceptions=True)
+            if self.cancelled == action_id:
+                self.status = f"deployment {action_id} cancelled by the server"
+                return   # the cancelAction's feedback closed it
+            self.status = f"deployment {action_id} failed: {e.code}"
+            self.failed[action_id] = time.monotonic()
             await self._feedback(http, href, action_id, "closed", "failure", f"{e.code}: {e.message}")
             return
         finally:
+            if self.cancelled == action_id:
+                await asyncio.gather(watch, return_exceptions=True)   # it sends the cancel's feedback
+            else:
+                watch.cancel()
             download.close()
             self.session_action = None
         await asyncio.gather(*reports, return_exceptions=True)
@@ -306,12 +336,26 @@ class DdiClient:
         self.status = f"deployment {action_id} installed; rebooting"
         await self.server.reboot(f"deployment {action_id}")
 
+    async def _poll_during_install(self, http, action_id: str) -> None:
+        """Polls on while deployment ``action_id`` downloads, for a ``cancelAction`` of it
+        (hawkBit sends one when an operator cancels); failed polls are retried."""
+        while self.cancelled != action_id:
+            await asyncio.sleep(self.config.ddi_poll_seconds)
+            try:
+                links = (await self._json(http, "GET", self.base)).get("_links", {})
+                if "cancelAction" in links:
+                    await self._cancel(http, links["cancelAction"]["href"])
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as e:
+                log.warning("ddi: poll during the install failed: %s", e)
+
     async def _cancel(self, http, href: str) -> None:
-        """A ``cancelAction``: stop the install if it is that action's, and confirm."""
+        """A ``cancelAction``: stop the install if it is that action's (nothing written
+        to the inactive slot is selected), forget a pending one, and confirm."""
         answer = await self._json(http, "GET", href)
         action_id = str(answer["cancelAction"]["stopId"])
         running = self.session_action
         if running and running[1] == action_id:
+            self.cancelled = action_id
             await self.server.sessions.cancel(running[0], trusted=True)
         pending = self._load_pending()
         if pending and pending.get("action") == action_id:

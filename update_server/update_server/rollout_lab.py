@@ -1,7 +1,8 @@
 """Test and bench tooling of the DDI client (update_server/ddi.py): gooseBit (PyPI
 ``goosebit``, a rollout server implementing hawkBit's DDI API) on loopback, from its own venv
-(``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt), and a proxy that drops
-downloads and counts requests.
+(``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt), a proxy that drops
+downloads and counts requests, and one that adds to gooseBit what hawkBit does and gooseBit
+does not (cancel an action, deploy to any board).
 
 Facts used, from gooseBit 0.2.12's source (https://github.com/UpstreamDataInc/goosebit):
 settings are ``GOOSEBIT_*`` environment variables (``goosebit/settings/schema.py``); its
@@ -15,15 +16,18 @@ is uploaded with ``PUT /api/v1/software`` (multipart ``file``), a rollout create
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository (an editable install's source)
@@ -126,7 +130,6 @@ class CuttingProxy:
     cuts, ``requests`` the request lines it forwarded (``GET /path HTTP/1.1``)."""
 
     def __init__(self, target_port: int, cut_after: int, cuts: int | None = None):
-        import threading
         self.target_port, self.cut_after, self.cuts_left = target_port, cut_after, cuts
         self.cut = 0
         self.requests: list[str] = []
@@ -136,7 +139,6 @@ class CuttingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import threading
         while True:
             try:
                 client, _ = self.listener.accept()
@@ -145,7 +147,6 @@ class CuttingProxy:
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
-        import threading
         request = client.recv(65536)
         self._count(request)
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
@@ -189,4 +190,121 @@ class CuttingProxy:
             return True
 
     def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accept(): nothing is taken after this
         self.listener.close()
+
+
+class HawkbitFront:
+    """What hawkBit does and gooseBit does not, in front of gooseBit (an HTTP proxy to
+    ``target_port``; ``url`` is its address):
+
+    - ``cancel_after`` (bytes): once a deployment's download has passed it, the operator
+      cancels that action: the controller resource links ``cancelAction/{id}`` instead of
+      ``deploymentBase``, which answers ``{"id", "cancelAction": {"stopId"}}``; the robot's
+      feedback to it is kept in ``cancel_feedback``, after which the action is gone.
+      Downloads are sent at ``rate`` bytes/s, so that the cancel lands midway.
+    - ``board``: the robot's ``configData`` reaches gooseBit with this ``hw_boardname``,
+      so gooseBit deploys software made for that board, as hawkBit (which does not read
+      artifacts) deploys whatever the operator assigns.
+
+    ``sent`` counts the artifact bytes passed on. Resource shapes: hawkBit's DDI API,
+    https://eclipse.dev/hawkbit/apis/ddi_api/.
+    """
+
+    def __init__(self, target_port: int, cancel_after: int | None = None, rate: int = 256 << 10,
+                 board: str | None = None):
+        self.target_port, self.cancel_after, self.rate, self.board = target_port, cancel_after, rate, board
+        self.action: str | None = None      # the deployment's action id, from its deploymentBase link
+        self.stop_id: str | None = None     # the action cancelled
+        self.cancel_feedback: list[dict] = []
+        self.sent = 0
+        front = self
+
+        class Handler(_ForwardingHandler):
+            lab = front
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _json_body(data: bytes):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+class _ForwardingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    lab: HawkbitFront
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._handle()
+
+    do_PUT = do_POST = do_GET
+
+    def _reply(self, status: int, body: bytes = b"", content_type: str = "application/hal+json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        lab = self.lab
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?")[0]
+        cancel = re.search(r"/cancelAction/([^/]+)(/feedback)?$", path)
+        if cancel and lab.stop_id == cancel.group(1):
+            if cancel.group(2):
+                lab.cancel_feedback.append(_json_body(body))
+                return self._reply(200)
+            return self._reply(200, json.dumps({"id": lab.stop_id, "cancelAction": {"stopId": lab.stop_id}}).encode())
+        if lab.board and path.endswith("/configData") and isinstance(data := _json_body(body), dict):
+            data.setdefault("data", {})["hw_boardname"] = lab.board
+            body = json.dumps(data).encode()
+        if deployment := re.search(r"/deploymentBase/([^/]+)$", path):
+            lab.action = deployment.group(1)
+        upstream = http.client.HTTPConnection("127.0.0.1", lab.target_port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        answer = upstream.getresponse()
+        try:
+            if path.endswith("/download"):
+                return self._stream(answer)
+            data = answer.read()
+            if self.command == "GET" and re.search(r"/controller/v1/[^/]+$", path) and lab.stop_id:
+                controller = json.loads(data)
+                links = controller.get("_links", {})
+                links.pop("deploymentBase", None)
+                if not lab.cancel_feedback:
+                    links["cancelAction"] = {"href": f"{lab.url}{path}/cancelAction/{lab.stop_id}"}
+                data = json.dumps(controller).encode()
+            self._reply(answer.status, data, answer.getheader("Content-Type", "application/json"))
+        finally:
+            upstream.close()
+
+    def _stream(self, answer) -> None:
+        lab = self.lab
+        self.send_response(answer.status)
+        for name in ("Content-Type", "Content-Length", "Content-Range", "ETag", "Accept-Ranges"):
+            if answer.getheader(name):
+                self.send_header(name, answer.getheader(name))
+        self.end_headers()
+        while chunk := answer.read(16 << 10):
+            try:
+                self.wfile.write(chunk)
+            except OSError:
+                return     # the robot hung up (a cancelled download)
+            lab.sent += len(chunk)
+            if lab.cancel_after is not None and lab.sent >= lab.cancel_after and lab.stop_id is None:
+                lab.stop_id = lab.action
+            time.sleep(len(chunk) / lab.rate)
