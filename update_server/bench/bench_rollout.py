@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from update_server.benchutil import MIB, BenchRobot, make_bundle
-from update_server.rollout_lab import CuttingProxy, GooseBit
+from update_server.rollout_lab import DdiProxy, GooseBit
 
 DEFAULT_POLL = 60.0   # s: gooseBit's poll_time default, 00:01:00
 
@@ -69,7 +69,7 @@ def main() -> int:
               f"(publish to all running it, gooseBit's view): {seconds:.1f} s, "
               f"{total / seconds / 1e6:.1f} MB/s delivered")
 
-        proxy = CuttingProxy(goosebit.port, cut_after=1 << 62)
+        proxy = DdiProxy(goosebit.port)
         idle = BenchRobot(work / "idle-robot", keyring, 8 * MIB, version="2.0.0", ddi_url=proxy.url,
                           ddi_controller_id="idle-robot", ddi_poll_seconds=1)   # nothing to install
         robots.append(idle)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import Rig, make_bundle, make_image
-from update_server.rollout_lab import CuttingProxy, GooseBit, HawkbitFront, free_port
+from update_server.rollout_lab import DdiProxy, GooseBit, free_port
 
 
 def wait_for(condition, timeout: float = 300, what: str = "condition", state=lambda: None):
@@ -75,8 +75,8 @@ def test_ten_robots_one_download_fails(tmp_path, keys, goosebit, monkeypatch):
     """Ten robots in the rollout: the one whose downloads are all cut midway reports its
     failure; the nine others run the new version; one cut once resumes with a Range."""
     monkeypatch.setattr("update_server.ddi.RETRY_DELAY", 0.2)
-    cut_always = CuttingProxy(goosebit.port, cut_after=0)          # every download dropped at once
-    cut_once = CuttingProxy(goosebit.port, cut_after=1 << 20, cuts=1)
+    cut_always = DdiProxy(goosebit.port, cut_after=0)          # every download dropped at once
+    cut_once = DdiProxy(goosebit.port, cut_after=1 << 20, cuts=1)
     names = [f"robot-{i}" for i in range(10)]
     urls = {"robot-0": cut_always.url, "robot-1": cut_once.url}
     # One robot first: gooseBit 0.2.12 makes two records of a board it has not seen when
@@ -193,9 +193,9 @@ def test_a_rollout_older_than_the_robot_is_refused(tmp_path, keys, goosebit):
 
 
 def test_a_cancel_during_the_download_stops_it(tmp_path, keys, goosebit):
-    """hawkBit's cancelAction (HawkbitFront adds it to gooseBit) arrives while the robot
+    """hawkBit's cancelAction (DdiProxy adds it to gooseBit) arrives while the robot
     downloads: the install stops, the robot confirms the cancel, nothing is selected."""
-    front = HawkbitFront(goosebit.port, cancel_after=1 << 20)
+    front = DdiProxy(goosebit.port, cancel_after=1 << 20, rate=256 << 10)
     rig = robot(tmp_path, keys, goosebit, "cancelled-robot", url=front.url)
     try:
         wait_for(lambda: "cancelled-robot" in goosebit.devices(), what="registration")
@@ -215,10 +215,10 @@ def test_a_cancel_during_the_download_stops_it(tmp_path, keys, goosebit):
 
 
 def test_a_deployment_for_another_board_is_refused(tmp_path, keys, goosebit):
-    """A deployment of another board's bundle (hawkBit deploys what it is told; HawkbitFront
+    """A deployment of another board's bundle (hawkBit deploys what it is told; DdiProxy
     makes gooseBit believe the robot is that board): refused before anything is written,
     reported as a failure naming both boards."""
-    front = HawkbitFront(goosebit.port, board="ot2-other-board")
+    front = DdiProxy(goosebit.port, board="ot2-other-board")
     rig = robot(tmp_path, keys, goosebit, "robot-of-this-board", url=front.url)
     try:
         wait_for(lambda: "robot-of-this-board" in goosebit.devices(), what="registration")

@@ -1,8 +1,8 @@
 """Test and bench tooling of the DDI client (update_server/ddi.py): gooseBit (PyPI
 ``goosebit``, a rollout server implementing hawkBit's DDI API) on loopback, from its own venv
-(``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt), a proxy that drops
-downloads and counts requests, and one that adds to gooseBit what hawkBit does and gooseBit
-does not (cancel an action, deploy to any board).
+(``make venv``: ``.venv-goosebit``, ci/requirements-goosebit.txt), and an HTTP proxy in
+front of it that counts requests, drops downloads midway, and adds what hawkBit does and
+gooseBit does not (cancel an action, deploy to any board).
 
 Facts used, from gooseBit 0.2.12's source (https://github.com/UpstreamDataInc/goosebit):
 settings are ``GOOSEBIT_*`` environment variables (``goosebit/settings/schema.py``); its
@@ -123,109 +123,58 @@ class GooseBit:
         self.log.close()
 
 
-class CuttingProxy:
-    """A loopback TCP proxy to ``target_port`` that cuts the answers to artifact downloads
-    (requests for ``.../download``) after ``cut_after`` bytes, the first ``cuts`` of them
-    (``None``: all): a download dropped midway. ``url`` is its address; ``cut`` counts the
-    cuts, ``requests`` the request lines it forwarded (``GET /path HTTP/1.1``)."""
+class DdiProxy:
+    """An HTTP proxy to gooseBit at ``target_port`` (``url`` is its address) that sees each
+    request whole, whatever connection it comes on:
 
-    def __init__(self, target_port: int, cut_after: int, cuts: int | None = None):
-        self.target_port, self.cut_after, self.cuts_left = target_port, cut_after, cuts
-        self.cut = 0
-        self.requests: list[str] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-
-    def _connect(self, client: socket.socket) -> None:
-        request = client.recv(65536)
-        self._count(request)
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        upstream.sendall(request)
-        limit = self.cut_after if b"/download " in request.split(b"\r\n", 1)[0] and self._take_cut() else None
-        threading.Thread(target=self._pipe, args=(client, upstream, None, self._count), daemon=True).start()
-        self._pipe(upstream, client, limit)
-
-    def _count(self, data: bytes) -> None:
-        lines = re.findall(rb"(?m)^[A-Z]+ \S+ HTTP/1\.1\r$", data)
-        with self._lock:
-            self.requests += [line.decode(errors="replace").rstrip("\r") for line in lines]
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None, seen=None) -> None:
-        sent = 0
-        try:
-            while limit != 0 and (data := source.recv(65536)):
-                if seen:
-                    seen(data)
-                if limit is not None and sent + len(data) >= limit:
-                    sink.sendall(data[:limit - sent])
-                    break
-                sink.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def _take_cut(self) -> bool:
-        with self._lock:
-            if self.cuts_left is not None:
-                if self.cuts_left == 0:
-                    return False
-                self.cuts_left -= 1
-            self.cut += 1
-            return True
-
-    def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accept(): nothing is taken after this
-        self.listener.close()
-
-
-class HawkbitFront:
-    """What hawkBit does and gooseBit does not, in front of gooseBit (an HTTP proxy to
-    ``target_port``; ``url`` is its address):
-
+    - ``requests`` lists them (``"GET /path"``);
+    - ``cut_after`` (bytes): the first ``cuts`` artifact downloads (``None``: all) end after
+      that many bytes of their body, the connection closed: a download dropped midway;
+      ``cut`` counts them;
+    - ``rate`` (bytes/s): downloads are sent no faster;
     - ``cancel_after`` (bytes): once a deployment's download has passed it, the operator
-      cancels that action: the controller resource links ``cancelAction/{id}`` instead of
-      ``deploymentBase``, which answers ``{"id", "cancelAction": {"stopId"}}``; the robot's
-      feedback to it is kept in ``cancel_feedback``, after which the action is gone.
-      Downloads are sent at ``rate`` bytes/s, so that the cancel lands midway.
-    - ``board``: the robot's ``configData`` reaches gooseBit with this ``hw_boardname``,
-      so gooseBit deploys software made for that board, as hawkBit (which does not read
+      cancels that action, as hawkBit does and gooseBit cannot: the controller resource
+      links ``cancelAction/{id}`` instead of ``deploymentBase``, which answers
+      ``{"id", "cancelAction": {"stopId"}}``; the robot's feedback to it is kept in
+      ``cancel_feedback``, after which the action is gone;
+    - ``board``: the robot's ``configData`` reaches gooseBit with this ``hw_boardname``, so
+      gooseBit deploys software made for that board, as hawkBit (which does not read
       artifacts) deploys whatever the operator assigns.
 
     ``sent`` counts the artifact bytes passed on. Resource shapes: hawkBit's DDI API,
     https://eclipse.dev/hawkbit/apis/ddi_api/.
     """
 
-    def __init__(self, target_port: int, cancel_after: int | None = None, rate: int = 256 << 10,
-                 board: str | None = None):
-        self.target_port, self.cancel_after, self.rate, self.board = target_port, cancel_after, rate, board
+    def __init__(self, target_port: int, cut_after: int | None = None, cuts: int | None = None,
+                 rate: int | None = None, cancel_after: int | None = None, board: str | None = None):
+        self.target_port, self.cut_after, self.cuts_left = target_port, cut_after, cuts
+        self.rate, self.cancel_after, self.board = rate, cancel_after, board
+        self.requests: list[str] = []
+        self.cut = 0
+        self.sent = 0
         self.action: str | None = None      # the deployment's action id, from its deploymentBase link
         self.stop_id: str | None = None     # the action cancelled
         self.cancel_feedback: list[dict] = []
-        self.sent = 0
-        front = self
+        self._lock = threading.Lock()
+        proxy = self
 
         class Handler(_ForwardingHandler):
-            lab = front
+            lab = proxy
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take_cut(self) -> bool:
+        """Whether the download starting now is to be cut."""
+        with self._lock:
+            if self.cut_after is None or self.cuts_left == 0:
+                return False
+            if self.cuts_left is not None:
+                self.cuts_left -= 1
+            self.cut += 1
+            return True
 
     def close(self) -> None:
         self.server.shutdown()
@@ -241,7 +190,7 @@ def _json_body(data: bytes):
 
 class _ForwardingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    lab: HawkbitFront
+    lab: DdiProxy
 
     def log_message(self, *args):
         pass
@@ -262,6 +211,8 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         lab = self.lab
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = self.path.split("?")[0]
+        with lab._lock:
+            lab.requests.append(f"{self.command} {path}")
         cancel = re.search(r"/cancelAction/([^/]+)(/feedback)?$", path)
         if cancel and lab.stop_id == cancel.group(1):
             if cancel.group(2):
@@ -294,17 +245,26 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
 
     def _stream(self, answer) -> None:
         lab = self.lab
+        limit = lab.cut_after if lab.take_cut() else None
         self.send_response(answer.status)
         for name in ("Content-Type", "Content-Length", "Content-Range", "ETag", "Accept-Ranges"):
             if answer.getheader(name):
                 self.send_header(name, answer.getheader(name))
         self.end_headers()
+        sent = 0
         while chunk := answer.read(16 << 10):
+            if limit is not None and sent + len(chunk) >= limit:
+                self.wfile.write(chunk[:limit - sent])
+                self.close_connection = True   # the body ends short: a dropped download
+                return
             try:
                 self.wfile.write(chunk)
             except OSError:
-                return     # the robot hung up (a cancelled download)
+                self.close_connection = True   # the robot hung up (a cancelled download)
+                return
+            sent += len(chunk)
             lab.sent += len(chunk)
             if lab.cancel_after is not None and lab.sent >= lab.cancel_after and lab.stop_id is None:
                 lab.stop_id = lab.action
-            time.sleep(len(chunk) / lab.rate)
+            if lab.rate:
+                time.sleep(len(chunk) / lab.rate)
