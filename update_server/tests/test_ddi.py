@@ -176,6 +176,38 @@ def test_an_unreachable_server_is_retried(tmp_path, keys, goosebit):
     assert rig.env().order == ("A", "B")
 
 
+def test_a_server_answering_5xx_is_retried_until_it_recovers(tmp_path, keys, goosebit):
+    front = DdiProxy(goosebit.port, errors=4)
+    rig = robot(tmp_path, keys, goosebit, "patient-robot", url=front.url)
+    try:
+        wait_for(lambda: "503" in rig.client.get("/health").body["rollout"]["status"], what="a 503 in /health")
+        wait_for(lambda: goosebit.devices().get("patient-robot", {}).get("sw_version") == "1.0.0",
+                 what="the registration once the server answers")
+        assert front.errors_left < 0 and rig.env().order == ("A", "B")
+    finally:
+        rig.stop()
+        front.close()
+
+
+def test_a_download_with_a_flipped_byte_is_refused_and_reported(tmp_path, keys, goosebit):
+    """One byte of the image flipped on the way: the bundle's SHA-256 of the image does not
+    match; refused, reported, the booted slot and the boot selection untouched."""
+    front = DdiProxy(goosebit.port, flip_at=2 << 20)
+    rig = robot(tmp_path, keys, goosebit, "careful-robot", url=front.url)
+    try:
+        wait_for(lambda: "careful-robot" in goosebit.devices(), what="registration")
+        publish(goosebit, keys, tmp_path, "2.0.0")
+        wait_for(lambda: goosebit.devices()["careful-robot"]["last_state"] == "Error", what="the failure feedback",
+                 state=lambda: goosebit.device_log("careful-robot"))
+        log = goosebit.device_log("careful-robot")
+        assert "hash" in log.lower(), log
+        assert goosebit.devices()["careful-robot"]["sw_version"] == "1.0.0"
+        assert rig.env().order[0] == "A" and rig.slot_a_intact() and not rig.reboot_marker.exists()
+    finally:
+        rig.stop()
+        front.close()
+
+
 def test_a_rollout_older_than_the_robot_is_refused(tmp_path, keys, goosebit):
     """The downgrade rule holds for rollouts too (a paused newer rollout makes gooseBit fall
     back to an older one): refused before anything is written, reported as a failure."""

@@ -128,10 +128,12 @@ class DdiProxy:
     request whole, whatever connection it comes on:
 
     - ``requests`` lists them (``"GET /path"``);
+    - ``errors``: the first that many are answered 503, as by a server in trouble;
     - ``cut_after`` (bytes): the first ``cuts`` artifact downloads (``None``: all) end after
       that many bytes of their body, the connection closed: a download dropped midway;
       ``cut`` counts them;
     - ``rate`` (bytes/s): downloads are sent no faster;
+    - ``flip_at`` (byte offset): that byte of every download is flipped;
     - ``cancel_after`` (bytes): once a deployment's download has passed it, the operator
       cancels that action, as hawkBit does and gooseBit cannot: the controller resource
       links ``cancelAction/{id}`` instead of ``deploymentBase``, which answers
@@ -146,9 +148,11 @@ class DdiProxy:
     """
 
     def __init__(self, target_port: int, cut_after: int | None = None, cuts: int | None = None,
-                 rate: int | None = None, cancel_after: int | None = None, board: str | None = None):
+                 rate: int | None = None, cancel_after: int | None = None, board: str | None = None,
+                 errors: int = 0, flip_at: int | None = None):
         self.target_port, self.cut_after, self.cuts_left = target_port, cut_after, cuts
         self.rate, self.cancel_after, self.board = rate, cancel_after, board
+        self.errors_left, self.flip_at = errors, flip_at
         self.requests: list[str] = []
         self.cut = 0
         self.sent = 0
@@ -213,6 +217,10 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         with lab._lock:
             lab.requests.append(f"{self.command} {path}")
+            failing = lab.errors_left > 0
+            lab.errors_left -= failing
+        if failing:
+            return self._reply(503, b'{"detail": "unavailable"}', "application/json")
         cancel = re.search(r"/cancelAction/([^/]+)(/feedback)?$", path)
         if cancel and lab.stop_id == cancel.group(1):
             if cancel.group(2):
@@ -253,6 +261,9 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         while chunk := answer.read(16 << 10):
+            if lab.flip_at is not None and sent <= lab.flip_at < sent + len(chunk):
+                at = lab.flip_at - sent
+                chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1:]
             if limit is not None and sent + len(chunk) >= limit:
                 self.wfile.write(chunk[:limit - sent])
                 self.close_connection = True   # the body ends short: a dropped download
