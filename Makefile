@@ -42,27 +42,26 @@ $(VENV)/.done: update_server/pyproject.toml robot_server/pyproject.toml client/p
 		-e 'update_server[test]' -e 'robot_server[test]' -e 'client[test]'
 	touch $@
 
+# A tool's own venv (DIR/.done) from its requirements file (the first prerequisite).
+define tool-venv
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet --upgrade pip
+	$(@D)/bin/pip install --quiet -r $<
+	$(@D)/bin/pip check
+	touch $@
+endef
+
 # labmcp-opentrons (an OT-2 HTTP API client, robot_server/tests/labmcp_flow.py) in its own
 # venv: its fastmcp needs jsonschema>=4.20, the opentrons package pins jsonschema<4.18.
 LABMCP_VENV := .venv-labmcp
-
 $(LABMCP_VENV)/.done: ci/requirements-labmcp.txt
-	$(PYTHON) -m venv $(LABMCP_VENV)
-	$(LABMCP_VENV)/bin/pip install --quiet --upgrade pip
-	$(LABMCP_VENV)/bin/pip install --quiet -r ci/requirements-labmcp.txt
-	$(LABMCP_VENV)/bin/pip check
-	touch $@
+	$(tool-venv)
 
 # gooseBit (a rollout server speaking hawkBit's DDI API, update_server/tests/test_ddi.py) in
 # its own venv too.
 GOOSEBIT_VENV := .venv-goosebit
-
 $(GOOSEBIT_VENV)/.done: ci/requirements-goosebit.txt
-	$(PYTHON) -m venv $(GOOSEBIT_VENV)
-	$(GOOSEBIT_VENV)/bin/pip install --quiet --upgrade pip
-	$(GOOSEBIT_VENV)/bin/pip install --quiet -r ci/requirements-goosebit.txt
-	$(GOOSEBIT_VENV)/bin/pip check
-	touch $@
+	$(tool-venv)
 
 venv: $(VENV)/.done $(LABMCP_VENV)/.done $(GOOSEBIT_VENV)/.done
 

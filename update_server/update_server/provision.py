@@ -82,13 +82,18 @@ def validate_timezone(value, zoneinfo: str = ZONEINFO) -> str:
     return value
 
 
+def _check_table(value, name: str, fields, shape: str) -> None:
+    """UpdateError ``bad-field`` unless ``value`` is a table of only ``fields``."""
+    if not isinstance(value, dict):
+        raise _bad(name, f"must be a table with {shape}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise _bad(name, f"unknown field(s) {', '.join(unknown)}")
+
+
 def validate_wifi(value) -> dict:
     """``{ssid, psk?, country?}``; raises UpdateError ``bad-field``."""
-    if not isinstance(value, dict):
-        raise _bad("wifi", "must be a table with ssid (and psk, country)")
-    unknown = sorted(set(value) - set(WIFI_FIELDS))
-    if unknown:
-        raise _bad("wifi", f"unknown field(s) {', '.join(unknown)}")
+    _check_table(value, "wifi", WIFI_FIELDS, "ssid (and psk, country)")
     ssid = value.get("ssid")
     if not isinstance(ssid, str) or not 1 <= len(ssid.encode("utf-8", "surrogatepass")) <= 32:
         raise _bad("wifi.ssid", "must be 1 to 32 octets")
@@ -116,11 +121,7 @@ def validate_rollout(value) -> dict:
     server's ``ddi_*`` settings; raises UpdateError ``bad-field``."""
     from urllib.parse import urlsplit
 
-    if not isinstance(value, dict):
-        raise _bad("rollout", "must be a table with server (and tenant, controller_id, a token)")
-    unknown = sorted(set(value) - set(ROLLOUT_FIELDS))
-    if unknown:
-        raise _bad("rollout", f"unknown field(s) {', '.join(unknown)}")
+    _check_table(value, "rollout", ROLLOUT_FIELDS, "server (and tenant, controller_id, a token)")
     server = value.get("server")
     url = urlsplit(server) if isinstance(server, str) and server.isprintable() and " " not in server else None
     if url is None or url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
