@@ -102,13 +102,15 @@ lint: venv
 	$(VENV)/bin/ruff check --quiet .
 	shellcheck $(SHELL_SCRIPTS)
 
-# The four unit suites run two at a time (the robot server's, the longest and CPU-bound, next
-# to the others, which wait on sockets and subprocesses much of the time); each suite's
-# output is printed whole when it ends.
-UNIT_SUITES := unit-robot-server unit-update-server unit-client unit-system
-.PHONY: $(UNIT_SUITES)
+# The update server's, the client's and the system's unit suites, which wait on sockets and
+# subprocesses much of the time, run side by side, each printed whole when it ends; then
+# the robot server's, the longest and CPU-bound, alone (beside another suite its engine-run
+# tests once saw every run fail after a run process was killed; the cause is not found yet).
+LIGHT_UNIT_SUITES := unit-update-server unit-client unit-system
+.PHONY: $(LIGHT_UNIT_SUITES) unit-robot-server
 test-unit: venv lint
-	@$(call timed,$(MAKE) --no-print-directory -j2 --output-sync=target $(UNIT_SUITES))
+	@$(call timed,$(MAKE) --no-print-directory -j3 --output-sync=target $(LIGHT_UNIT_SUITES) && \
+		$(MAKE) --no-print-directory unit-robot-server)
 
 unit-robot-server:
 	@$(call timed,$(PYTEST) -q robot_server/tests $(addprefix --ignore=,$(COMPAT_TESTS)))

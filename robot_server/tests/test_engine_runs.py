@@ -200,7 +200,7 @@ class Engine:
             assert status == 200, body
             if body["data"]["status"] in statuses:
                 return body["data"]
-            assert time.monotonic() < deadline, f"run stayed {body['data']['status']}"
+            assert time.monotonic() < deadline, f"run stayed {body['data']['status']}: {body['data'].get('errors')}"
             time.sleep(0.1)
 
     def started_run(self, source: bytes) -> str:
