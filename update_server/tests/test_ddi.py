@@ -3,7 +3,10 @@ update servers polling it (update_server/ddi.py)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -112,10 +115,6 @@ def test_ten_robots_one_download_fails(tmp_path, keys, goosebit, monkeypatch):
 def test_a_run_holds_the_deployment_back(tmp_path, keys, goosebit):
     """While the robot server's /health names a lease (a protocol run), the deployment waits
     and says so; once the run ends it installs."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     health = {"lease": {"holder": "run 7"}}
 
     class RobotHealth(BaseHTTPRequestHandler):
