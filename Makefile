@@ -86,8 +86,8 @@ run-pi: venv
 	$(PY) ci/run-qemu.py --board ot2 --update-port $(UPDATE_PORT) --robot-port $(ROBOT_PORT) \
 		--bridge-port $(BRIDGE_PORT) --ssh-port $(SSH_PORT)
 
-# What CI runs. test-e2e-pi is not in it yet: run side by side with these on CI's two cores,
-# it has not yet been shown to fit CI's 90 minutes from an empty cache (README).
+# What CI runs. test-e2e-pi is not in it: after these, or beside them on CI's two cores, it
+# does not fit CI's 90 minutes (README, "Why test-e2e-pi is not in CI").
 test: test-unit test-compat test-e2e
 
 # The comparisons with the OT-2's own software (opentrons, in .venv) run in test-compat.
