@@ -25,7 +25,10 @@ board's UART. The robot server keeps the UART (and the GPIO lines) and forwards:
 
 When a lease ends, the lines already forwarded are answered (at most
 :data:`DRAIN_TIMEOUT` s), then the driver takes the board back
-(:meth:`~robot_server.driver.MotorDriver.resync`) and ``lease-ended`` is published.
+(:meth:`~robot_server.driver.MotorDriver.resync`, at most :data:`TAKE_BACK_ACKS` ack
+timeouts) and ``lease-ended`` is published. A lease always ends, whatever fails on the
+way (a client's connection already reset, a board that answers out of step): the
+failure is logged and, if the board could not be taken back, the server reconnects to it.
 
 The holder is named by the process at the other end of its socket, found through
 ``/proc/net/tcp`` and ``/proc/<pid>/fd`` (Linux ``proc(5)``) when the server may read
@@ -62,6 +65,9 @@ DRAIN_TIMEOUT = 30.0
 CLOSE_GRACE = 2.0
 #: Least seconds between two ``position`` events published from channel traffic.
 POSITION_EVENT_INTERVAL = 0.1
+#: Driver ack timeouts the board may take to be taken back after a lease (its set-up
+#: sequence: about a dozen commands, each bounded by one ack timeout).
+TAKE_BACK_ACKS = 30
 
 Namer = Callable[["int | None"], "str | None"]
 
@@ -121,6 +127,7 @@ class Channel:
         self._namer: Namer | None = None
         self._server: asyncio.AbstractServer | None = None
         self._last_position_event = 0.0
+        self._taking_back: asyncio.Future | None = None    # the driver's resync after a lease
         self.users = allowed_uids(svc.config.sandbox_user, svc.config.channel_users)
 
     # ------------------------------------------------------------ public API
@@ -224,6 +231,8 @@ class Channel:
     def _refusal(self) -> str | None:
         if self.lease is not None:
             return self.busy_message()
+        if self._taking_back is not None and not self._taking_back.done():
+            return "the motor board is still being taken back after the last lease"
         if not self.svc.driver.connected:
             return f"the motor board is not connected ({self.svc.board_error or 'connecting'})"
         return None
@@ -425,31 +434,87 @@ class Channel:
 
     async def _end(self, lease: Lease) -> None:
         """Close the client, let the board answer what it was sent, give the board back
-        to the driver, publish ``lease-ended``."""
-        lease.pause_reason = None
-        lease.held = []
-        if not lease.writer.is_closing() and lease.writer.can_write_eof():
-            lease.writer.write_eof()       # the client sees the end; closed once it is gone
-        lease.eof_sent = True
+        to the driver, publish ``lease-ended``. The lease ends (the board is free again and
+        :attr:`Lease.ended` is set) whatever fails on the way; a failure is logged."""
         try:
-            await asyncio.wait_for(lease.drained.wait(), DRAIN_TIMEOUT)
-        except asyncio.TimeoutError:
-            log.warning("G-code channel: the board did not answer %d line(s) after the lease ended",
-                        lease.outstanding)
-        self._unwatch_board(lease)
-        if self.svc.driver.connected:
+            lease.pause_reason = None
+            lease.held = []
+            self._send_eof(lease)
             try:
-                await self.svc._run(self.svc.driver.resync)
-            except BoardError as exc:
-                self.svc.board_error = str(exc)
-                log.warning("G-code channel: taking the board back: %s", exc)
-        self.lease = None
-        log.info("G-code channel: lease of %s ended: %s", lease.name, lease.ending)
-        self.svc.events.publish("lease-ended", {**lease.describe(), "reason": lease.ending})
-        self.svc._publish_position()
-        lease.ended.set()
-        # a client that keeps its end open after ours is closed is cut off
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, lease.writer.close)
+                await asyncio.wait_for(lease.drained.wait(), DRAIN_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("G-code channel: the board did not answer %d line(s) after the lease ended",
+                            lease.outstanding)
+            self._unwatch_board(lease)
+            await self._take_back()
+        except Exception:  # logged; the lease must end all the same
+            log.exception("G-code channel: ending the lease of %s", lease.name)
+        finally:
+            self._unwatch_board(lease)
+            if self.lease is lease:
+                self.lease = None
+            try:
+                log.info("G-code channel: lease of %s ended: %s", lease.name, lease.ending)
+                self.svc.events.publish("lease-ended", {**lease.describe(), "reason": lease.ending})
+                self.svc._publish_position()
+            finally:
+                lease.ended.set()
+                # a client that keeps its end open after ours is closed is cut off
+                asyncio.get_running_loop().call_later(CLOSE_GRACE, lease.writer.close)
+
+    @staticmethod
+    def _send_eof(lease: Lease) -> None:
+        """Half-close the client's connection (it sees the end; closed once it is gone);
+        nothing more is sent to it."""
+        lease.eof_sent = True
+        writer = lease.writer
+        if writer.is_closing() or not writer.can_write_eof():
+            return
+        try:
+            writer.write_eof()
+        except OSError:
+            # the client is gone and its end reset the connection: a client that died
+            # with a command outstanding answers the board's late reply, forwarded to it
+            # before we saw it go, with a reset (``shutdown`` then fails with ENOTCONN)
+            writer.close()
+
+    def _take_back_timeout(self) -> float:
+        """Longest wait for the driver to take the board back (s): its set-up sequence is
+        about a dozen commands, each bounded by the driver's ack timeout."""
+        return TAKE_BACK_ACKS * self.svc.driver.ack_timeout
+
+    async def _take_back(self) -> None:
+        """Give the board back to the driver (:meth:`~robot_server.driver.MotorDriver.resync`).
+        If that fails the driver has closed the port and the server reconnects. If it does
+        not finish within :meth:`_take_back_timeout`, the lease ends anyway; new leases are
+        refused until it has finished (the driver's thread still owns the port)."""
+        if not self.svc.driver.connected:
+            return
+        job = self._taking_back = asyncio.ensure_future(self.svc._run(self.svc.driver.resync))
+        try:
+            await asyncio.wait_for(asyncio.shield(job), self._take_back_timeout())
+        except asyncio.TimeoutError:
+            self.svc.board_error = (f"the motor board was not taken back within "
+                                    f"{self._take_back_timeout():g} s after a lease")
+            log.error("G-code channel: %s; leases are refused until it is", self.svc.board_error)
+            job.add_done_callback(self._taken_back_late)
+        except BoardError as exc:
+            self.svc.board_error = str(exc)
+            log.warning("G-code channel: taking the board back: %s", exc)
+        except Exception as exc:  # the driver has closed the port: the server reconnects
+            self.svc.board_error = f"taking the motor board back failed: {type(exc).__name__}: {exc}"
+            log.exception("G-code channel: taking the board back")
+
+    def _taken_back_late(self, job: asyncio.Future) -> None:
+        if job.cancelled():
+            return
+        exc = job.exception()
+        if exc is None:
+            self.svc.board_error = None
+            log.warning("G-code channel: the motor board was taken back late")
+        else:
+            self.svc.board_error = str(exc)
+            log.warning("G-code channel: taking the board back (late): %s: %s", type(exc).__name__, exc)
 
 
 async def _read_to_end(reader: asyncio.StreamReader) -> None:

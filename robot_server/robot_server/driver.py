@@ -187,7 +187,7 @@ class MotorDriver:
             self._open()
             try:
                 self._setup()
-            except BoardError:
+            except BaseException:
                 self._close()
                 raise
             self._ready = True
@@ -227,6 +227,14 @@ class MotorDriver:
         self.position = {ax: None for ax in AXES}
 
     def _setup(self) -> None:
+        """The set-up sequence of :meth:`connect`. A reply it cannot read (a board that
+        does not know ``G28.6``, or answers out of step) is a :class:`BoardError`."""
+        try:
+            self._setup_sequence()
+        except ValueError as exc:
+            raise BoardError(f"motor board on {self.port} gave an unexpected reply during set-up: {exc}") from None
+
+    def _setup_sequence(self) -> None:
         self._wait_for_board()
         self._transact(gcode.CLEAR_ALARM, self.ack_timeout)
         version = self._transact(gcode.VERSION, self.ack_timeout)
@@ -608,13 +616,14 @@ class MotorDriver:
         :meth:`connect` again on the open port (``M999`` clears a halt, ``G28.6`` and
         ``M114.2`` re-read homing status and position, our steps/mm, speeds and currents
         are set again). If the board does not answer, the port is closed (the server
-        reopens it) and the axes are marked un-homed. Raises the typed board errors."""
+        reopens it) and the axes are marked un-homed; the same whatever else goes wrong
+        on the way (the exception is re-raised). Raises the typed board errors."""
         with self._lock:
             self._require_connected()
             self._buf = b""
             try:
                 self._setup()
-            except BoardError:
+            except BaseException:
                 self._close()
                 self._forget()
                 raise

@@ -108,7 +108,9 @@ class SmoothieEmulator:
     Fault injection for tests (attributes, safe to set from another thread):
     ``mute`` (read lines but never answer), ``fail_next`` (answer the next command line
     with this ``Error: ...`` text), ``alarm_next`` (answer the next command line with this
-    ``ALARM: ...`` text and halt)."""
+    ``ALARM: ...`` text and halt), ``unknown_commands`` (codes such as ``"G28.6"`` the
+    firmware does not know: acknowledged with a bare ``ok``, as Smoothieware answers a
+    command no module handles)."""
 
     def __init__(self, *, hard_limits: dict[str, float] | None = None,
                  require_homing: bool = True, time_scale: float = 0.0,
@@ -129,6 +131,7 @@ class SmoothieEmulator:
         self.mute = False
         self.fail_next: str | None = None
         self.alarm_next: str | None = None
+        self.unknown_commands: set[str] = set()
         self.lines_received = 0
         self.log: list[str] = []           # every non-empty line received (bounded)
         self._busy_until = 0.0
@@ -200,6 +203,8 @@ class SmoothieEmulator:
         """Run one command. Returns (text before the final ok, seconds to block, stop line)."""
         st = self.state
         code = cmd.code
+        if code in self.unknown_commands:
+            return "", 0.0, False
         if code == "version":
             return (f"Build version: {FIRMWARE_VERSION}, Build date: emulated, "
                     "MCU: LPC1769, System Clock: 120MHz\r\n", 0.0, False)

@@ -171,6 +171,11 @@ class RobotService:
                     if exc.args and str(exc) != self.board_error:
                         log.warning("motor board: %s", exc)
                     self.board_error = str(exc)
+                except Exception as exc:  # the loop must outlive any failure, or the board stays away
+                    message = f"connecting to the motor board failed: {type(exc).__name__}: {exc}"
+                    if message != self.board_error:
+                        log.exception("motor board: %s", message)
+                    self.board_error = message
             await asyncio.sleep(self.config.reconnect_interval)
 
     # ------------------------------------------------------------ gpio events

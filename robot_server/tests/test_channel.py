@@ -247,6 +247,53 @@ def test_client_killed_mid_move_ends_lease(tmp_path):
         stop_robot(robot)
 
 
+def test_a_client_gone_before_the_boards_late_answer_still_ends_its_lease(tmp_path):
+    """A client dies (nothing unread: its end sends FIN) with a command outstanding, and the
+    board answers before the server has seen it go, as on a loaded machine (a run process
+    killed mid-home): the answer is forwarded to the dead client, whose end resets the
+    connection, so half-closing it fails (ENOTCONN). The lease must end all the same, and
+    the board serve the next client (before the fix the lease stayed held for good and
+    stopping the server hung)."""
+    robot = start_robot(tmp_path, SmoothieEmulator(time_scale=1.0))
+    try:
+        robot.wait_connected()
+        client = ChannelClient(robot.service.channel.port)
+        wait_for(lambda: lease_of(robot), what="lease")
+        client.send("G4 P0.3 M400")                  # answered 0.3 s after it is received
+        wait_for(lambda: "G4 P0.3 M400" in robot.emulator.log, what="command forwarded")
+        robot.server.loop.call_soon_threadsafe(time.sleep, 1.0)    # the server is held up...
+        time.sleep(0.1)
+        client.close()                               # ...while the client goes and the board answers
+        wait_for(lambda: lease_of(robot) is None, timeout=10, what="lease end")
+        health = robot.wait_connected()
+        assert health["lease"] is None
+        following = ChannelClient(robot.service.channel.port)
+        assert "MCS:" in following.command("M114.2")
+        following.close()
+    finally:
+        stop_robot(robot)
+
+
+def test_a_board_that_answers_out_of_step_when_taken_back_still_ends_the_lease(robot):
+    """Taking the board back fails in an unexpected way (its homing status cannot be read):
+    the lease ends, the board is reported lost, and the server reconnects once the board
+    answers properly again."""
+    client = ChannelClient(robot.channel_port)
+    assert "MCS:" in client.command("M114.2")
+    robot.emulator.unknown_commands = {"G28.6"}     # a firmware without the homing status query
+    client.close()
+    wait_for(lambda: lease_of(robot) is None, what="lease end")
+    health = robot.wait_connected(False)
+    assert "unexpected reply" in health["motor_board"]["error"], health
+    refused = ChannelClient(robot.channel_port).read_to_end().decode()
+    assert refused.startswith("Error: the motor board is not connected")
+    robot.emulator.unknown_commands = set()
+    robot.wait_connected(True)                      # the server kept trying
+    following = ChannelClient(robot.channel_port)
+    assert "MCS:" in following.command("M114.2")
+    following.close()
+
+
 def test_board_disconnected_mid_lease(robot):
     client = ChannelClient(robot.channel_port)
     client.command("M114.2")

@@ -218,6 +218,28 @@ def test_board_silent_at_connect(pty, emulator):
     assert not d.connected
 
 
+def test_unreadable_reply_at_connect_is_a_board_error(pty, emulator):
+    """A board whose homing status cannot be read (a firmware without ``G28.6`` answers a
+    bare ``ok``) fails the set-up with a board error, and the port is closed again."""
+    emulator.unknown_commands = {"G28.6"}
+    d = MotorDriver(pty.slave_path, ack_timeout=0.3)
+    with pytest.raises(BoardError, match="unexpected reply during set-up"):
+        d.connect()
+    assert not d.connected
+    emulator.unknown_commands = set()
+    other = MotorDriver(pty.slave_path, ack_timeout=0.3)     # the port is free (opened exclusively)
+    other.connect()
+    other.disconnect()
+
+
+def test_resync_that_cannot_read_the_board_closes_the_port(driver, emulator):
+    emulator.unknown_commands = {"G28.6"}
+    with pytest.raises(BoardError, match="unexpected reply during set-up"):
+        driver.resync()
+    assert not driver.connected
+    assert driver.homed == {ax: False for ax in "XYZABC"}
+
+
 def test_unplugged_mid_command(driver, pty, emulator):
     driver.home()
     emulator.mute = True                       # the command will be in flight...
