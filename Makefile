@@ -104,8 +104,8 @@ lint: venv
 
 # The update server's, the client's and the system's unit suites, which wait on sockets and
 # subprocesses much of the time, run side by side, each printed whole when it ends; then
-# the robot server's, the longest and CPU-bound, alone (beside another suite its engine-run
-# tests once saw every run fail after a run process was killed; the cause is not found yet).
+# the robot server's, the longest and CPU-bound, alone: its timing-bound tests (a run
+# process killed mid-command, the engine's first import) get the machine to themselves.
 LIGHT_UNIT_SUITES := unit-update-server unit-client unit-system
 .PHONY: $(LIGHT_UNIT_SUITES) unit-robot-server
 test-unit: venv lint
