@@ -485,7 +485,9 @@ class Channel:
 
     async def _take_back(self) -> None:
         """Give the board back to the driver (:meth:`~robot_server.driver.MotorDriver.resync`).
-        If that fails the driver has closed the port and the server reconnects. If it does
+        If that fails the driver has closed the port and the server reconnects (a board
+        error is kept as the board's error; anything else is raised, for :meth:`_end` to
+        log). If it does
         not finish within :meth:`_take_back_timeout`, the lease ends anyway; new leases are
         refused until it has finished (the driver's thread still owns the port)."""
         if not self.svc.driver.connected:
@@ -501,9 +503,6 @@ class Channel:
         except BoardError as exc:
             self.svc.board_error = str(exc)
             log.warning("G-code channel: taking the board back: %s", exc)
-        except Exception as exc:  # the driver has closed the port: the server reconnects
-            self.svc.board_error = f"taking the motor board back failed: {type(exc).__name__}: {exc}"
-            log.exception("G-code channel: taking the board back")
 
     def _taken_back_late(self, job: asyncio.Future) -> None:
         if job.cancelled():
